@@ -1,0 +1,34 @@
+"""Harmon for transformers and diffusers.
+
+Importing the package registers Harmon with the transformers Auto classes, so pip users load checkpoints with
+`AutoModel.from_pretrained(path)` and need no `trust_remote_code`. The modules of this folder that the model
+imports are also the Hub remote code: they only use single-dot sibling imports.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+
+from .configuration_harmon import HARMON_PRESETS, HarmonConfig
+from .modeling_harmon import (
+    HarmonForConditionalGeneration,
+    HarmonImageGenerationOutput,
+    HarmonModel,
+    HarmonPreTrainedModel,
+)
+
+
+def _register_auto_classes() -> None:
+    AutoConfig.register(HarmonConfig.model_type, HarmonConfig, exist_ok=True)
+    AutoModel.register(HarmonConfig, HarmonForConditionalGeneration, exist_ok=True)
+    AutoModelForImageTextToText.register(HarmonConfig, HarmonForConditionalGeneration, exist_ok=True)
+
+
+_register_auto_classes()
+
+__all__ = [
+    "HARMON_PRESETS",
+    "HarmonConfig",
+    "HarmonForConditionalGeneration",
+    "HarmonImageGenerationOutput",
+    "HarmonModel",
+    "HarmonPreTrainedModel",
+]

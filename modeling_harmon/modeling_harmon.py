@@ -1,0 +1,778 @@
+"""Harmon: unified image understanding and generation through one shared MAR encoder around a Qwen2 LLM.
+
+Understanding:  pixels -> VAE posterior mean -> MAR encoder (nothing masked) -> proj_in -> LLM placeholders -> text.
+Generation:     prompt -> LLM (KV cache) ; per MAR iteration: visible tokens -> MAR encoder -> proj_in -> LLM ->
+                proj_out (residual) -> MAR decoder -> diffusion head samples the next tokens -> ... -> VAE decode.
+"""
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL
+from torch import nn
+from transformers import AutoModel, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_harmon import DEFAULT_IMAGE_GENERATION, HarmonConfig
+from .modeling_harmon_diffusion import HarmonDiffusionHead, HarmonGaussianDiffusion
+from .modeling_harmon_mar import HarmonMARDecoder, HarmonMAREncoder
+
+
+@dataclass
+class HarmonModelOutputWithPast(ModelOutput):
+    last_hidden_state: torch.FloatTensor | None = None
+    past_key_values: object | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class HarmonCausalLMOutputWithPast(ModelOutput):
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: object | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class HarmonImageGenerationOutput(ModelOutput):
+    """`images`: float32 (B, 3, H, W) in [-1, 1] (not clamped); `latents`: (B, C, H/stride, W/stride), scaled VAE space."""
+
+    images: torch.FloatTensor | None = None
+    latents: torch.FloatTensor | None = None
+
+
+@dataclass
+class HarmonGenerationLossOutput(ModelOutput):
+    """Text-to-image diffusion loss and its parts. Per-row terms are over `diffusion_batch_mul` repeats of all tokens."""
+
+    loss: torch.FloatTensor | None = None
+    mse: torch.FloatTensor | None = None
+    vb: torch.FloatTensor | None = None
+    mask: torch.BoolTensor | None = None
+    condition: torch.FloatTensor | None = None
+    target: torch.FloatTensor | None = None
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward, gradient times `scale` backward (the reference's understanding-path visual gradient)."""
+
+    @staticmethod
+    def forward(ctx, tensor, scale):
+        ctx.scale = scale
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+def _as_generator_list(generator, batch_size: int) -> list | None:
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    generators = list(generator)
+    if len(generators) != batch_size:
+        raise ValueError(
+            f"generator is a list of {len(generators)} generators but {batch_size} images are generated; "
+            "pass one generator per image or a single generator."
+        )
+    return generators
+
+
+def _randn(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    if generator is None:
+        return torch.randn(shape, device=device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def _masked_counts(seq_len: int, num_iter: int) -> list[int]:
+    """Tokens still masked after each MAR iteration: floor(L cos(pi/2 (k+1)/K)), clipped to [1, masked-1]; 0 at the end."""
+    counts, masked = [], seq_len
+    for step in range(num_iter):
+        if step == num_iter - 1:
+            masked = 0
+        else:
+            target = math.floor(seq_len * math.cos(math.pi / 2.0 * (step + 1) / num_iter))
+            masked = max(1, min(masked - 1, target))
+        counts.append(masked)
+    return counts
+
+
+class HarmonPreTrainedModel(PreTrainedModel):
+    config_class = HarmonConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HarmonMARBlock", "HarmonDiffusionResBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    def _init_weights(self, module):
+        """MAR initialisation: xavier-uniform linears, N(0, 0.02) learned embeddings, zeroed adaLN/output layers."""
+        super()._init_weights(module)
+        if isinstance(module, (HarmonMAREncoder, HarmonMARDecoder)):
+            for name, parameter in module.named_parameters(recurse=False):
+                init.normal_(parameter, std=0.02)
+            for submodule in module.modules():
+                if isinstance(submodule, nn.Linear):
+                    init.xavier_uniform_(submodule.weight)
+                    init.zeros_(submodule.bias)
+        elif isinstance(module, HarmonDiffusionHead):
+            for submodule in module.modules():
+                if isinstance(submodule, nn.Linear):
+                    init.xavier_uniform_(submodule.weight)
+                    init.zeros_(submodule.bias)
+            init.normal_(module.time_embed.mlp[0].weight, std=0.02)
+            init.normal_(module.time_embed.mlp[2].weight, std=0.02)
+            zeroed = [block.adaLN_modulation[-1] for block in module.res_blocks]
+            zeroed += [module.final_layer.adaLN_modulation[-1], module.final_layer.linear]
+            for linear in zeroed:
+                init.zeros_(linear.weight)
+                init.zeros_(linear.bias)
+
+
+class HarmonModel(HarmonPreTrainedModel):
+    """The parts of Harmon without the LM head: VAE, MAR encoder/decoder, bridge projections, LLM, diffusion head."""
+
+    def __init__(self, config: HarmonConfig):
+        super().__init__(config)
+        self.vae = AutoencoderKL(**config.vae_config)
+        self.vae.requires_grad_(False)
+        self.mar_encoder = HarmonMAREncoder(config)
+        text_hidden = config.text_config.hidden_size
+        self.proj_in = nn.Sequential(
+            nn.Linear(config.encoder_hidden_size, text_hidden), nn.SiLU(), nn.Linear(text_hidden, text_hidden)
+        )
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.proj_out = nn.Sequential(
+            nn.Linear(text_hidden, text_hidden), nn.SiLU(), nn.Linear(text_hidden, config.encoder_hidden_size)
+        )
+        self.mar_decoder = HarmonMARDecoder(config)
+        self.diffusion_head = HarmonDiffusionHead(config)
+        self.diffusion = HarmonGaussianDiffusion(config)
+        self.post_init()
+
+    def train(self, mode: bool = True):
+        """The VAE is frozen: it stays in eval mode whatever the rest does."""
+        super().train(mode)
+        self.vae.eval()
+        return self
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    # ----------------------------------------------------------------------------------------------- VAE <-> tokens
+    def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        stride = self.config.vae_stride * self.config.patch_size
+        if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point():
+            kind = pixel_values.dtype if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+            raise ValueError(f"pixel_values must be a floating-point tensor in [-1, 1], got {kind}.")
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.vae_config.get("in_channels", 3):
+            raise ValueError(f"pixel_values must have shape (batch, 3, height, width), got {tuple(pixel_values.shape)}.")
+        if pixel_values.shape[2] % stride or pixel_values.shape[3] % stride or min(pixel_values.shape[2:]) == 0:
+            raise ValueError(
+                f"pixel_values height and width must be positive multiples of {stride} (the VAE stride times the "
+                f"patch size), got {tuple(pixel_values.shape[2:])}."
+            )
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> scaled posterior means as tokens (B, rows, cols, token_dim)."""
+        self.check_pixel_values(pixel_values)
+        mean = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist.mean
+        return self.latents_to_tokens(mean * self.config.vae_scaling_factor)
+
+    def latents_to_tokens(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, rows*p, cols*p) -> (B, rows, cols, C*p*p), channel-major inside a patch (as MAR's patchify)."""
+        p = self.config.patch_size
+        batch, channels, height, width = latents.shape
+        tokens = latents.reshape(batch, channels, height // p, p, width // p, p)
+        return tokens.permute(0, 2, 4, 1, 3, 5).reshape(batch, height // p, width // p, channels * p * p)
+
+    def tokens_to_latents(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, rows, cols, C*p*p) -> (B, C, rows*p, cols*p)."""
+        p = self.config.patch_size
+        batch, rows, cols, _ = tokens.shape
+        latents = tokens.reshape(batch, rows, cols, -1, p, p).permute(0, 3, 1, 4, 2, 5)
+        return latents.reshape(batch, -1, rows * p, cols * p)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, C, h, w) -> images (B, 3, h*stride, w*stride), float32, roughly in [-1, 1]."""
+        latents = latents.to(self.vae.dtype) / self.config.vae_scaling_factor
+        return self.vae.decode(latents).sample.float()
+
+    # ------------------------------------------------------------------------------------------------ the bridge
+    def _to_llm_order(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[buffers, image tokens] -> [image tokens, buffers]: the LLM sees the buffers last."""
+        buffer = self.config.buffer_size
+        return torch.cat([hidden[:, buffer:], hidden[:, :buffer]], dim=1)
+
+    def _from_llm_order(self, hidden: torch.Tensor) -> torch.Tensor:
+        buffer = self.config.buffer_size
+        return torch.cat([hidden[:, hidden.shape[1] - buffer :], hidden[:, : hidden.shape[1] - buffer]], dim=1)
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Visual features for the LLM: (B, rows*cols + buffer_size, hidden), image tokens (raster order) then buffers."""
+        tokens = self.encode_images(pixel_values)
+        batch, rows, cols, dim = tokens.shape
+        tokens = tokens.reshape(batch, rows * cols, dim)
+        mask = torch.zeros(batch, rows * cols, dtype=torch.bool, device=tokens.device)
+        encoded = self.mar_encoder(tokens, mask, (rows, cols))
+        return self._to_llm_order(self.proj_in(encoded))
+
+    @property
+    def _cache_argument(self) -> str:
+        # transformers 5.24 renamed the LLM's `past_key_values` argument to `cache`.
+        parameters = inspect.signature(self.language_model.forward).parameters
+        return "cache" if "cache" in parameters and "past_key_values" not in parameters else "past_key_values"
+
+    def run_language_model(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, **kwargs):
+        """Run the LLM (no LM head) and return its outputs; `cache` is passed under this transformers' name."""
+        if cache is not None:
+            kwargs[self._cache_argument] = cache
+            kwargs["use_cache"] = True
+        return self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+        )
+
+    def bridge(
+        self,
+        encoded: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_embeds: torch.Tensor | None = None,
+        cache=None,
+    ) -> torch.Tensor:
+        """Let the LLM read the MAR encoder output after the prompt and add its answer back (residual).
+
+        Args:
+            encoded: (B, buffer + visible, C_enc) MAR encoder output, buffers first.
+            attention_mask: (B, P) mask of the prompt (any padding side); positions are `cumsum(mask) - 1`.
+            prompt_embeds: (B, P, H) prompt embeddings, when the prompt is not already in `cache`.
+            cache: a KV cache holding exactly the P prompt positions. It is left as it was found.
+        """
+        visual = self._to_llm_order(self.proj_in(encoded))
+        length = visual.shape[1]
+        prompt_mask = attention_mask.to(device=visual.device, dtype=torch.long)
+        full_mask = torch.cat([prompt_mask, prompt_mask.new_ones(visual.shape[0], length)], dim=1)
+        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+        if cache is None:
+            inputs, position_ids = torch.cat([prompt_embeds, visual], dim=1), positions
+        else:
+            inputs, position_ids = visual, positions[:, -length:]
+        hidden = self.run_language_model(inputs, full_mask, position_ids, cache=cache).last_hidden_state[:, -length:]
+        if cache is not None:
+            cache.crop(-length)
+        return encoded + self.proj_out(self._from_llm_order(hidden))
+
+    # ---------------------------------------------------------------------------------------------- understanding
+    def embed_tokens(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """Token embeddings; `<image>` placeholders (whose id may lie outside the vocabulary) embed as token 0."""
+        return self.get_input_embeddings()(input_ids.masked_fill(input_ids == self.config.image_token_id, 0))
+
+    def get_placeholder_mask(self, input_ids: torch.LongTensor, image_features: torch.Tensor) -> torch.BoolTensor:
+        mask = input_ids == self.config.image_token_id
+        num_placeholders, num_features = int(mask.sum()), image_features.shape[0] * image_features.shape[1]
+        if num_placeholders != num_features:
+            raise ValueError(
+                f"input_ids hold {num_placeholders} image placeholder tokens (id {self.config.image_token_id}) but "
+                f"pixel_values give {num_features} image features ({image_features.shape[0]} images x "
+                f"{image_features.shape[1]} tokens); each image needs rows*cols + buffer_size placeholders."
+            )
+        return mask
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> HarmonModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        image_features = None
+        if pixel_values is not None:
+            if input_ids is None:
+                raise ValueError("pixel_values need input_ids with <image> placeholders to know where images go.")
+            image_features = self.get_image_features(pixel_values)
+            if self.training and torch.is_grad_enabled() and self.config.visual_grad_scale != 1.0:
+                image_features = _ScaleGradient.apply(image_features, self.config.visual_grad_scale)
+            placeholders = self.get_placeholder_mask(input_ids, image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(
+                placeholders.unsqueeze(-1).to(inputs_embeds.device),
+                image_features.to(inputs_embeds.device, inputs_embeds.dtype),
+            )
+        elif input_ids is not None and bool((input_ids == self.config.image_token_id).any()) and not (
+            past_key_values is not None and past_key_values.get_seq_length() > 0
+        ):
+            raise ValueError("input_ids contain <image> placeholders but no pixel_values were given.")
+        if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
+            # Positions follow the real tokens, so left- and right-padded batches see the same positions.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
+        outputs = self.run_language_model(
+            inputs_embeds, attention_mask, position_ids, cache=past_key_values, use_cache=use_cache, **kwargs
+        ) if past_key_values is not None else self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+            use_cache=use_cache, **kwargs,
+        )  # fmt: skip
+        return HarmonModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=getattr(outputs, "past_key_values", None) or getattr(outputs, "cache", None),
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+            image_hidden_states=image_features,
+        )
+
+
+class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
+    """Harmon with its LM head: `forward`/`generate` for understanding, `generate_images` for text-to-image."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    output_modalities = ("image", "text")
+
+    def __init__(self, config: HarmonConfig):
+        super().__init__(config)
+        self.model = HarmonModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+        if getattr(self.generation_config, "image_generation", None) is None:
+            self.generation_config.image_generation = dict(DEFAULT_IMAGE_GENERATION)
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> HarmonCausalLMOutputWithPast:
+        r"""
+        Image-conditioned language modelling. `input_ids` hold `rows*cols + buffer_size` `<image>` placeholders per
+        image in `pixel_values` (B_img, 3, H, W) in [-1, 1]; `labels` use -100 for positions without loss.
+        """
+        if "cache" in kwargs and past_key_values is None:
+            past_key_values = kwargs.pop("cache")
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            hidden = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
+        else:
+            hidden = hidden[:, logits_to_keep]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits,
+                labels=labels,
+                vocab_size=self.config.text_config.vocab_size,
+                num_items_in_batch=num_items_in_batch,
+            )
+        return HarmonCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+
+    def generate(self, *args, generation_mode: str = "text", **kwargs):
+        """`generation_mode="text"` (default): `GenerationMixin.generate`; `"image"`: [`generate_images`]."""
+        if generation_mode == "image":
+            return self.generate_images(*args, **kwargs)
+        if generation_mode != "text":
+            raise ValueError(f"generation_mode must be 'text' or 'image', got {generation_mode!r}.")
+        return super().generate(*args, **kwargs)
+
+    # ------------------------------------------------------------------------------------------- text-to-image
+    def _tokenizer(self, tokenizer):
+        if tokenizer is not None:
+            return tokenizer
+        if getattr(self, "_harmon_tokenizer", None) is None:
+            source = getattr(self.config, "_name_or_path", None)
+            if not source:
+                raise ValueError("Text prompts need a tokenizer: pass tokenizer=... (or input_ids).")
+            from transformers import AutoTokenizer
+
+            self._harmon_tokenizer = AutoTokenizer.from_pretrained(source)
+        return self._harmon_tokenizer
+
+    def format_generation_prompt(self, prompt: str | None) -> str:
+        """Chat-formatted text-to-image prompt; `None` gives the unconditional prompt."""
+        instruction = (
+            self.config.unconditional_prompt
+            if prompt is None
+            else self.config.generation_prompt.format(prompt=prompt.strip())
+        )
+        return self.config.prompt_template.format(input=instruction)
+
+    def _tokenize_prompts(self, texts: list[str], tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = [tokenizer(text, add_special_tokens=True)["input_ids"] for text in texts]
+        length = max(len(row) for row in ids)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        input_ids = torch.full((len(ids), length), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), length), dtype=torch.long)
+        for row, tokens in enumerate(ids):
+            input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            attention_mask[row, : len(tokens)] = 1
+        return input_ids.to(self.device), attention_mask.to(self.device)
+
+    def _image_generation_settings(self, **given) -> dict:
+        stored = dict(DEFAULT_IMAGE_GENERATION)
+        stored.update(getattr(self.generation_config, "image_generation", None) or {})
+        settings = {key: (stored.get(key) if value is None else value) for key, value in given.items()}
+        settings["height"] = settings["height"] or self.config.image_size
+        settings["width"] = settings["width"] or self.config.image_size
+        settings["num_sampling_steps"] = settings["num_sampling_steps"] or self.config.num_sampling_steps
+        return settings
+
+    def _check_image_generation_settings(self, settings: dict) -> None:
+        stride = self.config.vae_stride * self.config.patch_size
+        for name in ("height", "width"):
+            value = settings[name]
+            if not isinstance(value, int) or value <= 0 or value % stride:
+                raise ValueError(f"{name} must be a positive multiple of {stride} (VAE stride x patch size), got {value!r}.")
+        seq_len = (settings["height"] // stride) * (settings["width"] // stride)
+        num_iter = settings["num_iter"]
+        if not isinstance(num_iter, int) or not 1 <= num_iter <= seq_len:
+            raise ValueError(f"num_iter must be an integer in [1, {seq_len}] (the number of image tokens), got {num_iter!r}.")
+        scale = settings["guidance_scale"]
+        if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 1.0:
+            raise ValueError(f"guidance_scale must be a finite number >= 1 (1 disables guidance), got {scale!r}.")
+        if settings["cfg_schedule"] not in ("constant", "linear"):
+            raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {settings['cfg_schedule']!r}.")
+        temperature = settings["temperature"]
+        if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}.")
+        steps = settings["num_sampling_steps"]
+        if not isinstance(steps, int) or not 1 <= steps <= self.config.num_train_timesteps:
+            raise ValueError(
+                f"num_sampling_steps must be an integer in [1, {self.config.num_train_timesteps}], got {steps!r}."
+            )
+        clamp = settings["x0_clamp"]
+        if clamp is not None and (not isinstance(clamp, (int, float)) or not clamp > 0):
+            raise ValueError(f"x0_clamp must be None or a number > 0, got {clamp!r}.")
+
+    def _prompt_batch(self, prompt, input_ids, attention_mask, tokenizer, what: str):
+        if input_ids is not None:
+            if input_ids.ndim != 2 or input_ids.shape[0] == 0:
+                raise ValueError(f"{what}input_ids must have shape (batch, length) with batch >= 1, got {tuple(input_ids.shape)}.")
+            input_ids = input_ids.to(self.device)
+            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device).long()
+            return input_ids, mask
+        prompts = [prompt] if isinstance(prompt, str) or prompt is None else list(prompt)
+        if len(prompts) == 0:
+            raise ValueError(f"{what}prompt must be a string or a non-empty list of strings, got an empty list.")
+        for item in prompts:
+            if item is not None and not isinstance(item, str):
+                raise ValueError(f"{what}prompt must hold strings, got {type(item).__name__}.")
+        texts = [self.format_generation_prompt(item) for item in prompts]
+        return self._tokenize_prompts(texts, self._tokenizer(tokenizer))
+
+    @staticmethod
+    def _pad_to(ids: torch.Tensor, mask: torch.Tensor, length: int, pad_id: int):
+        extra = length - ids.shape[1]
+        if extra == 0:
+            return ids, mask
+        return (
+            torch.cat([ids, ids.new_full((ids.shape[0], extra), pad_id)], dim=1),
+            torch.cat([mask, mask.new_zeros((mask.shape[0], extra))], dim=1),
+        )
+
+    @torch.no_grad()
+    def generate_images(
+        self,
+        prompt: str | list[str] | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        negative_prompt: str | list[str] | None = None,
+        negative_input_ids: torch.LongTensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_iter: int | None = None,
+        guidance_scale: float | None = None,
+        cfg_schedule: str | None = None,
+        temperature: float | None = None,
+        num_sampling_steps: int | None = None,
+        x0_clamp: float | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        callback: Callable | None = None,
+        orders: torch.LongTensor | None = None,
+        noise_fn: Callable[[tuple[int, int]], torch.Tensor] | None = None,
+        tokenizer=None,
+        return_dict: bool = True,
+    ) -> HarmonImageGenerationOutput | tuple:
+        r"""
+        Text-to-image generation by masked autoregression in MAR token space.
+
+        Args:
+            prompt: text(s) to draw; formatted as `Generate an image: {prompt}` in the chat template. Needs a
+                tokenizer (`tokenizer=` or the one saved with the model). Alternatively `input_ids` /
+                `attention_mask` of already formatted prompts (any padding side).
+            negative_prompt: replaces the unconditional prompt of classifier-free guidance with
+                `Generate an image: {negative_prompt}` (one string, or one per prompt). Or `negative_input_ids`.
+            height, width: image size in pixels, multiples of the VAE stride (default: `config.image_size`).
+            num_iter: MAR iterations (1..number of tokens). guidance_scale: CFG scale (>= 1; 1 turns CFG off).
+            cfg_schedule: `"constant"` or `"linear"` (ramps from 1 as tokens get revealed). temperature: scales
+                the diffusion head's sampling noise. num_sampling_steps: diffusion steps per iteration.
+            x0_clamp: clamp the head's x0 prediction to [-x0_clamp, x0_clamp] (None: no clamp, as the reference).
+            num_images_per_prompt: images generated for each prompt.
+            generator: one `torch.Generator`, or one per image: drives the token orders and all noise.
+            callback: `callback(step, num_iter, tokens, mask)` after each iteration, with tokens (B, L, D) and
+                mask (B, L) (True = still masked); may return `{"tokens": new_tokens}` or `{"interrupt": True}`.
+            orders: (B, L) generation orders (permutations of range(L)); tokens are revealed from each order's end.
+            noise_fn: `noise_fn(shape)` returning every Gaussian draw of the head in call order (for replay).
+            Every `None` setting comes from `generation_config.image_generation`.
+
+        Returns:
+            [`HarmonImageGenerationOutput`] with `images` (B, 3, H, W) float32 in about [-1, 1] and `latents`
+            (B, C, H/stride, W/stride) in scaled VAE space.
+        """
+        settings = self._image_generation_settings(
+            height=height, width=width, num_iter=num_iter, guidance_scale=guidance_scale, cfg_schedule=cfg_schedule,
+            temperature=temperature, num_sampling_steps=num_sampling_steps, x0_clamp=x0_clamp,
+        )  # fmt: skip
+        self._check_image_generation_settings(settings)
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}.")
+        if input_ids is None and prompt is None:
+            raise ValueError("Pass prompt (text) or input_ids (formatted prompt tokens).")
+        cond_ids, cond_mask = self._prompt_batch(prompt, input_ids, attention_mask, tokenizer, "")
+        num_prompts = cond_ids.shape[0]
+        use_cfg = settings["guidance_scale"] != 1.0
+        if use_cfg:
+            if negative_input_ids is None:
+                negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt] * num_prompts
+                if len(negatives) != num_prompts:
+                    raise ValueError(
+                        f"negative_prompt has {len(negatives)} entries but there are {num_prompts} prompts."
+                    )
+                neg_ids, neg_mask = self._prompt_batch(negatives, None, None, tokenizer, "negative_")
+            else:
+                neg_ids, neg_mask = self._prompt_batch(None, negative_input_ids, negative_attention_mask, None, "negative_")
+                if neg_ids.shape[0] != num_prompts:
+                    raise ValueError(f"negative_input_ids has {neg_ids.shape[0]} rows but there are {num_prompts} prompts.")
+            length = max(cond_ids.shape[1], neg_ids.shape[1])
+            pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+            cond_ids, cond_mask = self._pad_to(cond_ids, cond_mask, length, pad_id)
+            neg_ids, neg_mask = self._pad_to(neg_ids, neg_mask, length, pad_id)
+        repeat = num_images_per_prompt
+        prompt_ids = cond_ids.repeat_interleave(repeat, dim=0)
+        prompt_mask = cond_mask.repeat_interleave(repeat, dim=0)
+        if use_cfg:
+            prompt_ids = torch.cat([prompt_ids, neg_ids.repeat_interleave(repeat, dim=0)])
+            prompt_mask = torch.cat([prompt_mask, neg_mask.repeat_interleave(repeat, dim=0)])
+
+        batch = num_prompts * repeat
+        stride = self.config.vae_stride * self.config.patch_size
+        grid = (settings["height"] // stride, settings["width"] // stride)
+        seq_len = grid[0] * grid[1]
+        generators = _as_generator_list(generator, batch)
+        single_generator = generator if isinstance(generator, torch.Generator) else None
+        device = self.device
+
+        if orders is None:
+            if generators is None:
+                orders = torch.stack([torch.randperm(seq_len, generator=single_generator) for _ in range(batch)])
+            else:
+                orders = torch.stack([torch.randperm(seq_len, generator=g, device=g.device).cpu() for g in generators])
+        orders = self._check_orders(orders, batch, seq_len).to(device)
+
+        if noise_fn is None:
+
+            def noise_fn(shape):
+                if generators is None:
+                    return _randn(shape, single_generator, device)
+                rows = shape[0] // batch
+                return torch.cat([_randn((rows, *shape[1:]), g, device) for g in generators], dim=0)
+
+        model = self.model
+        cache = DynamicCache(config=self.config.text_config)
+        prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+        model.run_language_model(model.embed_tokens(prompt_ids), prompt_mask, prompt_positions, cache=cache)
+
+        tokens = torch.zeros(batch, seq_len, self.config.token_dim, device=device, dtype=self.dtype)
+        mask = torch.ones(batch, seq_len, dtype=torch.bool, device=device)
+        ranks = torch.empty_like(orders).scatter_(1, orders, torch.arange(seq_len, device=device).expand(batch, -1))
+        scale = settings["guidance_scale"]
+        for step, num_masked in enumerate(_masked_counts(seq_len, settings["num_iter"])):
+            encoded = model.mar_encoder(tokens, mask, grid)
+            decoder_mask = mask
+            if use_cfg:
+                # Both CFG halves share tokens and mask, so the MAR encoder runs once for them.
+                encoded, decoder_mask = encoded.repeat(2, 1, 1), mask.repeat(2, 1)
+            encoded = model.bridge(encoded, prompt_mask, cache=cache)
+            condition = model.mar_decoder(encoded, decoder_mask, grid)
+            next_mask = ranks < num_masked
+            to_predict = mask & ~next_mask
+            if settings["cfg_schedule"] == "linear":
+                step_scale = 1 + (scale - 1) * (seq_len - max(num_masked, 1)) / seq_len
+            else:
+                step_scale = scale
+            sampled = model.diffusion.sample(
+                model.diffusion_head,
+                condition[:batch][to_predict],
+                noise_fn,
+                unconditional=condition[batch:][to_predict] if use_cfg else None,
+                guidance_scale=step_scale,
+                temperature=settings["temperature"],
+                num_steps=settings["num_sampling_steps"],
+                x0_clamp=settings["x0_clamp"],
+            )
+            tokens = tokens.clone()
+            tokens[to_predict] = sampled.to(tokens.dtype)
+            mask = next_mask
+            if callback is not None:
+                result = callback(step, settings["num_iter"], tokens, mask) or {}
+                if result.get("tokens") is not None:
+                    tokens = result["tokens"].to(device=device, dtype=tokens.dtype)
+                if result.get("interrupt"):
+                    break
+
+        latents = model.tokens_to_latents(tokens.reshape(batch, grid[0], grid[1], -1))
+        images = model.decode_latents(latents)
+        if not return_dict:
+            return images, latents
+        return HarmonImageGenerationOutput(images=images, latents=latents)
+
+    @staticmethod
+    def _check_orders(orders: torch.Tensor, batch: int, seq_len: int) -> torch.Tensor:
+        orders = torch.as_tensor(orders)
+        if orders.shape != (batch, seq_len):
+            raise ValueError(f"orders must have shape ({batch}, {seq_len}), got {tuple(orders.shape)}.")
+        expected = torch.arange(seq_len, device=orders.device).expand(batch, -1)
+        if not torch.equal(orders.long().sort(dim=1).values, expected):
+            raise ValueError("orders must hold one permutation of range(number of image tokens) per image.")
+        return orders.long()
+
+    # --------------------------------------------------------------------------------- text-to-image training
+    def sample_mask_ratio(self, generator: torch.Generator | None = None) -> float:
+        """One draw of the truncated normal N(1, 0.25) on [mask_ratio_min, 1] (inverse-CDF sampling)."""
+        low = torch.special.ndtr(torch.tensor((self.config.mask_ratio_min - 1.0) / 0.25, dtype=torch.float64))
+        high = torch.special.ndtr(torch.tensor(0.0, dtype=torch.float64))
+        u = torch.rand((), generator=generator, dtype=torch.float64)
+        return float(1.0 + 0.25 * torch.special.ndtri(low + u * (high - low)))
+
+    def text_to_image_loss(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.FloatTensor | None = None,
+        latents: torch.FloatTensor | None = None,
+        mask: torch.BoolTensor | None = None,
+        orders: torch.LongTensor | None = None,
+        mask_ratio: float | None = None,
+        timesteps: torch.LongTensor | None = None,
+        noise: torch.FloatTensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> HarmonGenerationLossOutput:
+        """MAR diffusion loss of a text-to-image batch, averaged over masked tokens.
+
+        Args:
+            input_ids, attention_mask: formatted prompts (B, P), any padding side.
+            pixel_values: images (B, 3, H, W) in [-1, 1]; or `latents`: scaled VAE tokens (B, rows, cols, D).
+            mask: (B, L) bool, True = masked (to predict). Otherwise built from `orders` (B, L) and `mask_ratio`
+                (`ceil(L * ratio)` masked, the first entries of each order), each drawn when not given.
+            timesteps: (B*L*diffusion_batch_mul,) training timesteps; noise: (same rows, D). Drawn when not given.
+            generator: drives every draw that is not supplied.
+        """
+        model = self.model
+        if latents is None:
+            if pixel_values is None:
+                raise ValueError("Pass pixel_values or latents.")
+            latents = model.encode_images(pixel_values)
+        batch, rows, cols, dim = latents.shape
+        seq_len = rows * cols
+        target = latents.reshape(batch, seq_len, dim).to(self.dtype)
+        device = target.device
+        if mask is None:
+            if orders is None:
+                orders = torch.stack([torch.randperm(seq_len, generator=generator) for _ in range(batch)])
+            orders = self._check_orders(orders, batch, seq_len).to(device)
+            ratio = self.sample_mask_ratio(generator) if mask_ratio is None else float(mask_ratio)
+            num_masked = math.ceil(seq_len * ratio)
+            ranks = torch.empty_like(orders).scatter_(1, orders, torch.arange(seq_len, device=device).expand(batch, -1))
+            mask = ranks < num_masked
+        mask = mask.to(device=device, dtype=torch.bool)
+        if mask.shape != (batch, seq_len) or len(set(mask.sum(1).tolist())) != 1:
+            raise ValueError(f"mask must be (batch, {seq_len}) with the same number of masked tokens in every row.")
+
+        encoded = model.mar_encoder(target, mask, (rows, cols))
+        encoded = model.bridge(encoded, attention_mask, prompt_embeds=model.embed_tokens(input_ids.to(device)))
+        condition = model.mar_decoder(encoded, mask, (rows, cols))
+
+        repeats = self.config.diffusion_batch_mul
+        flat_target = target.reshape(batch * seq_len, dim).repeat(repeats, 1)
+        flat_condition = condition.reshape(batch * seq_len, -1).repeat(repeats, 1)
+        flat_mask = mask.reshape(batch * seq_len).repeat(repeats).float()
+        if timesteps is None:
+            timesteps = torch.randint(0, self.config.num_train_timesteps, (flat_target.shape[0],), generator=generator)
+        if noise is None:
+            noise = torch.randn(flat_target.shape, generator=generator)
+        terms = model.diffusion.training_losses(
+            model.diffusion_head,
+            flat_target.float(),
+            flat_condition,
+            timesteps.to(device),
+            noise.to(device=device, dtype=torch.float32),
+        )
+        loss = (terms["loss"] * flat_mask).sum() / flat_mask.sum()
+        return HarmonGenerationLossOutput(
+            loss=loss, mse=terms["mse"], vb=terms["vb"], mask=mask, condition=condition, target=target
+        )
+
+
+# `save_pretrained` copies these files next to the weights and writes `auto_map`, so checkpoints load as remote code.
+HarmonConfig.register_for_auto_class()
+HarmonForConditionalGeneration.register_for_auto_class("AutoModel")
+
+__all__ = ["HarmonPreTrainedModel", "HarmonModel", "HarmonForConditionalGeneration", "HarmonImageGenerationOutput"]

@@ -1,0 +1,167 @@
+"""The MAR encoder and decoder of Harmon (masked autoencoder over VAE latent tokens).
+
+Written here rather than taken from timm: the blocks are plain pre-norm ViT blocks, but they must go through
+torch SDPA, support transformers' gradient checkpointing, and keep the reference's state-dict layout.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .configuration_harmon import HarmonConfig
+
+
+def resize_position_embedding(position_embed: torch.Tensor, source_grid: tuple[int, int], grid: tuple[int, int]):
+    """Bilinearly resize a (1, rows*cols, C) row-major grid of position embeddings to `grid` (as the reference)."""
+    if tuple(grid) == tuple(source_grid):
+        return position_embed
+    rows, cols = source_grid
+    channels = position_embed.shape[-1]
+    image = position_embed.reshape(1, rows, cols, channels).permute(0, 3, 1, 2)
+    image = F.interpolate(image, size=tuple(grid), mode="bilinear", align_corners=False)
+    return image.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], channels)
+
+
+class HarmonMARAttention(nn.Module):
+    """Bidirectional multi-head self-attention with a fused qkv projection (timm layout), run by torch SDPA."""
+
+    def __init__(self, hidden_size: int, num_heads: int, attention_dropout: float, hidden_dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.attention_dropout = attention_dropout
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=True)
+        self.proj = nn.Linear(hidden_size, hidden_size, bias=True)
+        self.proj_drop = nn.Dropout(hidden_dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch, length, width = hidden_states.shape
+        qkv = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        query, key, value = qkv.unbind(0)
+        dropout = self.attention_dropout if self.training else 0.0
+        attended = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
+        attended = attended.transpose(1, 2).reshape(batch, length, width)
+        return self.proj_drop(self.proj(attended))
+
+
+class HarmonMARMLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.drop = nn.Dropout(hidden_dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.drop(F.gelu(self.fc1(hidden_states)))
+        return self.drop(self.fc2(hidden_states))
+
+
+class HarmonMARBlock(GradientCheckpointingLayer):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, hidden_size: int, num_heads: int, config: HarmonConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.attn = HarmonMARAttention(hidden_size, num_heads, config.attention_dropout, config.hidden_dropout)
+        self.norm2 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.mlp = HarmonMARMLP(hidden_size, int(hidden_size * config.mlp_ratio), config.hidden_dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = hidden_states + self.attn(self.norm1(hidden_states))
+        return hidden_states + self.mlp(self.norm2(hidden_states))
+
+
+def _with_buffer(mask: torch.Tensor, buffer_size: int) -> torch.Tensor:
+    """Prepend `buffer_size` never-masked positions to a (B, L) boolean mask."""
+    return torch.cat([mask.new_zeros(mask.shape[0], buffer_size), mask], dim=1)
+
+
+class HarmonMAREncoder(nn.Module):
+    """Embeds the visible latent tokens, prepends the buffer tokens and runs the encoder blocks.
+
+    Output: (B, buffer_size + visible, C) with the buffers first and visible tokens in raster order.
+    """
+
+    def __init__(self, config: HarmonConfig):
+        super().__init__()
+        width = config.encoder_hidden_size
+        self.buffer_size = config.buffer_size
+        self.grid = config.image_grid
+        self.token_embed = nn.Linear(config.token_dim, width)
+        self.token_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.buffer_embed = nn.Parameter(torch.zeros(1, width))
+        self.position_embed = nn.Parameter(torch.zeros(1, config.buffer_size + config.image_seq_length, width))
+        self.layers = nn.ModuleList(
+            [HarmonMARBlock(width, config.encoder_num_heads, config) for _ in range(config.encoder_num_layers)]
+        )
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+
+    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        buffer, image = self.position_embed.split([self.buffer_size, self.position_embed.shape[1] - self.buffer_size], 1)
+        return torch.cat([buffer, resize_position_embedding(image, self.grid, grid)], dim=1)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """
+        Args:
+            tokens: (B, L, token_dim) latent tokens in raster order, L = grid rows * cols.
+            mask: (B, L) bool, True where a token is masked (hidden from the encoder). Every row must hide the
+                same number of tokens.
+            grid: (rows, cols) of the latent token grid.
+        """
+        batch = tokens.shape[0]
+        hidden = self.token_embed(tokens.to(self.token_embed.weight.dtype))
+        buffers = self.buffer_embed.expand(batch, self.buffer_size, -1).to(hidden.dtype)
+        hidden = torch.cat([buffers, hidden], dim=1) + self.position_embedding(grid)
+        hidden = self.token_norm(hidden)
+        keep = ~_with_buffer(mask, self.buffer_size)
+        hidden = hidden[keep].reshape(batch, -1, hidden.shape[-1])
+        for layer in self.layers:
+            hidden = layer(hidden)
+        return self.norm(hidden)
+
+
+class HarmonMARDecoder(nn.Module):
+    """Fills masked positions with the mask token, runs the decoder blocks and returns the per-token head condition.
+
+    Output: (B, L, C_dec), the diffusion-head condition of every image token.
+    """
+
+    def __init__(self, config: HarmonConfig):
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.buffer_size = config.buffer_size
+        self.grid = config.image_grid
+        self.embed = nn.Linear(config.encoder_hidden_size, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.position_embed = nn.Parameter(torch.zeros(1, config.buffer_size + config.image_seq_length, width))
+        self.layers = nn.ModuleList(
+            [HarmonMARBlock(width, config.decoder_num_heads, config) for _ in range(config.decoder_num_layers)]
+        )
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.diffusion_position_embed = nn.Parameter(torch.zeros(1, config.image_seq_length, width))
+
+    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        buffer, image = self.position_embed.split([self.buffer_size, self.position_embed.shape[1] - self.buffer_size], 1)
+        return torch.cat([buffer, resize_position_embedding(image, self.grid, grid)], dim=1)
+
+    def forward(self, encoded: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """
+        Args:
+            encoded: (B, buffer_size + visible, C_enc), buffers first (the encoder's output layout).
+            mask: (B, L) bool, True where a token is masked.
+            grid: (rows, cols) of the latent token grid.
+        """
+        batch, length = mask.shape
+        hidden = self.embed(encoded)
+        keep = ~_with_buffer(mask, self.buffer_size)
+        full = self.mask_token.to(hidden.dtype).repeat(batch, self.buffer_size + length, 1)
+        full[keep] = hidden.reshape(-1, hidden.shape[-1])
+        hidden = full + self.position_embedding(grid)
+        for layer in self.layers:
+            hidden = layer(hidden)
+        hidden = self.norm(hidden)[:, self.buffer_size :]
+        return hidden + resize_position_embedding(self.diffusion_position_embed, self.grid, grid)
+
+
+__all__ = ["HarmonMAREncoder", "HarmonMARDecoder", "HarmonMARBlock", "resize_position_embedding"]
