@@ -26,6 +26,8 @@ from .modeling_harmon_mar import HarmonMARDecoder, HarmonMAREncoder
 class HarmonModelOutputWithPast(ModelOutput):
     last_hidden_state: torch.FloatTensor | None = None
     past_key_values: object | None = None
+    # transformers >= 5.24 names the KV cache `cache`; both fields hold the same object.
+    cache: object | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     image_hidden_states: torch.FloatTensor | None = None
@@ -36,6 +38,8 @@ class HarmonCausalLMOutputWithPast(ModelOutput):
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     past_key_values: object | None = None
+    # transformers >= 5.24 names the KV cache `cache`; both fields hold the same object.
+    cache: object | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     image_hidden_states: torch.FloatTensor | None = None
@@ -72,6 +76,11 @@ class _ScaleGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad * ctx.scale, None
+
+
+def _cache_of(outputs):
+    cache = getattr(outputs, "past_key_values", None)
+    return getattr(outputs, "cache", None) if cache is None else cache
 
 
 def _as_generator_list(generator, batch_size: int) -> list | None:
@@ -334,7 +343,8 @@ class HarmonModel(HarmonPreTrainedModel):
         )  # fmt: skip
         return HarmonModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=getattr(outputs, "past_key_values", None) or getattr(outputs, "cache", None),
+            past_key_values=_cache_of(outputs),
+            cache=_cache_of(outputs),
             hidden_states=getattr(outputs, "hidden_states", None),
             attentions=getattr(outputs, "attentions", None),
             image_hidden_states=image_features,
@@ -418,6 +428,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             loss=loss,
             logits=logits,
             past_key_values=outputs.past_key_values,
+            cache=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
@@ -468,9 +479,9 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         stored = dict(DEFAULT_IMAGE_GENERATION)
         stored.update(getattr(self.generation_config, "image_generation", None) or {})
         settings = {key: (stored.get(key) if value is None else value) for key, value in given.items()}
-        settings["height"] = settings["height"] or self.config.image_size
-        settings["width"] = settings["width"] or self.config.image_size
-        settings["num_sampling_steps"] = settings["num_sampling_steps"] or self.config.num_sampling_steps
+        for name, fallback in (("height", self.config.image_size), ("width", self.config.image_size),
+                               ("num_sampling_steps", self.config.num_sampling_steps)):  # fmt: skip
+            settings[name] = fallback if settings[name] is None else settings[name]
         return settings
 
     def _check_image_generation_settings(self, settings: dict) -> None:

@@ -1,0 +1,36 @@
+"""Harmon for transformers and diffusers: unified image understanding and generation."""
+
+from setuptools import find_packages, setup
+
+
+# Ranges that install cleanly on a CPU machine: an unbounded torch pulls a multi-GB CUDA build, and
+# transformers 5.24 rejects the newest peft.
+INSTALL_REQUIRES = [
+    "torch>=2.6,<2.14",
+    "transformers>=5.18,<5.24",
+    "diffusers>=0.40,<0.43",
+    "accelerate>=1.0",
+    "safetensors>=0.4",
+    "huggingface-hub>=1.0",
+    "numpy>=1.24",
+    "pillow>=10.0",
+]
+EXTRAS = {
+    "train": ["peft>=0.20,<0.22", "datasets>=3.0", "trl>=1.0", "evaluate>=0.4", "pyyaml>=6.0"],
+    "test": ["pytest>=8.0"],
+}
+EXTRAS["dev"] = sorted({requirement for group in EXTRAS.values() for requirement in group})
+
+setup(
+    name="harmon-hf",
+    version="0.1.0",
+    description=__doc__,
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Other (see README: reference code is S-Lab License 1.0, MAR code MIT)",
+    python_requires=">=3.10",
+    packages=find_packages(include=["modeling_harmon", "modeling_harmon.*", "pipelines", "pipelines.*", "training", "training.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["harmon-demo=modeling_harmon.demo:main"]},
+)

@@ -1,0 +1,44 @@
+"""Shared tiny fixtures: a random Harmon with a 3-level, 4-channel VAE and a byte-level tokenizer."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from modeling_harmon.demo import build_random_model  # noqa: E402
+
+
+torch.set_num_threads(1)
+
+
+def wake_zero_initialised(model, seed: int = 0):
+    """Give the zero-initialised tensors (adaLN gates, head output) small random values.
+
+    Freshly initialised, the diffusion head ignores its condition (its output layer is zero), so prompts and
+    guidance could not change an image; tests of those effects need a head that listens.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.numel() and torch.count_nonzero(parameter) == 0:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(model, tokenizer) of a small random Harmon in eval mode; tests must not modify it."""
+    model, tokenizer = build_random_model(seed=0)
+    return wake_zero_initialised(model), tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny):
+    return tiny[0]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny):
+    return tiny[1]

@@ -1,0 +1,1 @@
+"""Harmon training on `transformers.Trainer` (the paper's three stages): see issue #4."""
