@@ -83,6 +83,17 @@ def _cache_of(outputs):
     return getattr(outputs, "cache", None) if cache is None else cache
 
 
+def _with_cache(output: ModelOutput, cache) -> ModelOutput:
+    """Store the KV cache under both names: transformers < 5.24 reads `past_key_values`, later ones `cache`.
+
+    Set after construction because 5.24's `ModelOutput.__init__` renames a `past_key_values=` argument.
+    """
+    if cache is not None:
+        output["past_key_values"] = cache
+        output["cache"] = cache
+    return output
+
+
 def _as_generator_list(generator, batch_size: int) -> list | None:
     if generator is None or isinstance(generator, torch.Generator):
         return None
@@ -115,6 +126,7 @@ def _masked_counts(seq_len: int, num_iter: int) -> list[int]:
 
 
 class HarmonPreTrainedModel(PreTrainedModel):
+    config: HarmonConfig
     config_class = HarmonConfig
     base_model_prefix = "model"
     input_modalities = ("image", "text")
@@ -214,7 +226,7 @@ class HarmonModel(HarmonPreTrainedModel):
         p = self.config.patch_size
         batch, rows, cols, _ = tokens.shape
         latents = tokens.reshape(batch, rows, cols, -1, p, p).permute(0, 3, 1, 4, 2, 5)
-        return latents.reshape(batch, -1, rows * p, cols * p)
+        return latents.reshape(batch, -1, rows * p, cols * p).contiguous()
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -341,13 +353,14 @@ class HarmonModel(HarmonPreTrainedModel):
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
             use_cache=use_cache, **kwargs,
         )  # fmt: skip
-        return HarmonModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            past_key_values=_cache_of(outputs),
-            cache=_cache_of(outputs),
-            hidden_states=getattr(outputs, "hidden_states", None),
-            attentions=getattr(outputs, "attentions", None),
-            image_hidden_states=image_features,
+        return _with_cache(
+            HarmonModelOutputWithPast(
+                last_hidden_state=outputs.last_hidden_state,
+                hidden_states=getattr(outputs, "hidden_states", None),
+                attentions=getattr(outputs, "attentions", None),
+                image_hidden_states=image_features,
+            ),
+            _cache_of(outputs),
         )
 
 
@@ -424,14 +437,15 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                 vocab_size=self.config.text_config.vocab_size,
                 num_items_in_batch=num_items_in_batch,
             )
-        return HarmonCausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            cache=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
+        return _with_cache(
+            HarmonCausalLMOutputWithPast(
+                loss=loss,
+                logits=logits,
+                hidden_states=outputs.hidden_states,
+                attentions=outputs.attentions,
+                image_hidden_states=outputs.image_hidden_states,
+            ),
+            _cache_of(outputs),
         )
 
     def generate(self, *args, generation_mode: str = "text", **kwargs):
@@ -452,7 +466,8 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                 raise ValueError("Text prompts need a tokenizer: pass tokenizer=... (or input_ids).")
             from transformers import AutoTokenizer
 
-            self._harmon_tokenizer = AutoTokenizer.from_pretrained(source)
+            # The model's own folder: its code already runs, so its (stock) tokenizer may be trusted too.
+            self._harmon_tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
         return self._harmon_tokenizer
 
     def format_generation_prompt(self, prompt: str | None) -> str:
