@@ -264,6 +264,8 @@ class HarmonModel(HarmonPreTrainedModel):
         if cache is not None:
             kwargs[self._cache_argument] = cache
             kwargs["use_cache"] = True
+        else:
+            kwargs.setdefault("use_cache", False)
         return self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs
         )

@@ -23,6 +23,12 @@ def resize_position_embedding(position_embed: torch.Tensor, source_grid: tuple[i
     return image.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], channels)
 
 
+def _buffered_position_embedding(position_embed, buffer_size: int, source_grid, grid) -> torch.Tensor:
+    """[buffer rows unchanged, image rows resized to `grid`] of a (1, buffer + rows*cols, C) embedding."""
+    buffer, image = position_embed.split([buffer_size, position_embed.shape[1] - buffer_size], dim=1)
+    return torch.cat([buffer, resize_position_embedding(image, source_grid, grid)], dim=1)
+
+
 class HarmonMARAttention(nn.Module):
     """Bidirectional multi-head self-attention with a fused qkv projection (timm layout), run by torch SDPA."""
 
@@ -98,8 +104,7 @@ class HarmonMAREncoder(nn.Module):
         self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
-        buffer, image = self.position_embed.split([self.buffer_size, self.position_embed.shape[1] - self.buffer_size], 1)
-        return torch.cat([buffer, resize_position_embedding(image, self.grid, grid)], dim=1)
+        return _buffered_position_embedding(self.position_embed, self.buffer_size, self.grid, grid)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """
@@ -142,8 +147,7 @@ class HarmonMARDecoder(nn.Module):
         self.diffusion_position_embed = nn.Parameter(torch.zeros(1, config.image_seq_length, width))
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
-        buffer, image = self.position_embed.split([self.buffer_size, self.position_embed.shape[1] - self.buffer_size], 1)
-        return torch.cat([buffer, resize_position_embedding(image, self.grid, grid)], dim=1)
+        return _buffered_position_embedding(self.position_embed, self.buffer_size, self.grid, grid)
 
     def forward(self, encoded: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """

@@ -222,3 +222,24 @@ def test_bad_understanding_inputs_are_refused(tiny_model, tokenizer):
         tiny_model(input_ids=ids, pixel_values=torch.rand(1, 3, 30, 32))
     with pytest.raises(ValueError, match="pixel_values"):
         tiny_model(input_ids=ids)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tokenizer):
+    losses, grads = [], []
+    for checkpointing in (False, True):
+        model = wake_zero_initialised(build_random_model(seed=2)[0])
+        model.config.attention_dropout = model.config.hidden_dropout = 0.0
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        ids = torch.tensor([tokenizer(model.format_generation_prompt("a red circle"))["input_ids"]])
+        pixels = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        out = model.text_to_image_loss(ids, torch.ones_like(ids), pixel_values=pixels, generator=torch.Generator().manual_seed(0))
+        out.loss.backward()
+        losses.append(out.loss.detach())
+        grads.append(model.model.mar_encoder.layers[0].attn.qkv.weight.grad.clone())
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
