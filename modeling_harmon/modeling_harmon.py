@@ -351,10 +351,7 @@ class HarmonModel(HarmonPreTrainedModel):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
         outputs = self.run_language_model(
             inputs_embeds, attention_mask, position_ids, cache=past_key_values, use_cache=use_cache, **kwargs
-        ) if past_key_values is not None else self.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            use_cache=use_cache, **kwargs,
-        )  # fmt: skip
+        )
         return _with_cache(
             HarmonModelOutputWithPast(
                 last_hidden_state=outputs.last_hidden_state,
