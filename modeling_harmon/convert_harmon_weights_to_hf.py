@@ -383,6 +383,9 @@ def convert_harmon_checkpoint(
     try:
         model.save_pretrained(staging)
         tok.save_pretrained(staging)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp creates 0700; give the folder the usual permissions
         if output.exists():
             shutil.rmtree(output)
         os.replace(staging, output)

@@ -89,6 +89,9 @@ def save_image(image: torch.Tensor, path: str | os.PathLike) -> None:
     os.close(handle)
     try:
         Image.fromarray(array).save(temporary, format="PNG")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
