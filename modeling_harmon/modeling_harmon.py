@@ -173,6 +173,9 @@ class HarmonModel(HarmonPreTrainedModel):
             nn.Linear(config.encoder_hidden_size, text_hidden), nn.SiLU(), nn.Linear(text_hidden, text_hidden)
         )
         self.language_model = AutoModel.from_config(config.text_config)
+        # transformers 5.24 renamed the LLM's `past_key_values` argument to `cache`.
+        parameters = inspect.signature(self.language_model.forward).parameters
+        self._cache_argument = "cache" if "cache" in parameters and "past_key_values" not in parameters else "past_key_values"
         self.proj_out = nn.Sequential(
             nn.Linear(text_hidden, text_hidden), nn.SiLU(), nn.Linear(text_hidden, config.encoder_hidden_size)
         )
@@ -252,12 +255,6 @@ class HarmonModel(HarmonPreTrainedModel):
         mask = torch.zeros(batch, rows * cols, dtype=torch.bool, device=tokens.device)
         encoded = self.mar_encoder(tokens, mask, (rows, cols))
         return self._to_llm_order(self.proj_in(encoded))
-
-    @property
-    def _cache_argument(self) -> str:
-        # transformers 5.24 renamed the LLM's `past_key_values` argument to `cache`.
-        parameters = inspect.signature(self.language_model.forward).parameters
-        return "cache" if "cache" in parameters and "past_key_values" not in parameters else "past_key_values"
 
     def run_language_model(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, **kwargs):
         """Run the LLM (no LM head) and return its outputs; `cache` is passed under this transformers' name."""
