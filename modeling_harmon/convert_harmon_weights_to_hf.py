@@ -141,6 +141,7 @@ def harmon_settings_from(value: str) -> dict:
         "embed_dim": vae.get("embed_dim", mar.get("vae_embed_dim")),
         "ch_mult": vae.get("ch_mult"),
         "ch": vae.get("ch"),
+        "norm_num_groups": vae.get("groupnorm_groups", 32),
         "scaling_factor": scale,
         "vae_stride": expected["vae_stride"],
     }
@@ -173,7 +174,7 @@ def vae_config_from_ldm(vae_state: dict[str, torch.Tensor], hints: dict, sample_
         "layers_per_block": len(blocks),
         "act_fn": "silu",
         "latent_channels": embed_dim,
-        "norm_num_groups": 32,
+        "norm_num_groups": int(hints.get("norm_num_groups", 32)),  # LDM's GroupNorm uses 32 groups
         "sample_size": sample_size,
         "scaling_factor": float(hints.get("scaling_factor", KL16_VAE_CONFIG["scaling_factor"])),
     }
