@@ -153,13 +153,23 @@ class HarmonDiffusionSchedule:
         self.log_betas = np.log(betas)
         self.posterior_mean_coef1 = betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - alphas_cumprod_prev) * np.sqrt(1.0 - betas) / (1.0 - alphas_cumprod)
+        self._tables: dict[str, dict[str, torch.Tensor]] = {}
 
     @property
     def num_steps(self) -> int:
         return len(self.timestep_map)
 
     def table(self, device: torch.device) -> dict[str, torch.Tensor]:
-        """Float32 copies of every array on `device` (float64 -> float32 as the reference extracts them)."""
+        """Float32 copies of every array on `device` (float64 -> float32 as the reference extracts them).
+
+        Built once per device and reused, so the sampling loops never copy schedules host -> device.
+        """
+        key = str(device)
+        if key not in self._tables:
+            self._tables[key] = self._build_table(device)
+        return self._tables[key]
+
+    def _build_table(self, device: torch.device) -> dict[str, torch.Tensor]:
         names = (
             "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
             "sqrt_recipm1_alphas_cumprod", "posterior_log_variance_clipped", "log_betas",
