@@ -3,6 +3,18 @@
 from setuptools import find_packages, setup
 
 
+# The repository's folders `pipelines/`, `training/` and `model_cards/` are installed under names that cannot clash
+# with other distributions' top-level packages.
+RENAMED = {"harmon_pipelines": "pipelines", "harmon_training": "training", "harmon_model_cards": "model_cards"}
+
+
+def _packages() -> list[str]:
+    packages = find_packages(include=["modeling_harmon", "modeling_harmon.*"])
+    for name, folder in RENAMED.items():
+        packages += [name] + [f"{name}.{sub}" for sub in find_packages(where=folder)]
+    return packages
+
+
 # Ranges that install cleanly on a CPU machine: an unbounded torch pulls a multi-GB CUDA build, and
 # transformers 5.24 rejects the newest peft.
 INSTALL_REQUIRES = [
@@ -29,8 +41,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Other (see README: reference code is S-Lab License 1.0, MAR code MIT)",
     python_requires=">=3.10",
-    packages=find_packages(include=["modeling_harmon", "modeling_harmon.*", "pipelines", "pipelines.*", "training", "training.*"]),
+    packages=_packages(),
+    package_dir=dict(RENAMED),
+    package_data={"harmon_model_cards": ["*.md"], "harmon_pipelines": ["default_model/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["harmon-demo=modeling_harmon.demo:main"]},
+    entry_points={"console_scripts": ["harmon=harmon_pipelines.cli:main"]},
 )

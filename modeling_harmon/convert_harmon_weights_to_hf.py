@@ -320,11 +320,13 @@ def convert_harmon_checkpoint(
     mar_config: str,
     output: str | os.PathLike,
     verbose: bool = True,
+    finalize=None,
 ):
     """Convert and save; returns the loaded `HarmonForConditionalGeneration` (fp32, eval mode).
 
     `vae_ckpt` may be None when the Harmon checkpoint carries `vae.*` tensors. The output folder is written
-    atomically (a temporary sibling folder renamed at the end).
+    atomically (a temporary sibling folder renamed at the end). `finalize(folder, model, tokenizer)`, if given,
+    adds files to the folder before that rename (`harmon convert` uses it to write the full Hub layout).
     """
     from transformers import GenerationConfig
 
@@ -384,6 +386,8 @@ def convert_harmon_checkpoint(
     try:
         model.save_pretrained(staging)
         tok.save_pretrained(staging)
+        if finalize is not None:
+            finalize(staging, model, tok)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(staging, 0o777 & ~umask)  # mkdtemp creates 0700; give the folder the usual permissions
@@ -400,14 +404,19 @@ def convert_harmon_checkpoint(
     return model
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The converter's flags (shared with `harmon convert`)."""
     parser.add_argument("--harmon-ckpt", required=True, help="reference harmon_*.pth (flat state dict)")
     parser.add_argument("--vae-ckpt", default=None, help="kl16.ckpt ({'model': state_dict}); optional if the .pth has vae.*")
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder (Qwen2.5-Instruct)")
     parser.add_argument("--llm-config", required=True, help="folder with the Qwen2 config.json, or a preset name")
     parser.add_argument("--mar-config", required=True, help="JSON with a 'mar' object (MAR arguments), or a preset")
     parser.add_argument("--output", required=True, help="output folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = add_arguments(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     try:
         convert_harmon_checkpoint(

@@ -486,6 +486,13 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             attention_mask[row, : len(tokens)] = 1
         return input_ids.to(self.device), attention_mask.to(self.device)
 
+    def resolve_image_generation_settings(self, **given) -> dict:
+        """Image-generation settings with every `None` filled from `generation_config.image_generation` (then the
+        config), validated: a bad value raises `ValueError` naming it. Pipelines call this to check their inputs."""
+        settings = self._image_generation_settings(**given)
+        self._check_image_generation_settings(settings)
+        return settings
+
     def _image_generation_settings(self, **given) -> dict:
         stored = dict(DEFAULT_IMAGE_GENERATION)
         stored.update(getattr(self.generation_config, "image_generation", None) or {})
@@ -571,6 +578,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         orders: torch.LongTensor | None = None,
         noise_fn: Callable[[tuple[int, int]], torch.Tensor] | None = None,
         tokenizer=None,
+        decode: bool = True,
         return_dict: bool = True,
     ) -> HarmonImageGenerationOutput | tuple:
         r"""
@@ -593,17 +601,17 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                 mask (B, L) (True = still masked); may return `{"tokens": new_tokens}` or `{"interrupt": True}`.
             orders: (B, L) generation orders (permutations of range(L)); tokens are revealed from each order's end.
             noise_fn: `noise_fn(shape)` returning every Gaussian draw of the head in call order (for replay).
+            decode: `False` skips the VAE decode (`images` is then `None`), for callers that only need latents.
             Every `None` setting comes from `generation_config.image_generation`.
 
         Returns:
             [`HarmonImageGenerationOutput`] with `images` (B, 3, H, W) float32 in about [-1, 1] and `latents`
             (B, C, H/stride, W/stride) in scaled VAE space.
         """
-        settings = self._image_generation_settings(
+        settings = self.resolve_image_generation_settings(
             height=height, width=width, num_iter=num_iter, guidance_scale=guidance_scale, cfg_schedule=cfg_schedule,
             temperature=temperature, num_sampling_steps=num_sampling_steps, x0_clamp=x0_clamp,
         )  # fmt: skip
-        self._check_image_generation_settings(settings)
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}.")
         if input_ids is None and prompt is None:
@@ -701,7 +709,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                     break
 
         latents = model.tokens_to_latents(tokens.reshape(batch, grid[0], grid[1], -1))
-        images = model.decode_latents(latents)
+        images = model.decode_latents(latents) if decode else None
         if not return_dict:
             return images, latents
         return HarmonImageGenerationOutput(images=images, latents=latents)

@@ -1,0 +1,1 @@
+"""Model-card templates for Harmon checkpoints (installed as `harmon_model_cards`)."""

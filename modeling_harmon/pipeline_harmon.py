@@ -1,0 +1,323 @@
+"""diffusers pipeline for Harmon text-to-image generation.
+
+Harmon has no diffusers scheduler or denoiser: the image is built by masked autoregression (MAR encoder -> LLM ->
+MAR decoder -> diffusion-MLP head) inside the transformers model, and the KL VAE is the model's own `vae`. This
+pipeline gives that loop the diffusers interface (prompts, generators, callbacks, output types, offload,
+save/load); the sampling itself stays in `HarmonForConditionalGeneration.generate_images` so both entry points
+produce the same images.
+
+The file is uploaded to the Hub as a custom pipeline (`model_index.json` names it in list form), so it imports
+only torch, transformers and diffusers.
+"""
+
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.utils import replace_example_docstring
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from harmon_pipelines import HarmonText2ImagePipeline  # Hub users: DiffusionPipeline + trust_remote_code
+
+        >>> pipe = HarmonText2ImagePipeline.from_pretrained("path/or/repo")
+        >>> image = pipe("a red circle on the left", generator=torch.Generator().manual_seed(0)).images[0]
+        >>> image.save("harmon.png")
+        ```
+"""
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+class HarmonText2ImagePipeline(DiffusionPipeline):
+    r"""
+    Text-to-image generation with Harmon (masked autoregression in MAR token space + a diffusion-MLP head).
+
+    Args:
+        model ([`HarmonForConditionalGeneration`]): the Harmon model; its `vae` decodes the latents.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]): the model's tokenizer.
+    """
+
+    model_cpu_offload_seq = "model"
+    _callback_tensor_inputs = ["latents", "mask"]
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+        super().__init__()
+        self.register_modules(model=model, tokenizer=tokenizer)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=True)
+
+    # ------------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> "HarmonText2ImagePipeline":
+        """Load `model/` and `tokenizer/` of a pipeline folder or Hub repo with this class.
+
+        diffusers would route any repo whose `model_index.json` names a custom pipeline file through remote code,
+        even when this class is already imported from the pip package; loading the two components directly keeps
+        the pip class (and lets pip users skip `trust_remote_code`). Hub users without the package call
+        `DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)` instead, which reads the same files.
+
+        Accepts `model=` / `tokenizer=` to reuse loaded components, `torch_dtype`, `trust_remote_code`, and the Hub
+        arguments `revision`, `cache_dir`, `local_files_only`, `token`, `force_download`.
+        """
+        from transformers import AutoModel, AutoTokenizer
+
+        model = kwargs.pop("model", None)
+        tokenizer = kwargs.pop("tokenizer", None)
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        trust_remote_code = kwargs.pop("trust_remote_code", None)
+        hub_names = ("revision", "cache_dir", "local_files_only", "token", "force_download")
+        hub = {name: kwargs.pop(name) for name in hub_names if name in kwargs}
+        if kwargs:
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained got unexpected arguments {sorted(kwargs)}; allowed: model, "
+                f"tokenizer, torch_dtype, trust_remote_code, {', '.join(hub_names)}."
+            )
+        source = str(pretrained_model_name_or_path)
+        if model is None:
+            if torch_dtype is not None:
+                hub["dtype"] = torch_dtype
+            model = AutoModel.from_pretrained(source, subfolder="model", trust_remote_code=trust_remote_code, **hub)
+            hub.pop("dtype", None)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **hub)
+        return cls(model=model.eval(), tokenizer=tokenizer)
+
+    def model_index(self) -> dict:
+        """`model_index.json` content: this file's pipeline class in list form and the model's code file, so
+        diffusers loads both as remote code from the repo."""
+        import diffusers
+
+        this_file = Path(sys.modules[type(self).__module__].__file__)
+        model_file = Path(sys.modules[type(self.model).__module__].__file__)
+        return {
+            "_class_name": [this_file.stem, type(self).__name__],
+            "_diffusers_version": diffusers.__version__,
+            "model": [model_file.stem, type(self.model).__name__],
+            "tokenizer": list(self.config["tokenizer"]),
+        }
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """diffusers' layout (`model_index.json`, `model/`, `tokenizer/`) plus this file at the root, named in
+        list form in `model_index.json`, so `DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)` works
+        where the pip package is not installed."""
+        super().save_pretrained(save_directory, **kwargs)
+        save_directory = Path(save_directory)
+        index = self.model_index()
+        (save_directory / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        this_file = Path(sys.modules[type(self).__module__].__file__)
+        if this_file.resolve() != (save_directory / this_file.name).resolve():
+            shutil.copyfile(this_file, save_directory / this_file.name)
+
+    # -------------------------------------------------------------------------------------------- properties
+    @property
+    def vae(self):
+        """The model's own KL VAE (not a separate component, so its weights are stored once)."""
+        return self.model.model.vae
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per image token along each side (VAE stride x MAR patch size)."""
+        return self.model.config.vae_stride * self.model.config.patch_size
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    # ------------------------------------------------------------------------------------------------ phases
+    def encode_prompt(
+        self, prompt: str | list[str] | None, device: torch.device | None = None
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """Chat-format `Generate an image: {prompt}` (or the unconditional prompt for `None`) and tokenise it.
+
+        Returns right-padded `input_ids` and `attention_mask`, both (num_prompts, length).
+        """
+        prompts = [prompt] if prompt is None or isinstance(prompt, str) else list(prompt)
+        texts = [self.model.format_generation_prompt(item) for item in prompts]
+        encoded = self.tokenizer(texts, padding=True, padding_side="right", return_tensors="pt")
+        device = device or self._execution_device
+        return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+
+    def check_inputs(
+        self,
+        prompt,
+        negative_prompt,
+        num_images_per_prompt,
+        generator,
+        output_type,
+        callback_on_step_end,
+        callback_on_step_end_tensor_inputs,
+        **settings,
+    ) -> dict:
+        """Validate every argument; returns the resolved image-generation settings (defaults filled in)."""
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(item, str) for item in prompts):
+            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}.")
+        if negative_prompt is not None:
+            negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+            if not isinstance(negatives, list) or not all(isinstance(item, str) for item in negatives):
+                raise ValueError(f"negative_prompt must be None, a string or a list of strings, got {negative_prompt!r}.")
+            if len(negatives) not in (1, len(prompts)):
+                raise ValueError(
+                    f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; give one, or one "
+                    "per prompt."
+                )
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}.")
+        if isinstance(generator, list):
+            expected = len(prompts) * num_images_per_prompt
+            if len(generator) != expected or not all(isinstance(item, torch.Generator) for item in generator):
+                raise ValueError(
+                    f"generator is a list of {len(generator)}, but a list must hold one torch.Generator per image "
+                    f"({len(prompts)} prompts x {num_images_per_prompt} images = {expected})."
+                )
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}.")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ValueError(f"callback_on_step_end must be callable, got {type(callback_on_step_end).__name__}.")
+        unknown = [name for name in callback_on_step_end_tensor_inputs or [] if name not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs must be in {self._callback_tensor_inputs}, got unknown {unknown}."
+            )
+        return self.model.resolve_image_generation_settings(**settings)
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        prompt: str | list[str] = None,
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 64,
+        guidance_scale: float = 3.0,
+        cfg_schedule: str = "constant",
+        temperature: float = 1.0,
+        num_sampling_steps: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+    ) -> ImagePipelineOutput | tuple:
+        r"""
+        Generate images from text.
+
+        Args:
+            prompt (`str` or `list[str]`): what to draw (formatted as `Generate an image: {prompt}`).
+            negative_prompt (`str` or `list[str]`, *optional*): replaces the unconditional prompt of classifier-free
+                guidance by `Generate an image: {negative_prompt}`; one, or one per prompt.
+            height (`int`, *optional*), width (`int`, *optional*): image size in pixels, multiples of the VAE stride
+                (default: the model's `image_size`).
+            num_inference_steps (`int`, defaults to 64): MAR iterations (1 .. number of image tokens); each reveals a
+                share of the tokens on a cosine schedule.
+            guidance_scale (`float`, defaults to 3.0): classifier-free guidance scale; 1 disables guidance.
+            cfg_schedule (`str`, defaults to `"constant"`): `"constant"`, or `"linear"` to ramp the scale from 1 as
+                tokens get revealed.
+            temperature (`float`, defaults to 1.0): scales the diffusion head's sampling noise.
+            num_sampling_steps (`int`, *optional*): diffusion-head steps per token (default: the model's
+                `num_sampling_steps`, 100 for the released models).
+            num_images_per_prompt (`int`, defaults to 1): images per prompt.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one generator, or one per image
+                (prompt-major: image `i * num_images_per_prompt + k`); with a list, each image depends only on its
+                own generator, so it is the same alone or in any batch.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (float in [0, 1], NHWC), `"pt"` (float in
+                [0, 1], NCHW) or `"latent"` (scaled VAE latents, NCHW; no decode).
+            return_dict (`bool`, defaults to `True`): return an [`~pipelines.ImagePipelineOutput`] or a tuple.
+            callback_on_step_end (`Callable`, *optional*): called after every MAR iteration as
+                `callback_on_step_end(pipeline, step, timestep, callback_kwargs)`, where `timestep` is the number of
+                tokens still masked and `callback_kwargs` holds the tensors named in
+                `callback_on_step_end_tensor_inputs` (`"latents"`: current latents (B, C, h, w), masked positions
+                zero; `"mask"`: (B, h*w) bool, True = still masked). Returning `{"latents": tensor}` replaces the
+                latents; setting `pipeline._interrupt = True` stops after this iteration.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): see above.
+
+        Examples:
+
+        Returns:
+            [`~pipelines.ImagePipelineOutput`] with `images` (a list of PIL images, or an array/tensor), or a tuple
+            `(images,)` when `return_dict` is False.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        settings = self.check_inputs(
+            prompt, negative_prompt, num_images_per_prompt, generator, output_type, callback_on_step_end,
+            callback_on_step_end_tensor_inputs, height=height, width=width, num_iter=num_inference_steps,
+            guidance_scale=guidance_scale, cfg_schedule=cfg_schedule, temperature=temperature,
+            num_sampling_steps=num_sampling_steps, x0_clamp=None,
+        )  # fmt: skip
+        self._guidance_scale = settings["guidance_scale"]
+        self._num_timesteps = settings["num_iter"]
+        self._interrupt = False
+        device = self._execution_device
+
+        # 1. Prompts -> token ids (conditional and, for guidance, negative / unconditional).
+        input_ids, attention_mask = self.encode_prompt(prompt, device)
+        negative_ids = negative_mask = None
+        if settings["guidance_scale"] != 1.0:
+            negatives = negative_prompt
+            if negatives is None or isinstance(negatives, str) or len(negatives) == 1:
+                single = negatives if negatives is None or isinstance(negatives, str) else negatives[0]
+                negatives = [single] * input_ids.shape[0]
+            negative_ids, negative_mask = self.encode_prompt(negatives, device)
+
+        # 2. Masked-autoregressive loop, one progress-bar tick and one callback per MAR iteration.
+        grid = (settings["height"] // self.vae_scale_factor, settings["width"] // self.vae_scale_factor)
+        inner = self.model.model
+
+        with self.progress_bar(total=settings["num_iter"]) as progress_bar:
+
+            def on_iteration(step, num_iter, tokens, mask):
+                progress_bar.update()
+                if callback_on_step_end is None:
+                    return None
+                latents = inner.tokens_to_latents(tokens.reshape(tokens.shape[0], *grid, -1))
+                available = {"latents": latents, "mask": mask}
+                callback_kwargs = {name: available[name] for name in callback_on_step_end_tensor_inputs}
+                outputs = callback_on_step_end(self, step, int(mask[0].sum()), callback_kwargs) or {}
+                result = {"interrupt": self.interrupt}
+                if outputs.get("latents") is not None:
+                    result["tokens"] = inner.latents_to_tokens(outputs["latents"]).reshape(tokens.shape)
+                return result
+
+            generated = self.model.generate_images(
+                input_ids=input_ids, attention_mask=attention_mask,
+                negative_input_ids=negative_ids, negative_attention_mask=negative_mask,
+                height=settings["height"], width=settings["width"], num_iter=settings["num_iter"],
+                guidance_scale=settings["guidance_scale"], cfg_schedule=settings["cfg_schedule"],
+                temperature=settings["temperature"], num_sampling_steps=settings["num_sampling_steps"],
+                num_images_per_prompt=num_images_per_prompt, generator=generator, callback=on_iteration,
+                decode=output_type != "latent",
+            )  # fmt: skip
+
+        # 3. Decode (done by the model's VAE above) and convert.
+        if output_type == "latent":
+            images = generated.latents
+        else:
+            images = self.image_processor.postprocess(generated.images, output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)

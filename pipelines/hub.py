@@ -1,0 +1,178 @@
+"""One Hub repo per checkpoint that serves transformers, both `pipeline()` tasks and diffusers.
+
+Layout (docs/adr-0001-hub-repo-layout.md explains the choices):
+
+    config.json, generation_config.json, model.safetensors        AutoModel / AutoModelForImageTextToText
+    configuration_harmon.py, modeling_harmon*.py                  remote code (auto_map)
+    tokenizer files, processor_config.json, preprocessor_config.json, chat_template.jinja,
+    processing_harmon.py, image_processing_harmon.py              AutoProcessor / AutoTokenizer
+    pipeline_text_to_image_harmon.py (+ config.custom_pipelines)  pipeline("text-to-image")
+    model_index.json, pipeline_harmon.py                          diffusers (list-form _class_name)
+    model/   byte-identical copies of the root model files        diffusers component `model`
+    tokenizer/  byte-identical copies of the root tokenizer files diffusers component `tokenizer`
+    README.md                                                     model card
+
+The Hub and the local cache store a file once per content hash, so the component copies cost no storage.
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from modeling_harmon.configuration_harmon import HarmonConfig
+from modeling_harmon.image_processing_harmon import HarmonImageProcessor
+from modeling_harmon.pipeline_harmon import HarmonText2ImagePipeline
+from modeling_harmon.pipeline_text_to_image_harmon import HarmonTextToImagePipeline
+from modeling_harmon.processing_harmon import HarmonProcessor
+
+
+MODEL_COMPONENT = "model"
+TOKENIZER_COMPONENT = "tokenizer"
+
+
+def build_processor(tokenizer, config: HarmonConfig, image_size: int | None = None) -> HarmonProcessor:
+    """The VQA processor that matches `config`: square `image_size` (default `config.image_size`) and the
+    model's VAE stride and buffer size, so placeholder counts follow the model."""
+    size = image_size or config.image_size
+    image_processor = HarmonImageProcessor(
+        size={"height": size, "width": size},
+        vae_stride=config.vae_stride * config.patch_size,
+        buffer_size=config.buffer_size,
+    )
+    return HarmonProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Same bytes under a second name: a hard link where the filesystem allows it, else a copy."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def write_hub_files(
+    folder: str | os.PathLike,
+    model,
+    tokenizer,
+    processor: HarmonProcessor | None = None,
+    card_writer: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write the whole repo layout into `folder` (created if needed; existing files of the same names are
+    replaced). `card_writer(folder)` writes README.md; the default renders the standard Harmon card."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    before = set(os.listdir(folder))
+    model.save_pretrained(folder)
+    model_files = sorted(set(os.listdir(folder)) - before | {"config.json", "generation_config.json"})
+    model_files = [name for name in model_files if (folder / name).is_file()]
+
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["custom_pipelines"] = HarmonTextToImagePipeline.custom_pipelines_entry()
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    processor = processor or build_processor(tokenizer, model.config)
+    processor.save_pretrained(folder)
+    for module in (HarmonTextToImagePipeline, HarmonText2ImagePipeline):
+        source = Path(sys.modules[module.__module__].__file__)
+        shutil.copyfile(source, folder / source.name)
+
+    # diffusers components: the same bytes as the root files.
+    model_dir = folder / MODEL_COMPONENT
+    model_dir.mkdir(exist_ok=True)
+    for name in model_files:
+        _link_or_copy(folder / name, model_dir / name)
+    tokenizer_dir = folder / TOKENIZER_COMPONENT
+    tokenizer.save_pretrained(tokenizer_dir)
+    for path in tokenizer_dir.iterdir():
+        if (folder / path.name).is_file():
+            _link_or_copy(folder / path.name, path)
+    pipeline = HarmonText2ImagePipeline(model=model, tokenizer=tokenizer)
+    index = pipeline.model_index()
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    if card_writer is None:
+        from harmon_model_cards import write_model_card
+
+        card_writer = write_model_card
+    card_writer(folder)
+    return folder
+
+
+def save_hub_folder(folder: str | os.PathLike, model, tokenizer, **kwargs) -> Path:
+    """[`write_hub_files`] into a temporary sibling folder renamed at the end: an interrupted export never leaves a
+    half-written `folder`. An existing `folder` is replaced."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        write_hub_files(staging, model, tokenizer, **kwargs)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp creates 0700; give the folder the usual permissions
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def check_hub_folder(folder: str | os.PathLike) -> list[str]:
+    """Problems that would break a loader of the layout above (empty list: none)."""
+    folder = Path(folder)
+    problems = []
+    required = ["config.json", "model_index.json", "processor_config.json", "README.md", "pipeline_harmon.py",
+                "pipeline_text_to_image_harmon.py", "processing_harmon.py", "image_processing_harmon.py"]  # fmt: skip
+    problems += [f"missing {name}" for name in required if not (folder / name).is_file()]
+    for component in (MODEL_COMPONENT, TOKENIZER_COMPONENT):
+        directory = folder / component
+        if not directory.is_dir():
+            problems.append(f"missing {component}/")
+            continue
+        for path in sorted(directory.iterdir()):
+            root = folder / path.name
+            if root.is_file() and root.read_bytes() != path.read_bytes():
+                problems.append(f"{component}/{path.name} differs from the root {path.name}")
+    return problems
+
+
+def push_hub_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    api=None,
+):
+    """Create `repo_id` (if needed) and upload `folder` to it with `huggingface_hub`; returns the commit info.
+
+    Refuses a folder that does not have the full layout, so a half-exported folder is never published.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"folder must be an exported Harmon folder, got {str(folder)!r} (not a directory).")
+    problems = check_hub_folder(folder)
+    if problems:
+        raise ValueError(f"{folder} is not a complete Harmon Hub folder: {'; '.join(problems)}.")
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
+    if revision is not None:
+        api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True)
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        revision=revision,
+        commit_message=commit_message or "Upload Harmon checkpoint",
+        repo_type="model",
+    )
