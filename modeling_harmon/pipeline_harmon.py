@@ -90,7 +90,8 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
             model = AutoModel.from_pretrained(source, subfolder="model", trust_remote_code=trust_remote_code, **hub)
             hub.pop("dtype", None)
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **hub)
+            # The model's config spares AutoTokenizer a look for `tokenizer/config.json`, which does not exist.
+            tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer", config=model.config, **hub)
         return cls(model=model.eval(), tokenizer=tokenizer)
 
     def model_index(self) -> dict:

@@ -4,7 +4,7 @@ Layout (docs/adr-0001-hub-repo-layout.md explains the choices):
 
     config.json, generation_config.json, model.safetensors        AutoModel / AutoModelForImageTextToText
     configuration_harmon.py, modeling_harmon*.py                  remote code (auto_map)
-    tokenizer files, processor_config.json, preprocessor_config.json, chat_template.jinja,
+    tokenizer files, processor_config.json, chat_template.jinja,
     processing_harmon.py, image_processing_harmon.py              AutoProcessor / AutoTokenizer
     pipeline_text_to_image_harmon.py (+ config.custom_pipelines)  pipeline("text-to-image")
     model_index.json, pipeline_harmon.py                          diffusers (list-form _class_name)
