@@ -5,21 +5,25 @@ Importing the package registers Harmon with the transformers Auto classes, so pi
 imports are also the Hub remote code: they only use single-dot sibling imports.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 from .configuration_harmon import HARMON_PRESETS, HarmonConfig
+from .image_processing_harmon import HarmonImageProcessor
 from .modeling_harmon import (
     HarmonForConditionalGeneration,
     HarmonImageGenerationOutput,
     HarmonModel,
     HarmonPreTrainedModel,
 )
+from .processing_harmon import HarmonProcessor
 
 
 def _register_auto_classes() -> None:
     AutoConfig.register(HarmonConfig.model_type, HarmonConfig, exist_ok=True)
     AutoModel.register(HarmonConfig, HarmonForConditionalGeneration, exist_ok=True)
     AutoModelForImageTextToText.register(HarmonConfig, HarmonForConditionalGeneration, exist_ok=True)
+    AutoImageProcessor.register(HarmonConfig, image_processor_classes={"pil": HarmonImageProcessor}, exist_ok=True)
+    AutoProcessor.register(HarmonConfig, HarmonProcessor, exist_ok=True)
 
 
 _register_auto_classes()
@@ -29,6 +33,8 @@ __all__ = [
     "HarmonConfig",
     "HarmonForConditionalGeneration",
     "HarmonImageGenerationOutput",
+    "HarmonImageProcessor",
     "HarmonModel",
     "HarmonPreTrainedModel",
+    "HarmonProcessor",
 ]

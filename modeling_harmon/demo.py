@@ -1,16 +1,9 @@
-"""End-to-end demo on a tiny, RANDOMLY INITIALISED Harmon: generate an image, then answer a question about it.
+"""A tiny, RANDOMLY INITIALISED Harmon built in code: byte tokenizer, small config, model, and a plain VQA helper.
 
-It shows the whole path (tokenizer -> LLM -> MAR -> diffusion head -> VAE, and back for understanding) running
-offline in seconds. The weights are random, so the image is noise and the answer is gibberish; a trained
-embedded model replaces this later.
-
-    python -m modeling_harmon.demo --prompt "a red circle on the left" --question "what color is the circle?" -o out.png
+The whole path (tokenizer -> LLM -> MAR -> diffusion head -> VAE, and back for understanding) runs offline in
+seconds on it, so tests use it and the `harmon` CLI falls back to it when no trained model is embedded. The weights
+are random: images are noise and answers gibberish.
 """
-
-import argparse
-import os
-import tempfile
-from pathlib import Path
 
 import torch
 
@@ -79,25 +72,6 @@ def build_random_model(seed: int = 0):
     return HarmonForConditionalGeneration(config).eval(), tokenizer
 
 
-def save_image(image: torch.Tensor, path: str | os.PathLike) -> None:
-    """Save one (3, H, W) image in [-1, 1] as PNG, written to a temporary file and renamed (never half-written)."""
-    from PIL import Image
-
-    array = ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent or ".")
-    os.close(handle)
-    try:
-        Image.fromarray(array).save(temporary, format="PNG")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def answer(model, tokenizer, image: torch.Tensor, question: str, max_new_tokens: int = 16) -> str:
     """Greedy answer to `question` about `image` (3, H, W) in [-1, 1], using the reference's prompt format."""
     placeholders = "<image>" * model.config.num_image_placeholders(image.shape[-2], image.shape[-1])
@@ -108,24 +82,3 @@ def answer(model, tokenizer, image: torch.Tensor, question: str, max_new_tokens:
         eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id,
     )  # fmt: skip
     return tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompt", default="a red circle on the left")
-    parser.add_argument("--question", default="what color is the circle?")
-    parser.add_argument("-o", "--output", default="out.png")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print("NOTE: this demo uses a tiny RANDOMLY INITIALISED Harmon: expect noise and gibberish, not a real answer.")
-    model, tokenizer = build_random_model(args.seed)
-    result = model.generate_images(
-        args.prompt, tokenizer=tokenizer, num_iter=4, generator=torch.Generator().manual_seed(args.seed)
-    )
-    save_image(result.images[0], args.output)
-    print(f"generated {tuple(result.images.shape[-2:])} image for {args.prompt!r} -> {args.output}")
-    print(f"Q: {args.question}\nA: {answer(model, tokenizer, result.images[0], args.question)!r}")
-
-
-if __name__ == "__main__":
-    main()

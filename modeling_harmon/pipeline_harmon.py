@@ -67,7 +67,7 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
         the pip class (and lets pip users skip `trust_remote_code`). Hub users without the package call
         `DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)` instead, which reads the same files.
 
-        Accepts `model=` / `tokenizer=` to reuse loaded components, `torch_dtype`, `trust_remote_code`, and the Hub
+        Accepts `model=` / `tokenizer=` to reuse loaded components, `torch_dtype` (or `dtype`), `trust_remote_code`, and the Hub
         arguments `revision`, `cache_dir`, `local_files_only`, `token`, `force_download`.
         """
         from transformers import AutoModel, AutoTokenizer
@@ -75,13 +75,15 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
         model = kwargs.pop("model", None)
         tokenizer = kwargs.pop("tokenizer", None)
         torch_dtype = kwargs.pop("torch_dtype", None)
+        if "dtype" in kwargs:  # diffusers' newer name for torch_dtype
+            torch_dtype = kwargs.pop("dtype")
         trust_remote_code = kwargs.pop("trust_remote_code", None)
         hub_names = ("revision", "cache_dir", "local_files_only", "token", "force_download")
         hub = {name: kwargs.pop(name) for name in hub_names if name in kwargs}
         if kwargs:
             raise TypeError(
                 f"{cls.__name__}.from_pretrained got unexpected arguments {sorted(kwargs)}; allowed: model, "
-                f"tokenizer, torch_dtype, trust_remote_code, {', '.join(hub_names)}."
+                f"tokenizer, torch_dtype, dtype, trust_remote_code, {', '.join(hub_names)}."
             )
         source = str(pretrained_model_name_or_path)
         if model is None:
@@ -201,7 +203,14 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
             raise ValueError(
                 f"callback_on_step_end_tensor_inputs must be in {self._callback_tensor_inputs}, got unknown {unknown}."
             )
-        return self.model.resolve_image_generation_settings(**settings)
+        try:
+            return self.model.resolve_image_generation_settings(**settings)
+        except ValueError as error:
+            # The model names its own arguments; say which pipeline argument was wrong.
+            message = str(error)
+            if message.startswith("num_iter "):
+                message = "num_inference_steps (MAR iterations) " + message[len("num_iter ") :]
+            raise ValueError(message) from None
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)

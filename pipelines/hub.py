@@ -23,8 +23,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from modeling_harmon.configuration_harmon import HarmonConfig
-from modeling_harmon.image_processing_harmon import HarmonImageProcessor
+from harmon_model_cards import REPO_PLACEHOLDER, write_model_card
 from modeling_harmon.pipeline_harmon import HarmonText2ImagePipeline
 from modeling_harmon.pipeline_text_to_image_harmon import HarmonTextToImagePipeline
 from modeling_harmon.processing_harmon import HarmonProcessor
@@ -32,18 +31,10 @@ from modeling_harmon.processing_harmon import HarmonProcessor
 
 MODEL_COMPONENT = "model"
 TOKENIZER_COMPONENT = "tokenizer"
-
-
-def build_processor(tokenizer, config: HarmonConfig, image_size: int | None = None) -> HarmonProcessor:
-    """The VQA processor that matches `config`: square `image_size` (default `config.image_size`) and the
-    model's VAE stride and buffer size, so placeholder counts follow the model."""
-    size = image_size or config.image_size
-    image_processor = HarmonImageProcessor(
-        size={"height": size, "width": size},
-        vae_stride=config.vae_stride * config.patch_size,
-        buffer_size=config.buffer_size,
-    )
-    return HarmonProcessor(image_processor=image_processor, tokenizer=tokenizer)
+# What `model.save_pretrained` writes (weights, possibly sharded, config, generation config, model code); the
+# diffusers `model/` component needs exactly these.
+MODEL_FILE_PATTERNS = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
+                       "configuration_harmon.py", "modeling_harmon*.py")  # fmt: skip
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -67,17 +58,15 @@ def write_hub_files(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
 
-    before = set(os.listdir(folder))
     model.save_pretrained(folder)
-    model_files = sorted(set(os.listdir(folder)) - before | {"config.json", "generation_config.json"})
-    model_files = [name for name in model_files if (folder / name).is_file()]
+    model_files = sorted({path.name for pattern in MODEL_FILE_PATTERNS for path in folder.glob(pattern)})
 
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["custom_pipelines"] = HarmonTextToImagePipeline.custom_pipelines_entry()
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    processor = processor or build_processor(tokenizer, model.config)
+    processor = processor or HarmonProcessor.from_model_config(model.config, tokenizer)
     processor.save_pretrained(folder)
     for module in (HarmonTextToImagePipeline, HarmonText2ImagePipeline):
         source = Path(sys.modules[module.__module__].__file__)
@@ -97,11 +86,7 @@ def write_hub_files(
     index = pipeline.model_index()
     (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    if card_writer is None:
-        from harmon_model_cards import write_model_card
-
-        card_writer = write_model_card
-    card_writer(folder)
+    (card_writer or write_model_card)(folder)
     return folder
 
 
@@ -132,11 +117,16 @@ def check_hub_folder(folder: str | os.PathLike) -> list[str]:
     required = ["config.json", "model_index.json", "processor_config.json", "README.md", "pipeline_harmon.py",
                 "pipeline_text_to_image_harmon.py", "processing_harmon.py", "image_processing_harmon.py"]  # fmt: skip
     problems += [f"missing {name}" for name in required if not (folder / name).is_file()]
+    needed = {MODEL_COMPONENT: ["config.json", "modeling_harmon.py", "configuration_harmon.py"],
+              TOKENIZER_COMPONENT: ["tokenizer_config.json"]}  # fmt: skip
     for component in (MODEL_COMPONENT, TOKENIZER_COMPONENT):
         directory = folder / component
         if not directory.is_dir():
             problems.append(f"missing {component}/")
             continue
+        problems += [f"missing {component}/{name}" for name in needed[component] if not (directory / name).is_file()]
+        if component == MODEL_COMPONENT and not any(directory.glob("*.safetensors")):
+            problems.append(f"missing {component}/*.safetensors (the weights)")
         for path in sorted(directory.iterdir()):
             root = folder / path.name
             if root.is_file() and root.read_bytes() != path.read_bytes():
@@ -165,6 +155,10 @@ def push_hub_folder(
     problems = check_hub_folder(folder)
     if problems:
         raise ValueError(f"{folder} is not a complete Harmon Hub folder: {'; '.join(problems)}.")
+    readme = folder / "README.md"
+    if REPO_PLACEHOLDER in readme.read_text(encoding="utf-8"):
+        # An exported card does not know its repo yet; give its snippets the real id before publishing.
+        write_model_card(folder, repo_id=repo_id)
     api = api or HfApi(token=token)
     api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
     if revision is not None:

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from harmon_pipelines import HarmonText2ImagePipeline, HarmonTextToImagePipeline
-from harmon_pipelines.hub import build_processor, check_hub_folder, push_hub_folder, save_hub_folder
+from harmon_pipelines.hub import check_hub_folder, push_hub_folder, save_hub_folder
+from modeling_harmon import HarmonProcessor
 
 from .hub_utils import child_env, interpreters, make_offline_cache, run_python
 
@@ -106,7 +107,7 @@ def exported(tmp_path_factory, tiny_model, tokenizer):
 def expected(exported, tiny_model, tokenizer):
     """What the in-process pip objects give for the child scripts' inputs."""
     folder, image_path = exported
-    processor = build_processor(tokenizer, tiny_model.config)
+    processor = HarmonProcessor.from_model_config(tiny_model.config, tokenizer)
     messages = [{"role": "user", "content": [{"type": "image", "image": Image.open(image_path)},
                                              {"type": "text", "text": QUESTION}]}]  # fmt: skip
     inputs = processor.apply_chat_template(
@@ -241,15 +242,19 @@ class RecordingApi:
         return "commit-info"
 
 
-def test_push_calls_hfapi(exported):
+def test_push_calls_hfapi(exported, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(exported[0], tmp_path / "tiny-harmon")
     api = RecordingApi()
-    result = push_hub_folder(exported[0], "me/harmon-tiny", private=True, revision="v1", api=api)
+    result = push_hub_folder(folder, "me/harmon-tiny", private=True, revision="v1", api=api)
     assert result == "commit-info"
     assert [name for name, _ in api.calls] == ["create_repo", "create_branch", "upload_folder"]
     assert api.calls[0][1] == {"repo_id": "me/harmon-tiny", "private": True, "exist_ok": True, "repo_type": "model"}
     assert api.calls[1][1] == {"repo_id": "me/harmon-tiny", "branch": "v1", "exist_ok": True}
     upload = api.calls[2][1]
-    assert upload["folder_path"] == str(exported[0]) and upload["revision"] == "v1" and upload["repo_id"] == "me/harmon-tiny"
+    assert "me/harmon-tiny" in (folder / "README.md").read_text()  # the card's snippets name the real repo
+    assert upload["folder_path"] == str(folder) and upload["revision"] == "v1" and upload["repo_id"] == "me/harmon-tiny"
 
 
 def test_push_refuses_incomplete_folder(tmp_path):

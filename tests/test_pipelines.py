@@ -152,7 +152,7 @@ def test_check_inputs(pipe):
         (dict(prompt=["ok", 3]), "prompt"),
         (dict(negative_prompt=["a", "b", "c"], prompt=["x", "y"]), "negative_prompt"),
         (dict(height=30), "height"),
-        (dict(num_inference_steps=0), "num_iter"),
+        (dict(num_inference_steps=0), "num_inference_steps"),
         (dict(guidance_scale=0.5), "guidance_scale"),
         (dict(cfg_schedule="cosine"), "cfg_schedule"),
         (dict(temperature=0.0), "temperature"),
@@ -180,6 +180,8 @@ def test_save_load_round_trip(pipe, tmp_path):
     np.testing.assert_array_equal(run(loaded, generator=generators(3)), run(pipe, generator=generators(3)))
     with pytest.raises(TypeError, match="unexpected"):
         HarmonText2ImagePipeline.from_pretrained(tmp_path, variant="fp16")
+    half = HarmonText2ImagePipeline.from_pretrained(tmp_path, dtype=torch.bfloat16, model=None)
+    assert half.model.dtype == torch.bfloat16
 
 
 def test_transformers_text_to_image_pipeline_in_process(tiny_model, tokenizer):

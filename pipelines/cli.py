@@ -1,0 +1,466 @@
+"""The `harmon` command: draw images, answer questions about an image, convert reference checkpoints, publish them.
+
+    harmon generate "a red circle on the left" -o out.png --seed 0 -n 4        # out_0.png .. out_3.png
+    harmon generate --prompts prompts.jsonl --outdir images/ --batch-size 8    # also under torchrun / accelerate
+    harmon ask photo.png "what color is the circle?"
+    harmon convert --harmon-ckpt harmon_0.5b.pth --vae-ckpt kl16.ckpt --tokenizer Qwen2.5-0.5B-Instruct/ \\
+        --llm-config Qwen2.5-0.5B-Instruct/ --mar-config harmon-0.5b --output harmon-0.5b/
+    harmon push harmon-0.5b/ --repo-id my-org/harmon-0.5b
+
+Seeds: image k (0-based) of a prompt with seed s is drawn with its own `torch.Generator().manual_seed(s + k)` (a CPU
+generator, so the noise is the same on every device). An image therefore depends on its prompt, its seed and the
+settings only, not on which other images share its batch, up to float rounding of batched matrix products; runs
+that batch the same images together give identical files.
+
+Without `--model`, the command runs the model packaged in `harmon_pipelines/default_model/`, or, while none is
+packaged, a tiny RANDOMLY INITIALISED Harmon (it says so on stderr). Mistakes in the arguments or inputs end the
+command with exit status 2 and a one-line message on stderr.
+"""
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from modeling_harmon.convert_harmon_weights_to_hf import add_arguments, convert_harmon_checkpoint
+from modeling_harmon.pipeline_harmon import HarmonText2ImagePipeline
+
+from .atomic_files import write_json, write_png
+from .default_model import RANDOM_MODEL_NAME, load_model_and_tokenizer, load_processor
+from .hub import push_hub_folder, write_hub_files
+
+
+JOBS_FORMAT = """\
+--prompts FILE.jsonl holds one JSON object per line (blank lines are skipped):
+
+    {"prompt": "a red circle"}
+    {"prompt": "a blue square", "seed": 7, "size": "256x512", "steps": 32, "head_steps": 50, "cfg": 4.0,
+     "temperature": 0.9}
+
+"prompt" is required; the other keys override the command-line settings of the same name for that line (size:
+"HxW", "N" or N). Line L (1-based, as editors count) with seed s gives images LLLLL_k.png (k = 0 .. n-1, drawn
+with seed s + k), each followed by LLLLL_k.json (prompt, seed s + k, settings, model, line, k). The JSON is
+written after the PNG, both atomically, so a JSON marks a finished image: a rerun skips finished images and
+redraws the others.
+
+Batches of --batch-size consecutive lines with equal settings are formed from the whole file and dealt out to the
+processes of a torchrun / accelerate launch (batch i to rank i % WORLD_SIZE), so the files are the same whatever
+the number of processes. A batch with any image missing is drawn again in full and only the missing images are
+written, so a resumed job gives the same files as an uninterrupted one.
+"""
+
+# Per-line JSONL key (and command-line flag, `_` -> `-`) of each setting -> the model's image-generation settings.
+SETTINGS = {"size": ("height", "width"), "steps": ("num_iter",), "head_steps": ("num_sampling_steps",),
+            "cfg": ("guidance_scale",), "temperature": ("temperature",)}  # fmt: skip
+# `HarmonForConditionalGeneration.resolve_image_generation_settings` name -> `HarmonText2ImagePipeline` argument.
+PIPELINE_ARGUMENTS = {"height": "height", "width": "width", "num_iter": "num_inference_steps",
+                      "num_sampling_steps": "num_sampling_steps", "guidance_scale": "guidance_scale",
+                      "cfg_schedule": "cfg_schedule", "temperature": "temperature"}  # fmt: skip
+JOB_KEYS = ("prompt", "seed", *SETTINGS)
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class CommandError(Exception):
+    """A mistake in the command's arguments or inputs: reported as one line, exit status 2."""
+
+
+class _UsageError(CommandError):
+    def __init__(self, message: str, prog: str):
+        super().__init__(f"{message} (see {prog} --help)")
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors become one line (see `main`) instead of the usage text."""
+
+    def error(self, message: str):
+        raise _UsageError(message, self.prog)
+
+
+# ------------------------------------------------------------------------------------------------- arguments
+def _size(value: str | int) -> tuple[int, int]:
+    """(height, width) from "HxW" or "N" (a square) or an int N."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    parts = value.lower().split("x") if isinstance(value, str) else []
+    if len(parts) in (1, 2) and all(part.strip().isdigit() for part in parts):
+        sides = [int(part) for part in parts]
+        return sides[0], sides[-1]
+    raise ValueError(f"size must be HxW or N in pixels (e.g. 256x512 or 256), got {value!r}")
+
+
+def _size_argument(value: str) -> tuple[int, int]:
+    try:
+        return _size(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _seed_argument(value: str) -> int:
+    if not value.isdigit() or int(value) > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed must be an integer in [0, 2**64 - 1], got {value!r}")
+    return int(value)
+
+
+def _positive_int_argument(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, metavar="PATH_OR_REPO",
+                        help="Harmon folder or Hub repo id (default: the packaged model, else a tiny random one)")
+    parser.add_argument("--device", default=None,
+                        help="torch device (default: GPU number LOCAL_RANK when CUDA is available, else cpu)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="weight precision (default: float32)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `harmon` argument parser with its four subcommands."""
+    parser = _Parser(prog="harmon", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{generate,ask,convert,push}")
+
+    generate = commands.add_parser(
+        "generate", help="draw images from a prompt or a JSONL file of prompts", epilog=JOBS_FORMAT,
+        description="Draw images from text. Settings left out come from the model's generation_config.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    generate.add_argument("prompt", nargs="?", help="what to draw (or use --prompts)")
+    generate.add_argument("-o", "--output", type=Path, metavar="FILE.png",
+                          help="PNG file to write (with -n N: STEM_0.png .. STEM_{N-1}.png)")
+    generate.add_argument("--prompts", type=Path, metavar="FILE.jsonl", help="batch mode: one JSON object per line")
+    generate.add_argument("--outdir", type=Path, metavar="DIR", help="batch mode: folder for the images")
+    generate.add_argument("--batch-size", type=_positive_int_argument, default=1, metavar="B",
+                          help="batch mode: prompt lines drawn together (B x N images per model call; default 1)")
+    generate.add_argument("-n", "--num-images", type=_positive_int_argument, default=1, metavar="N",
+                          help="images per prompt (default 1)")
+    generate.add_argument("--seed", type=_seed_argument, default=0,
+                          help="seed of image 0; image k uses seed + k (default 0)")
+    generate.add_argument("--steps", type=int, metavar="N", help="MAR iterations (1 .. number of image tokens)")
+    generate.add_argument("--head-steps", type=int, metavar="N", help="diffusion-head sampling steps per token")
+    generate.add_argument("--cfg", type=float, metavar="SCALE", help="classifier-free guidance scale (>= 1; 1 = off)")
+    generate.add_argument("--size", type=_size_argument, metavar="HxW",
+                          help="image size in pixels, HxW or N for a square")
+    generate.add_argument("--temperature", type=float, metavar="T", help="scale of the diffusion head's noise (> 0)")
+    _add_model_arguments(generate)
+    generate.set_defaults(run=run_generate)
+
+    ask = commands.add_parser("ask", help="answer a question about an image (greedy decoding)",
+                              description="Print Harmon's greedy answer to a question about an image.")  # fmt: skip
+    ask.add_argument("image", type=Path, help="image file (any format PIL reads)")
+    ask.add_argument("question")
+    ask.add_argument("--max-new-tokens", type=_positive_int_argument, default=64, metavar="N",
+                     help="longest answer in tokens (default 64)")
+    _add_model_arguments(ask)
+    ask.set_defaults(run=run_ask)
+
+    convert = commands.add_parser(
+        "convert", help="convert a reference checkpoint into a Hub-ready folder",
+        description="Convert a reference Harmon checkpoint into a folder with the full Hub layout (transformers, "
+        "diffusers, processor, model card), ready for `harmon push`.",
+    )  # fmt: skip
+    add_arguments(convert)
+    convert.set_defaults(run=run_convert)
+
+    push = commands.add_parser(
+        "push", help="upload a converted folder to the Hugging Face Hub",
+        description="Create the Hub repo if needed and upload a folder written by `harmon convert`.",
+    )  # fmt: skip
+    push.add_argument("folder", type=Path)
+    push.add_argument("--repo-id", required=True, metavar="ORG/NAME")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--revision", default=None, metavar="REV", help="branch to upload to (created if needed)")
+    push.add_argument("--token", default=None, help="Hub token (default: the saved login or HF_TOKEN)")
+    push.set_defaults(run=run_push)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------------- runtime
+def _launch() -> dict[str, int]:
+    """RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE as torchrun / `accelerate launch` set them; a plain
+    process is rank 0 of 1."""
+    values = {}
+    for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0), ("LOCAL_WORLD_SIZE", 1)):
+        raw = os.environ.get(name, str(default))
+        if not raw.isdigit():
+            raise CommandError(f"environment variable {name} must be a non-negative integer, got {raw!r}")
+        values[name] = int(raw)
+    if not 0 <= values["RANK"] < values["WORLD_SIZE"]:
+        rank, world = values["RANK"], values["WORLD_SIZE"]
+        raise CommandError(f"environment variable RANK={rank} must be in [0, WORLD_SIZE={world})")
+    return values
+
+
+def _load(args):
+    """(model, tokenizer) for `--model`, `--device` and `--dtype`, with torch's threads set for this process."""
+    launch = _launch()
+    if "OMP_NUM_THREADS" not in os.environ:
+        # torch would give every process all cores; processes launched together would oversubscribe them.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // max(1, launch["LOCAL_WORLD_SIZE"])))
+    device = args.device
+    if device is None:
+        # Processes of a launch share the GPUs of their machine round-robin.
+        device = f"cuda:{launch['LOCAL_RANK'] % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+    try:
+        return load_model_and_tokenizer(args.model, device=device, dtype=getattr(torch, args.dtype))
+    except (OSError, ValueError) as error:
+        if args.model is None:
+            raise
+        what = "the Harmon folder" if Path(args.model).is_dir() else "a Hub repo id (there is no such folder)"
+        raise CommandError(f"--model {args.model!r}: cannot load it as {what}: {error}") from None
+
+
+def _model_name(model) -> str:
+    return model.name_or_path or RANDOM_MODEL_NAME
+
+
+# -------------------------------------------------------------------------------------------------- generate
+def resolve_settings(model, options: dict, describe: Callable[[str], str]) -> dict:
+    """`HarmonText2ImagePipeline` arguments (every setting filled in and validated) for `options`, which maps the
+    keys of `SETTINGS` to a value or None (None: the model's default); `size` is a (height, width) pair.
+
+    A bad value raises [`CommandError`] with the model's message, prefixed by `describe(key)` (e.g. `--steps 0`).
+    """
+    given = {}
+    for key, names in SETTINGS.items():
+        value = options.get(key)
+        given.update(zip(names, value) if key == "size" and value is not None else dict.fromkeys(names, value))
+    try:
+        resolved = model.resolve_image_generation_settings(**given, cfg_schedule=None, x0_clamp=None)
+    except ValueError as error:
+        # The model's messages start with the name of the setting they reject.
+        name = str(error).split(" ", 1)[0]
+        key = next((key for key, names in SETTINGS.items() if name in names), None)
+        raise CommandError(f"{describe(key)}: {error}" if key else str(error)) from None
+    return {PIPELINE_ARGUMENTS[name]: resolved[name] for name in PIPELINE_ARGUMENTS}
+
+
+def image_metadata(prompt: str, seed: int, settings: dict, model_name: str) -> dict:
+    """What reproduces an image: `HarmonText2ImagePipeline(prompt, **settings,
+    generator=torch.Generator().manual_seed(seed))` with `model_name`."""
+    return {"prompt": prompt, "seed": seed, "settings": settings, "model": model_name}
+
+
+def draw(pipe, prompts: list[str], seeds: list[int], settings: dict) -> list:
+    """PIL images, image i drawn from `prompts[i]` with its own generator seeded `seeds[i]`."""
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    return pipe(prompt=prompts, generator=generators, output_type="pil", **settings).images
+
+
+def save(image, path: Path, metadata: dict) -> None:
+    """The PNG with `prompt` and `harmon` (the metadata as JSON) text chunks."""
+    write_png(image, path, {"prompt": metadata["prompt"], "harmon": json.dumps(metadata, ensure_ascii=False)})
+
+
+def _settings_options(args) -> dict:
+    """The settings given on the command line (None where left out), keyed as in `SETTINGS`."""
+    return {key: getattr(args, key) for key in SETTINGS}
+
+
+def _show(key: str, value) -> str:
+    """A setting as the user typed it (a size as HxW)."""
+    return f"{value[0]}x{value[1]}" if key == "size" and isinstance(value, tuple) else str(value)
+
+
+def run_generate(args) -> None:
+    batch_mode = args.prompts is not None
+    if batch_mode:
+        if args.prompt is not None or args.output is not None:
+            raise CommandError("give either PROMPT with -o/--output, or --prompts with --outdir, not both")
+        if args.outdir is None:
+            raise CommandError("--prompts needs --outdir DIR (the folder for the images)")
+        return _generate_jobs(args)
+    if args.prompt is None:
+        raise CommandError("give a PROMPT (with -o/--output FILE.png) or --prompts FILE.jsonl (with --outdir DIR)")
+    if args.output is None:
+        raise CommandError("PROMPT needs -o/--output FILE.png")
+    if args.outdir is not None:
+        raise CommandError("--outdir belongs to batch mode (--prompts); with a PROMPT, use -o/--output FILE.png")
+    if args.output.suffix.lower() != ".png":
+        raise CommandError(f"-o/--output must name a .png file, got {str(args.output)!r}")
+    if not args.prompt.strip():
+        raise CommandError("PROMPT must not be empty")
+    n = args.num_images
+    if args.seed + n - 1 > MAX_SEED:
+        raise CommandError(f"--seed {args.seed} with -n {n}: the seeds seed .. seed + n - 1 must stay <= 2**64 - 1")
+
+    model, tokenizer = _load(args)
+    options = _settings_options(args)
+    settings = resolve_settings(model, options, lambda key: f"--{key.replace('_', '-')} {_show(key, options[key])}")
+    paths = [args.output] if n == 1 else [args.output.with_name(f"{args.output.stem}_{k}.png") for k in range(n)]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+
+    seeds = [args.seed + k for k in range(n)]
+    images = draw(HarmonText2ImagePipeline(model=model, tokenizer=tokenizer), [args.prompt] * n, seeds, settings)
+    for image, seed, path in zip(images, seeds, paths):
+        save(image, path, image_metadata(args.prompt, seed, settings, _model_name(model)))
+        print(path)
+
+
+def read_jobs(path: Path, model, args) -> list[dict]:
+    """The prompt lines of the JSONL file `path`, validated, as {line, prompt, seed, settings}; `args` gives the
+    defaults (--seed, --size, ...). Errors name the file and line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        message = f"--prompts {str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start})"
+        raise CommandError(message) from None
+    defaults = _settings_options(args)
+    jobs = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise CommandError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(entry, dict):
+            raise CommandError(f'{where}: expected a JSON object like {{"prompt": "..."}}, got {type(entry).__name__}')
+        unknown = sorted(set(entry) - set(JOB_KEYS))
+        if unknown:
+            raise CommandError(f"{where}: unknown keys {unknown}; allowed: {list(JOB_KEYS)}")
+        prompt = entry.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise CommandError(f'{where}: "prompt" must be a non-empty string, got {prompt!r}')
+        seed = entry.get("seed", args.seed)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - args.num_images + 1:
+            raise CommandError(f'{where}: "seed" must be an integer in [0, 2**64 - n], got {seed!r}')
+        options = {key: entry.get(key, defaults[key]) for key in SETTINGS}
+        if "size" in entry:
+            try:
+                options["size"] = _size(entry["size"])
+            except ValueError as error:
+                raise CommandError(f"{where}: {error}") from None
+        settings = resolve_settings(model, options, lambda key: f'{where}: "{key}" {_show(key, options[key])}')
+        jobs.append({"line": number, "prompt": prompt, "seed": seed, "settings": settings})
+    if not jobs:
+        raise CommandError(f"--prompts {str(path)!r} holds no prompts")
+    return jobs
+
+
+def plan_batches(jobs: list[dict], batch_size: int) -> list[list[dict]]:
+    """Consecutive jobs, at most `batch_size` per batch, a new batch wherever the settings change. The plan depends
+    on the file and `batch_size` only, so every process count and every rerun draws the same batches."""
+    batches = []
+    for job in jobs:
+        if batches and len(batches[-1]) < batch_size and batches[-1][0]["settings"] == job["settings"]:
+            batches[-1].append(job)
+        else:
+            batches.append([job])
+    return batches
+
+
+def _generate_jobs(args) -> None:
+    if not args.prompts.is_file():
+        raise CommandError(f"--prompts {str(args.prompts)!r}: no such file")
+    launch = _launch()
+    rank, world = launch["RANK"], launch["WORLD_SIZE"]
+    model, tokenizer = _load(args)
+    jobs = read_jobs(args.prompts, model, args)
+    n = args.num_images
+    mine = plan_batches(jobs, args.batch_size)[rank::world]
+    args.outdir.mkdir(parents=True, exist_ok=True)
+
+    def stem(job, k):
+        return args.outdir / f"{job['line']:05d}_{k}"
+
+    def finished(job, k):
+        return stem(job, k).with_suffix(".png").is_file() and stem(job, k).with_suffix(".json").is_file()
+
+    todo = [batch for batch in mine if not all(finished(job, k) for job in batch for k in range(n))]
+    missing = sum(not finished(job, k) for batch in todo for job in batch for k in range(n))
+    total = sum(len(batch) for batch in mine) * n
+    print(f"rank {rank}/{world}: {total} images in {len(mine)} batches; {total - missing} already written, "
+          f"{missing} to draw", file=sys.stderr)  # fmt: skip
+
+    pipe = HarmonText2ImagePipeline(model=model, tokenizer=tokenizer)
+    pipe.set_progress_bar_config(disable=True)  # one bar over images below, not one per batch
+    model_name = _model_name(model)
+    with tqdm(total=missing, desc=f"rank {rank}/{world}", unit="image") as progress:
+        for batch in todo:
+            prompts = [job["prompt"] for job in batch for _ in range(n)]
+            seeds = [job["seed"] + k for job in batch for k in range(n)]
+            images = iter(draw(pipe, prompts, seeds, batch[0]["settings"]))
+            for job in batch:
+                for k in range(n):
+                    image = next(images)
+                    if finished(job, k):
+                        continue
+                    metadata = image_metadata(job["prompt"], job["seed"] + k, job["settings"], model_name)
+                    save(image, stem(job, k).with_suffix(".png"), metadata)
+                    write_json({**metadata, "line": job["line"], "image": k}, stem(job, k).with_suffix(".json"))
+                    progress.update()
+    print(f"rank {rank}/{world}: wrote {missing} images to {args.outdir}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------------------- ask
+def read_image(path: Path):
+    """The image at `path` as an RGB PIL image; a missing or unreadable file is a [`CommandError`]."""
+    if not path.is_file():
+        raise CommandError(f"IMAGE {str(path)!r}: no such file")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, Image.DecompressionBombError) as error:
+        raise CommandError(f"IMAGE {str(path)!r} is not an image PIL can read ({error})") from None
+
+
+def run_ask(args) -> None:
+    image = read_image(args.image)
+    model, tokenizer = _load(args)
+    processor = load_processor(args.model, model, tokenizer)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": args.question}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=image, text=text, return_tensors="pt").to(model.device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+    print(processor.decode(output[0, inputs["input_ids"].shape[1] :]).strip())
+
+
+# --------------------------------------------------------------------------------------------- convert, push
+def run_convert(args) -> None:
+    for flag, value in (("--harmon-ckpt", args.harmon_ckpt), ("--vae-ckpt", args.vae_ckpt)):
+        if value is not None and not Path(value).is_file():
+            raise CommandError(f"{flag} {value!r}: no such file")
+    convert_harmon_checkpoint(
+        args.harmon_ckpt, args.vae_ckpt, args.tokenizer, args.llm_config, args.mar_config, args.output,
+        finalize=write_hub_files,  # called as (folder, model, tokenizer) before the folder is renamed into place
+    )  # fmt: skip
+
+
+def run_push(args) -> None:
+    info = push_hub_folder(args.folder, args.repo_id, private=args.private, revision=args.revision, token=args.token)
+    print(info.commit_url)
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    """Run `harmon` with `argv` (default: the command line); returns the exit status."""
+    parser = build_parser()
+    prog = "harmon"
+    try:
+        args = parser.parse_args(argv)
+        prog = f"harmon {args.command}"
+        args.run(args)
+    except SystemExit as stop:  # --help
+        return stop.code or 0
+    except (CommandError, ValueError, OSError) as error:
+        prog = getattr(error, "prog", prog)
+        # Messages of the model, the converter and the Hub client can span lines; the command prints one.
+        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
