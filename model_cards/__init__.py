@@ -14,6 +14,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from modeling_harmon.atomic_files import atomic_path
 from modeling_harmon.configuration_harmon import HARMON_PRESETS, HarmonConfig
 
 
@@ -197,8 +198,6 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, **o
 def write_model_card(folder: str | os.PathLike, repo_id: str | None = None, **overrides) -> Path:
     """Render the card of `folder` (see [`render_model_card`]) into `folder/README.md`, atomically: a reader sees
     the old card or the new one, never half of one. Returns the README path."""
-    from harmon_pipelines.atomic_files import atomic_path
-
     card = render_model_card(folder, repo_id=repo_id, **overrides)
     path = Path(folder) / "README.md"
     with atomic_path(path) as temporary:

@@ -14,12 +14,11 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic_files import atomic_directory
 from .configuration_harmon import DEFAULT_IMAGE_GENERATION, HARMON_PRESETS, KL16_VAE_CONFIG, HarmonConfig
 
 
@@ -381,22 +380,11 @@ def convert_harmon_checkpoint(
     generation.setdefault("pad_token_id", config.pad_token_id)
     model.generation_config = GenerationConfig(**generation)
 
-    output = Path(output)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent if output.parent.exists() else None))
-    try:
+    with atomic_directory(output) as staging:
         model.save_pretrained(staging)
         tok.save_pretrained(staging)
         if finalize is not None:
             finalize(staging, model, tok)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp creates 0700; give the folder the usual permissions
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     if verbose:
         print(f"Converted {len(state)} tensors into {output}")
         for key in dropped + [f"{key} (VAE checkpoint, not part of the VAE)" for key in dropped_vae]:

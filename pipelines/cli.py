@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from modeling_harmon.convert_harmon_weights_to_hf import add_arguments, convert_harmon_checkpoint
 from modeling_harmon.pipeline_harmon import HarmonText2ImagePipeline
 
-from .atomic_files import write_json, write_png
+from modeling_harmon.atomic_files import write_json, write_png
 from .default_model import RANDOM_MODEL_NAME, load_model_and_tokenizer, load_processor
 from .hub import push_hub_folder, write_hub_files
 

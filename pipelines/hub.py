@@ -19,11 +19,11 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from harmon_model_cards import REPO_PLACEHOLDER, write_model_card
+from modeling_harmon.atomic_files import atomic_directory
 from modeling_harmon.pipeline_harmon import HarmonText2ImagePipeline
 from modeling_harmon.pipeline_text_to_image_harmon import HarmonTextToImagePipeline
 from modeling_harmon.processing_harmon import HarmonProcessor
@@ -93,21 +93,9 @@ def write_hub_files(
 def save_hub_folder(folder: str | os.PathLike, model, tokenizer, **kwargs) -> Path:
     """[`write_hub_files`] into a temporary sibling folder renamed at the end: an interrupted export never leaves a
     half-written `folder`. An existing `folder` is replaced."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_directory(folder) as staging:
         write_hub_files(staging, model, tokenizer, **kwargs)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp creates 0700; give the folder the usual permissions
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder
+    return Path(folder)
 
 
 def check_hub_folder(folder: str | os.PathLike) -> list[str]:

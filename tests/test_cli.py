@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from harmon_pipelines import HarmonText2ImagePipeline, default_model
-from harmon_pipelines.atomic_files import write_png
+from modeling_harmon.atomic_files import write_png
 from harmon_pipelines.cli import main
 from harmon_pipelines.hub import check_hub_folder
 from modeling_harmon import HarmonProcessor

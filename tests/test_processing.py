@@ -13,9 +13,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from modeling_harmon import HarmonConfig, HarmonImageProcessor, HarmonProcessor
-from modeling_harmon import HarmonProcessor
 from modeling_harmon.demo import answer
-from tests.test_remote_code import _child_env, _interpreters
+from .hub_utils import child_env, interpreters
 
 
 QUESTION = "what color?"
@@ -407,14 +406,14 @@ CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("python", _interpreters())
+@pytest.mark.parametrize("python", interpreters())
 def test_remote_code_processor_and_pipeline_in_fresh_process(saved, tmp_path, python):
     folder, image_path, expected = saved
     script, output = tmp_path / "load_processor.py", tmp_path / "out"
     script.write_text(CHILD)
     result = subprocess.run(
         [python, str(script), str(folder), str(image_path), str(output)],
-        cwd=tmp_path, env=_child_env(tmp_path), capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=child_env(tmp_path), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, f"{python} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
     tensors = load_file(f"{output}.safetensors")

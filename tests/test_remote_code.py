@@ -5,16 +5,15 @@ transformers) adds more interpreters to load with.
 """
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
+from .hub_utils import child_env, interpreters, make_offline_cache
 
 
 CHILD = textwrap.dedent(
@@ -45,9 +44,6 @@ CHILD = textwrap.dedent(
 )
 
 
-def _interpreters() -> list[str]:
-    extra = [path for path in os.environ.get("HARMON_REMOTE_PYTHONS", "").split(os.pathsep) if path]
-    return [sys.executable] + extra
 
 
 def _reference_outputs(model, tokenizer, inputs):
@@ -103,10 +99,6 @@ def _run_child(python: str, source: str, inputs: Path, output: Path, env: dict) 
     assert result.returncode == 0, f"{python} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
 
 
-def _child_env(tmp_path: Path, **extra) -> dict:
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH",)}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1", **extra)
-    return env
 
 
 def _assert_same(outputs: dict, expected: dict) -> None:
@@ -116,24 +108,20 @@ def _assert_same(outputs: dict, expected: dict) -> None:
     torch.testing.assert_close(outputs["images"], expected["images"], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("python", _interpreters())
+@pytest.mark.parametrize("python", interpreters())
 def test_load_from_folder_in_fresh_process(saved, tmp_path, python):
     folder, inputs, expected = saved
     output = tmp_path / "out.safetensors"
-    _run_child(python, str(folder), inputs, output, _child_env(tmp_path))
+    _run_child(python, str(folder), inputs, output, child_env(tmp_path))
     _assert_same(load_file(str(output)), expected)
 
 
-@pytest.mark.parametrize("python", _interpreters())
+@pytest.mark.parametrize("python", interpreters())
 def test_load_by_repo_id_from_offline_hub_cache(saved, tmp_path, python):
     folder, inputs, expected = saved
-    sha = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--test-org--tiny-harmon"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(sha)
-    shutil.copytree(folder, repo / "snapshots" / sha)
+    cache = make_offline_cache(tmp_path / "hub", "test-org/tiny-harmon", folder)
     output = tmp_path / "out.safetensors"
-    _run_child(python, "test-org/tiny-harmon", inputs, output, _child_env(tmp_path, HF_HUB_CACHE=str(tmp_path / "hub")))
+    _run_child(python, "test-org/tiny-harmon", inputs, output, child_env(tmp_path, cache))
     _assert_same(load_file(str(output)), expected)
 
 
