@@ -320,12 +320,15 @@ def convert_harmon_checkpoint(
     output: str | os.PathLike,
     verbose: bool = True,
     finalize=None,
+    image_size: int | None = None,
 ):
     """Convert and save; returns the loaded `HarmonForConditionalGeneration` (fp32, eval mode).
 
     `vae_ckpt` may be None when the Harmon checkpoint carries `vae.*` tensors. The output folder is written
     atomically (a temporary sibling folder renamed at the end). `finalize(folder, model, tokenizer)`, if given,
     adds files to the folder before that rename (`harmon convert` uses it to write the full Hub layout).
+    `image_size` makes that size the checkpoint's default for generation (and for the exported processor); the
+    default is the native size of the position embeddings.
     """
     from transformers import GenerationConfig
 
@@ -371,6 +374,11 @@ def convert_harmon_checkpoint(
     model.eval()
 
     generation = {"image_generation": dict(DEFAULT_IMAGE_GENERATION)}
+    if image_size is not None:
+        stride = config.vae_stride * config.patch_size
+        if not isinstance(image_size, int) or image_size <= 0 or image_size % stride:
+            raise ConversionError(f"--image-size must be a positive multiple of {stride}, got {image_size!r}.")
+        generation["image_generation"].update(height=image_size, width=image_size)
     llm_generation = Path(str(llm_config)) / "generation_config.json"
     if llm_generation.is_file():
         generation = {**json.loads(llm_generation.read_text()), **generation}
@@ -400,6 +408,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--llm-config", required=True, help="folder with the Qwen2 config.json, or a preset name")
     parser.add_argument("--mar-config", required=True, help="JSON with a 'mar' object (MAR arguments), or a preset")
     parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument(
+        "--image-size", type=int, default=None,
+        help="default image side for generation and understanding (the reference scripts use 512; default: the "
+        "native size of the position embeddings, 256 for the released models)",
+    )  # fmt: skip
     return parser
 
 
@@ -408,7 +421,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         convert_harmon_checkpoint(
-            args.harmon_ckpt, args.vae_ckpt, args.tokenizer, args.llm_config, args.mar_config, args.output
+            args.harmon_ckpt, args.vae_ckpt, args.tokenizer, args.llm_config, args.mar_config, args.output,
+            image_size=args.image_size,
         )
     except ConversionError as error:
         parser.exit(2, f"error: {error}\n")

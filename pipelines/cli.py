@@ -435,6 +435,7 @@ def run_convert(args) -> None:
     convert_harmon_checkpoint(
         args.harmon_ckpt, args.vae_ckpt, args.tokenizer, args.llm_config, args.mar_config, args.output,
         finalize=write_hub_files,  # called as (folder, model, tokenizer) before the folder is renamed into place
+        image_size=args.image_size,
     )  # fmt: skip
 
 

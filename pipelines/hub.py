@@ -54,7 +54,8 @@ def write_hub_files(
     card_writer: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write the whole repo layout into `folder` (created if needed; existing files of the same names are
-    replaced). `card_writer(folder)` writes README.md; the default renders the standard Harmon card."""
+    replaced). `processor` defaults to one matching the model (image size: the checkpoint's default generation size,
+    else `config.image_size`). `card_writer(folder)` writes README.md; the default renders the standard Harmon card."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -66,7 +67,11 @@ def write_hub_files(
     config["custom_pipelines"] = HarmonTextToImagePipeline.custom_pipelines_entry()
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    processor = processor or HarmonProcessor.from_model_config(model.config, tokenizer)
+    if processor is None:
+        # The understanding image size follows the checkpoint's default generation size when one is set.
+        defaults = getattr(model.generation_config, "image_generation", None) or {}
+        size = defaults.get("height") if defaults.get("height") == defaults.get("width") else None
+        processor = HarmonProcessor.from_model_config(model.config, tokenizer, image_size=size)
     processor.save_pretrained(folder)
     for module in (HarmonTextToImagePipeline, HarmonText2ImagePipeline):
         source = Path(sys.modules[module.__module__].__file__)

@@ -253,7 +253,7 @@ def converted(tmp_path_factory):
         "convert", "--harmon-ckpt", str(VECTOR_SET / "harmon_tiny.pth"),
         "--vae-ckpt", str(VECTOR_SET / "kl16_tiny.ckpt"),
         "--tokenizer", str(VECTOR_SET / "llm_hf"), "--llm-config", str(VECTOR_SET / "llm_hf"),
-        "--mar-config", str(VECTOR_SET / "config.json"), "--output", str(output),
+        "--mar-config", str(VECTOR_SET / "config.json"), "--output", str(output), "--image-size", "128",
     ])  # fmt: skip
     assert code == 0
     return output
@@ -261,6 +261,11 @@ def converted(tmp_path_factory):
 
 def test_convert_writes_a_hub_folder(converted):
     assert check_hub_folder(converted) == []
+    # --image-size: the default size of generation and of the exported processor
+    image_generation = json.loads((converted / "generation_config.json").read_text())["image_generation"]
+    assert (image_generation["height"], image_generation["width"]) == (128, 128)
+    processor_config = json.loads((converted / "processor_config.json").read_text())
+    assert processor_config["image_processor"]["size"] == {"height": 128, "width": 128}
     assert json.loads((converted / "config.json").read_text())["model_type"] == "harmon"
     assert (converted / "README.md").read_text().strip()
 

@@ -27,7 +27,7 @@ def harmon_state():
     return load_legacy_state_dict(VECTOR_SET / "harmon_tiny.pth")
 
 
-def _convert(tmp_path, harmon, mar_config=None, vae=VECTOR_SET / "kl16_tiny.ckpt"):
+def _convert(tmp_path, harmon, mar_config=None, vae=VECTOR_SET / "kl16_tiny.ckpt", **kwargs):
     path = tmp_path / "harmon.pth"
     if isinstance(harmon, dict):
         torch.save(harmon, path)
@@ -35,7 +35,7 @@ def _convert(tmp_path, harmon, mar_config=None, vae=VECTOR_SET / "kl16_tiny.ckpt
         path = harmon
     return convert_harmon_checkpoint(
         path, vae, VECTOR_SET / "llm_hf", VECTOR_SET / "llm_hf", mar_config or VECTOR_SET / "config.json",
-        tmp_path / "out", verbose=False,
+        tmp_path / "out", verbose=False, **kwargs,
     )  # fmt: skip
 
 
@@ -100,3 +100,9 @@ def test_vae_inside_the_harmon_checkpoint_is_accepted(tmp_path, harmon_state):
     reference = _convert(tmp_path / "again", VECTOR_SET / "harmon_tiny.pth")
     for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_default_image_size_must_fit_the_stride(tmp_path):
+    with pytest.raises(ConversionError, match="--image-size must be a positive multiple of"):
+        _convert(tmp_path, VECTOR_SET / "harmon_tiny.pth", image_size=7)
+    assert not (tmp_path / "out").exists()
