@@ -400,12 +400,19 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        generation_targets: bool = False,
         **kwargs,
-    ) -> HarmonCausalLMOutputWithPast:
+    ) -> HarmonCausalLMOutputWithPast | HarmonGenerationLossOutput:
         r"""
         Image-conditioned language modelling. `input_ids` hold `rows*cols + buffer_size` `<image>` placeholders per
         image in `pixel_values` (B_img, 3, H, W) in [-1, 1]; `labels` use -100 for positions without loss.
+
+        `generation_targets=True` instead returns [`text_to_image_loss`] of prompts `input_ids` / `attention_mask`
+        and target images `pixel_values` (or `latents=`, plus its other keyword arguments): the training step of
+        text-to-image goes through `forward` so that DDP / FSDP wrappers see it.
         """
+        if generation_targets:
+            return self.text_to_image_loss(input_ids, attention_mask, pixel_values=pixel_values, **kwargs)
         if "cache" in kwargs and past_key_values is None:
             past_key_values = kwargs.pop("cache")
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)

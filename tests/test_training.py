@@ -1,0 +1,212 @@
+"""End-to-end training runs on the tiny model and synthetic data made here: every stage config, freezing, LoRA,
+resume, and two-process DDP under torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from harmon_pipelines.hub import check_hub_folder
+from harmon_training.train import build_parser, run
+
+
+CONFIGS = Path(__file__).resolve().parent.parent / "training" / "configs"
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tiny_model, tokenizer):
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    tiny_model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Four tiny sources: captions and text-to-image pairs (jsonl), LLaVA VQA (jsonl), text chat (jsonl)."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    records, vqa, text = [], [], []
+    for index in range(12):
+        name, rgb = list(COLORS.items())[index % len(COLORS)]
+        pixels = np.full((32, 32, 3), 245, dtype=np.uint8)
+        top, left = rng.integers(0, 16, size=2)
+        pixels[top : top + 14, left : left + 14] = rgb
+        Image.fromarray(pixels).save(root / f"{index}.png")
+        records.append({"image": f"{index}.png", "text": f"a {name} square"})
+        vqa.append({"image": f"{index}.png", "conversations": [
+            {"from": "human", "value": "<image>\nwhat color is the square?"}, {"from": "gpt", "value": name}]})  # fmt: skip
+        text.append({"messages": [{"role": "user", "content": f"name a colour like {name}"},
+                                  {"role": "assistant", "content": name}]})  # fmt: skip
+    for name, rows in (("captions", records), ("vqa", vqa), ("text", text)):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root
+
+
+def tiny_arguments(config: str, model: Path, data: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        "--config", str(CONFIGS / f"{config}.yaml"), "--model", str(model), "--output-dir", str(output),
+        "--data", f"caption=jsonl:{data / 'captions.jsonl'}", "--data", f"t2i=jsonl:{data / 'captions.jsonl'}",
+        "--data", f"vqa=jsonl:{data / 'vqa.jsonl'}", "--data", f"text=jsonl:{data / 'text.jsonl'}",
+        "--set", "image_size=32", "--set", "data.micro_batch_size={text: 2, image2text: 2, text2image: 2}",
+        "--set", "data.max_length=256", "--set", "train.global_batch_size=null", "--set", "train.cycles_per_step=1",
+        "--set", "train.save_steps=3", "--set", "train.logging_steps=1", "--set", "optim.warmup=0",
+        "--set", "train.bf16=false", "--max-steps", "3", *extra,
+    ]  # fmt: skip
+
+
+def train(*arguments):
+    return run(build_parser().parse_args(list(arguments)))
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("config", ["stage1_alignment", "stage2_joint", "stage3_high_quality", "finetune", "decoder_only"])
+def test_stage_config_trains_three_steps(config, tiny_dir, data_dir, tmp_path):
+    from transformers import AutoModel
+
+    final = train(*tiny_arguments(config, tiny_dir, data_dir, tmp_path / "run"))
+    assert check_hub_folder(final) == []
+    state = json.loads((tmp_path / "run" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    losses = [entry for entry in state["log_history"] if "loss" in entry]
+    assert [entry["step"] for entry in losses] == [1, 2, 3]
+    assert all(np.isfinite(entry["loss"]) for entry in losses)
+    loaded = AutoModel.from_pretrained(final)
+    assert loaded.config.model_type == "harmon"
+    before, after = weights(tiny_dir), weights(final)
+    changed = {name.split(".")[1] for name in before if not torch.equal(before[name], after[name])}
+    expected = {
+        "stage1_alignment": {"mar_encoder", "proj_in", "proj_out", "mar_decoder", "diffusion_head"},
+        "decoder_only": {"proj_out", "mar_decoder", "diffusion_head"},
+    }.get(config, {"language_model", "mar_encoder", "proj_in", "proj_out", "mar_decoder", "diffusion_head"})
+    assert changed == expected, changed
+
+
+def test_stage1_keeps_the_llm_bit_identical(tiny_dir, data_dir, tmp_path):
+    final = train(*tiny_arguments("stage1_alignment", tiny_dir, data_dir, tmp_path / "run"))
+    before, after = weights(tiny_dir), weights(final)
+    for name in before:
+        if ".language_model." in name or ".vae." in name:
+            assert torch.equal(before[name], after[name]), name
+    assert any(not torch.equal(before[n], after[n]) for n in before if ".mar_encoder." in n)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_dir, data_dir, tmp_path, monkeypatch):
+    from transformers import TrainerCallback
+
+    from harmon_training.trainer import HarmonTrainer
+
+    common = ["--set", "train.save_steps=2", "--set", "train.save_total_limit=null", "--max-steps", "4"]
+    straight = train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "straight", *common))
+
+    class KillAfterSecondCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise Interrupted
+
+    original = HarmonTrainer.train
+
+    def interrupted_train(self, *args, **kwargs):
+        self.add_callback(KillAfterSecondCheckpoint())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(HarmonTrainer, "train", interrupted_train)
+    with pytest.raises(Interrupted):
+        train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "resumed", *common))
+    monkeypatch.setattr(HarmonTrainer, "train", original)
+    assert sorted(path.name for path in (tmp_path / "resumed").glob("checkpoint-*")) == ["checkpoint-2"]
+    resumed = train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "resumed", *common, "--resume"))
+    a, b = weights(straight), weights(resumed)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-5, msg=name)
+    state = json.loads((tmp_path / "resumed" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4]
+
+
+def test_lora_trains_adapters_saves_reloads_and_merges(tiny_dir, data_dir, tmp_path, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    final = train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "run", "--lora",
+                                  "--set", "optim.groups.mar_encoder.trainable=false",
+                                  "--set", "lora.merge_at_end=true"))  # fmt: skip
+    assert (final / "adapter_config.json").is_file() and (final / "adapter_model.safetensors").is_file()
+    base = AutoModel.from_pretrained(tiny_dir)
+    adapted = PeftModel.from_pretrained(AutoModel.from_pretrained(tiny_dir), str(final)).eval()
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(final / "adapter_model.safetensors"))
+    assert any("lora_A" in name for name in adapter) and any("mar_decoder" in name for name in adapter)
+    assert not any("mar_encoder" in name for name in adapter)  # frozen by config: not trained, not saved
+    merged = AutoModel.from_pretrained(final / "merged").eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(base(input_ids=ids).logits, merged(input_ids=ids).logits)
+    base_state, merged_state = base.state_dict(), merged.state_dict()
+    for name, value in base_state.items():
+        if ".mar_encoder." in name or ".vae." in name:
+            assert torch.equal(value, merged_state[name]), name
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch, torch.distributed as dist
+    from harmon_training.train import build_parser, run
+    from harmon_training import trainer as trainer_module
+
+    seen = {}
+    original = trainer_module.HarmonTrainer.train
+
+    def train_and_record(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        seen["model"] = self.model
+        return result
+
+    trainer_module.HarmonTrainer.train = train_and_record
+    torch.set_num_threads(1)
+    out = sys.argv[1]
+    run(build_parser().parse_args(sys.argv[2:]))
+    state = {name: p.detach().cpu() for name, p in seen["model"].named_parameters()}
+    torch.save(state, f"{out}/rank{dist.get_rank()}.pt")
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_two_process_ddp_keeps_ranks_identical(tiny_dir, data_dir, tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    import socket
+
+    with socket.socket() as probe:  # a free port, so a lingering process elsewhere cannot block the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               str(script), str(tmp_path), *tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "run")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert rank0.keys() == rank1.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    before = weights(tiny_dir)
+    assert any(not torch.equal(before[name.removeprefix("module.")], value) for name, value in rank0.items()
+               if name.removeprefix("module.") in before)  # fmt: skip

@@ -1,0 +1,207 @@
+"""Training configuration: YAML files over code defaults, `--set key.path=value` overrides, `--data` sources.
+
+Every number of a recipe (learning rates per module group, data ratio, image size, batch, steps) is a config value,
+so the paper's three stages differ only in their YAML files (`training/configs/`). Unknown keys are refused with the
+valid ones listed, so a typo never silently trains with a default.
+"""
+
+import copy
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+# Parameter groups: a parameter belongs to the first group whose pattern (a regex searched in its name) matches.
+# Names are those of `HarmonForConditionalGeneration` (PEFT adds prefixes; `search` finds the pattern anywhere).
+DEFAULT_GROUPS = {
+    "llm": {
+        "patterns": [r"model\.language_model\.", r"(^|\.)lm_head\."],
+        "lr": 1e-5,
+        "trainable": True,
+    },
+    "mar_encoder": {
+        "patterns": [r"model\.mar_encoder\.", r"model\.proj_in\."],
+        "lr": 1e-5,
+        "trainable": True,
+    },
+    "mar_decoder": {
+        "patterns": [r"model\.proj_out\.", r"model\.mar_decoder\.", r"model\.diffusion_head\."],
+        "lr": 1e-4,
+        "trainable": True,
+    },
+}
+
+DEFAULTS: dict[str, Any] = {
+    "model": {
+        "init": "pretrained",  # pretrained: load `path` (or --model); from_config: build a new Harmon
+        "path": None,
+        "config": None,  # from_config: a preset name ("harmon-0.5b") or HarmonConfig keyword arguments
+        "tokenizer": None,  # from_config: tokenizer folder (gets `<image>` if it lacks it)
+        "vae": None,  # from_config: a trained diffusers AutoencoderKL folder
+        "llm": None,  # from_config, optional: a pretrained Qwen2 folder for the LLM weights
+        "dtype": "float32",
+    },
+    "image_size": 256,
+    "data": {
+        "sources": [],
+        "ratio": {"text": 0, "image2text": 1, "text2image": 2},
+        "micro_batch_size": {"text": 8, "image2text": 8, "text2image": 32},
+        "max_length": 2048,
+        "t2i_max_length": 128,
+        "caption_dropout": 0.1,
+        "min_image_side": 8,
+        "max_aspect_ratio": 10.0,
+        "num_workers": 0,
+        "latents_cache": None,  # folder(s) written by harmon_training.data.cache_text_to_image_latents
+    },
+    "optim": {
+        "groups": copy.deepcopy(DEFAULT_GROUPS),
+        "weight_decay": 0.02,
+        "no_decay_patterns": [r"model\.diffusion_head\."],  # plus every 1-D parameter and every bias
+        "betas": [0.9, 0.95],
+        "eps": 1e-8,
+        "scheduler": "cosine",
+        "warmup": 0.01,  # fraction of max_steps (< 1) or a number of steps
+        "max_grad_norm": 1.0,
+        "task_loss_weights": {"text": 1.0, "image2text": 1.0, "text2image": 1.0},
+        "task_max_grad_norm": {"text": None, "image2text": None, "text2image": None},
+    },
+    "train": {
+        "max_steps": 1000,
+        "cycles_per_step": 1,  # data-ratio cycles (micro-batches: sum of the ratio) per optimizer step
+        "global_batch_size": None,  # if set, cycles_per_step is derived from it (samples per step, all ranks)
+        "seed": 0,
+        "bf16": "auto",  # auto: bf16 autocast where the device supports it
+        "gradient_checkpointing": True,
+        "save_steps": 500,
+        "save_total_limit": 2,
+        "logging_steps": 10,
+        "report_to": "none",  # or "tensorboard"
+        "output_dir": "outputs/harmon",
+    },
+    "lora": {
+        "enabled": False,
+        "r": 16,
+        "alpha": 32,
+        "dropout": 0.05,
+        "target_modules": r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)",
+        "merge_at_end": False,
+    },
+}
+
+# Subtrees whose keys are the user's to choose (not checked against DEFAULTS).
+OPEN_KEYS = {"model.config", "optim.groups", "data.sources"}
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 floats: `1e-5` is a number (PyYAML's 1.1 rules read it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.nan)$", re.X),  # fmt: skip
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+class ConfigError(ValueError):
+    """A configuration mistake: names the key, the value and what is allowed."""
+
+
+def _merge(base: dict, update: dict, prefix: str = "") -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        path = f"{prefix}{key}"
+        if key not in base and prefix.rstrip(".") not in OPEN_KEYS:
+            raise ConfigError(f"unknown config key {path!r}; valid keys here: {', '.join(sorted(base))}.")
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and path not in OPEN_KEYS:
+            merged[key] = _merge(base[key], value, f"{path}.")
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def set_value(config: dict, assignment: str) -> dict:
+    """Apply one `--set a.b=value` (value parsed as YAML) and return the new config."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key.path=value, got {assignment!r}.")
+    path, raw = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    value = _yaml(raw) if raw.strip() else None
+    node, checked = config, DEFAULTS
+    for depth, key in enumerate(keys[:-1]):
+        prefix = ".".join(keys[: depth + 1])
+        if not isinstance(node, dict) or key not in node:
+            valid = ", ".join(sorted(node)) if isinstance(node, dict) else "(none: not a mapping)"
+            raise ConfigError(f"--set {path}: unknown key {prefix!r}; valid keys here: {valid}.")
+        node = node[key]
+        checked = checked.get(key) if isinstance(checked, dict) and prefix not in OPEN_KEYS else None
+    last = keys[-1]
+    if not isinstance(node, dict):
+        raise ConfigError(f"--set {path}: {'.'.join(keys[:-1])!r} is not a mapping.")
+    if checked is not None and last not in checked:
+        raise ConfigError(f"--set {path}: unknown key {last!r}; valid keys here: {', '.join(sorted(checked))}.")
+    node[last] = value
+    return config
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
+    """DEFAULTS, then the YAML file at `path` (if any), then each `--set` override, then validation."""
+    config = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--config {str(path)!r}: no such file.")
+        loaded = _yaml(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {str(path)!r} must hold a mapping at the top level.")
+        config = _merge(config, loaded)
+    for assignment in overrides:
+        config = set_value(config, assignment)
+    validate(config)
+    return config
+
+
+def validate(config: dict) -> None:
+    """Check values whose mistakes would otherwise surface deep inside training."""
+    if config["model"]["init"] not in ("pretrained", "from_config"):
+        raise ConfigError(f"model.init must be 'pretrained' or 'from_config', got {config['model']['init']!r}.")
+    if config["model"]["dtype"] not in ("float32", "bfloat16"):
+        raise ConfigError(f"model.dtype must be 'float32' or 'bfloat16', got {config['model']['dtype']!r}.")
+    size = config["image_size"]
+    if not isinstance(size, int) or size <= 0:
+        raise ConfigError(f"image_size must be a positive integer (pixels), got {size!r}.")
+    ratio = config["data"]["ratio"]
+    tasks = ("text", "image2text", "text2image")
+    if set(ratio) != set(tasks) or not all(isinstance(ratio[t], int) and ratio[t] >= 0 for t in tasks):
+        raise ConfigError(f"data.ratio must give a non-negative integer for each of {tasks}, got {ratio!r}.")
+    if sum(ratio.values()) == 0:
+        raise ConfigError("data.ratio is all zeros: at least one task needs micro-batches.")
+    for name, group in config["optim"]["groups"].items():
+        unknown = set(group) - {"patterns", "lr", "trainable", "weight_decay"}
+        if unknown:
+            raise ConfigError(f"optim.groups.{name}: unknown keys {sorted(unknown)}; valid: lr, patterns, trainable, weight_decay.")
+        if not isinstance(group.get("lr"), (int, float)) or group["lr"] < 0:
+            raise ConfigError(f"optim.groups.{name}.lr must be a number >= 0, got {group.get('lr')!r}.")
+    train = config["train"]
+    for key in ("max_steps", "cycles_per_step", "save_steps", "logging_steps"):
+        if not isinstance(train[key], int) or train[key] < 1:
+            raise ConfigError(f"train.{key} must be an integer >= 1, got {train[key]!r}.")
+    if train["bf16"] not in ("auto", True, False):
+        raise ConfigError(f"train.bf16 must be auto, true or false, got {train['bf16']!r}.")
+
+
+def replace_sources(config: dict, specs: list) -> dict:
+    """`--data KIND=...`: each given kind's sources replace the config's sources of that kind (ratios are kept)."""
+    kinds = {spec.kind for spec in specs}
+    kept = [source for source in config["data"]["sources"] if source.get("kind") not in kinds]
+    config["data"]["sources"] = kept + [dataclasses.asdict(spec) for spec in specs]
+    return config

@@ -1,0 +1,37 @@
+"""Collation of single-task micro-batches: right padding, and the tensors each task's loss takes."""
+
+import torch
+
+from .chat import IGNORE_INDEX
+from .examples import Example
+
+
+def collate(task: str, examples: list[Example], pad_token_id: int) -> dict:
+    """Stack `examples` of one task into a micro-batch.
+
+    Token rows are right-padded with `pad_token_id` (`attention_mask` 0, `labels` -100 there). Text-to-image batches
+    carry `latents` (B, rows, cols, D) when every example has cached latents, else `pixel_values` (B, 3, S, S).
+
+    Returns:
+        `{"task", "input_ids", "attention_mask"}` plus `labels` (image2text, text) and `pixel_values` or `latents`
+        (image2text, text2image), all `torch.long` / `torch.float32` tensors.
+    """
+    if not examples:
+        raise ValueError(f"examples must hold at least one {task} example, got none.")
+    length = max(len(example.input_ids) for example in examples)
+    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, example in enumerate(examples):
+        input_ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids, dtype=torch.long)
+        attention_mask[row, : len(example.input_ids)] = 1
+    batch = {"task": task, "input_ids": input_ids, "attention_mask": attention_mask}
+    if task != "text2image":
+        labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+        for row, example in enumerate(examples):
+            labels[row, : len(example.labels)] = torch.tensor(example.labels, dtype=torch.long)
+        batch["labels"] = labels
+    if all(example.latents is not None for example in examples):
+        batch["latents"] = torch.stack([example.latents.float() for example in examples])
+    elif task != "text":
+        batch["pixel_values"] = torch.stack([example.pixel_values for example in examples])
+    return batch

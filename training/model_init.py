@@ -1,0 +1,74 @@
+"""The model a training run starts from: a checkpoint, or a new Harmon built around a tokenizer and a trained VAE.
+
+`model.init: from_config` is how a model is trained from scratch (the embedded demo model): Harmon's VAE is never
+trained with the rest, so it comes from its own folder (a diffusers `AutoencoderKL`), and the LLM can start from a
+pretrained Qwen2 folder.
+"""
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from .config import ConfigError
+from modeling_harmon import HARMON_PRESETS, HarmonConfig, HarmonForConditionalGeneration
+
+
+def _tokenizer_with_image_token(path: str):
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if getattr(tokenizer, "image_token", None) is None:
+        tokenizer = AutoTokenizer.from_pretrained(path, extra_special_tokens={"image_token": "<image>"})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_new_model(settings: dict) -> tuple[HarmonForConditionalGeneration, object]:
+    """A new Harmon from `settings` = the config's `model` section with `init: from_config`."""
+    from diffusers import AutoencoderKL
+
+    if not settings.get("tokenizer"):
+        raise ConfigError("model.init=from_config needs model.tokenizer (a tokenizer folder).")
+    tokenizer = _tokenizer_with_image_token(settings["tokenizer"])
+    spec = settings.get("config") or {}
+    if isinstance(spec, str):
+        if spec not in HARMON_PRESETS:
+            raise ConfigError(f"model.config must be one of {sorted(HARMON_PRESETS)} or a mapping, got {spec!r}.")
+        spec = dict(HARMON_PRESETS[spec])
+    spec = dict(spec)
+    llm = None
+    if settings.get("llm"):
+        llm = AutoModel.from_pretrained(settings["llm"])
+        spec["text_config"] = llm.config.to_dict()
+    vae = None
+    if settings.get("vae"):
+        vae = AutoencoderKL.from_pretrained(settings["vae"])
+        spec["vae_config"] = {key: value for key, value in vae.config.items() if not key.startswith("_")}
+    spec.setdefault("image_token_id", tokenizer.image_token_id)
+    spec.setdefault("pad_token_id", tokenizer.pad_token_id)
+    spec.setdefault("eos_token_id", tokenizer.eos_token_id)
+    config = HarmonConfig(**spec)
+    if config.text_config.vocab_size < len(tokenizer) - 1:
+        raise ConfigError(
+            f"the LLM's vocab_size ({config.text_config.vocab_size}) is smaller than the tokenizer needs "
+            f"({len(tokenizer) - 1} tokens besides <image>)."
+        )
+    model = HarmonForConditionalGeneration(config)
+    if vae is not None:
+        model.model.vae.load_state_dict(vae.state_dict())
+    if llm is not None:
+        model.model.language_model.load_state_dict(llm.state_dict())
+        model.tie_weights()
+    return model, tokenizer
+
+
+def load_model(settings: dict, dtype: str = "float32") -> tuple[HarmonForConditionalGeneration, object]:
+    """(model, tokenizer) for `settings` = the config's `model` section (`path` may come from `--model`)."""
+    if settings["init"] == "from_config":
+        model, tokenizer = build_new_model(settings)
+    else:
+        if not settings.get("path"):
+            raise ConfigError("model.init=pretrained needs --model PATH_OR_REPO (or model.path in the config).")
+        model = AutoModel.from_pretrained(settings["path"])
+        if not isinstance(model, HarmonForConditionalGeneration):
+            raise ConfigError(f"--model {settings['path']!r} is a {type(model).__name__}, not a Harmon checkpoint.")
+        tokenizer = _tokenizer_with_image_token(settings["path"])
+    return model.to(getattr(torch, dtype)), tokenizer

@@ -1,0 +1,198 @@
+"""Train Harmon: the paper's three stages, fine-tuning, decoder-only and LoRA runs from one script.
+
+    python -m training.train --config training/configs/stage1_alignment.yaml --model harmon-0.5b-hf/ \\
+        --output-dir runs/stage1 [--max-steps N] [--resume] [--data KIND=FORMAT:PATH ...] [--set key=value ...] [--lora]
+
+KIND is caption, vqa, text or t2i; FORMAT is reference_folder, llava_json, jsonl or hf; options follow a `?`
+(`caption=jsonl:data/caps.jsonl?weight=2`). `--data` replaces the config's sources of that kind and keeps the
+configured ratios. `--set a.b=v` parses v as YAML (`--set image_size=512 --set optim.groups.llm.lr=2e-6`).
+
+Several processes: `torchrun --nproc_per_node N -m training.train ...` (CPU: gloo; GPUs: NCCL), or
+`accelerate launch --num_processes N -m training.train ...` on GPUs (`accelerate launch --cpu --num_processes N`
+silently runs ONE process: use torchrun on CPUs). DeepSpeed ZeRO-2 / FSDP: `--set train.deepspeed=...` is not a
+key; pass the files in training/configs/ to `accelerate launch --config_file`.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from modeling_harmon import HarmonProcessor
+
+from .config import ConfigError, load_config, replace_sources
+from .data import LatentsCache, MicroBatchStream, SourceSpec
+from .lora import apply_lora, merge_adapter
+from .model_init import load_model
+from .trainer import HarmonTrainer, apply_trainable, micro_batches_per_step
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="stage YAML (training/configs/*.yaml)")
+    parser.add_argument("--model", default=None, help="checkpoint folder or Hub repo to start from")
+    parser.add_argument("--output-dir", default=None, help="run folder (checkpoints, final model)")
+    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    parser.add_argument("--data", action="append", default=[], metavar="KIND=FORMAT:PATH[?opts]")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    parser.add_argument("--lora", action="store_true", help="same as --set lora.enabled=true")
+    return parser
+
+
+def resolve_config(args) -> dict:
+    overrides = list(args.overrides)
+    if args.model is not None:
+        overrides += [f"model.path={args.model}", "model.init=pretrained"]
+    if args.output_dir is not None:
+        overrides.append(f"train.output_dir={args.output_dir}")
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    if args.lora:
+        overrides.append("lora.enabled=true")
+    config = load_config(args.config, overrides)
+    if args.data:
+        config = replace_sources(config, [SourceSpec.parse(text) for text in args.data])
+    if not config["data"]["sources"]:
+        raise ConfigError("no data: give data.sources in the config or --data KIND=FORMAT:PATH.")
+    return config
+
+
+def _bf16(setting) -> bool:
+    if setting == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(setting)
+
+
+def training_arguments(config: dict, world_size: int) -> TrainingArguments:
+    train, optim = config["train"], config["optim"]
+    accumulation, _ = micro_batches_per_step(config, world_size)
+    return TrainingArguments(
+        output_dir=train["output_dir"],
+        max_steps=train["max_steps"],
+        gradient_accumulation_steps=accumulation,
+        per_device_train_batch_size=1,  # micro-batches come whole from the stream
+        learning_rate=max(group["lr"] for group in optim["groups"].values()),
+        lr_scheduler_type=optim["scheduler"],
+        warmup_steps=optim["warmup"],
+        max_grad_norm=optim["max_grad_norm"] or 0.0,
+        weight_decay=optim["weight_decay"],
+        logging_steps=train["logging_steps"],
+        save_steps=train["save_steps"],
+        save_total_limit=train["save_total_limit"],
+        save_strategy="steps",
+        report_to=train["report_to"],
+        seed=train["seed"],
+        data_seed=train["seed"],
+        bf16=_bf16(train["bf16"]),
+        gradient_checkpointing=train["gradient_checkpointing"],
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        remove_unused_columns=False,
+        ignore_data_skip=True,  # the stream restarts at the checkpoint's micro-batch itself
+        ddp_find_unused_parameters=True,  # an image-to-text micro-batch does not use the MAR decoder, and so on
+        dataloader_num_workers=config["data"]["num_workers"],
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+    )
+
+
+def checkpoint_writer(tokenizer, processor, lora_enabled: bool):
+    """Writes a checkpoint folder: the full Hub layout, or for LoRA the adapter plus tokenizer and processor."""
+    from harmon_pipelines.hub import write_hub_files
+
+    def write(folder: Path, model) -> None:
+        if lora_enabled:
+            model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors
+            processor.save_pretrained(folder)
+        else:
+            write_hub_files(folder, model, tokenizer, processor=processor)
+
+    return write
+
+
+def run(args) -> Path:
+    config = resolve_config(args)
+    set_seed(config["train"]["seed"])
+    model, tokenizer = load_model(config["model"], config["model"]["dtype"])
+    processor = HarmonProcessor.from_model_config(model.config, tokenizer, image_size=config["image_size"])
+    groups = config["optim"]["groups"]
+    counts = apply_trainable(model, groups)
+    if config["lora"]["enabled"]:
+        model = apply_lora(model, config["lora"], groups)
+    arguments = training_arguments(config, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    rank, world = arguments.process_index, arguments.world_size
+    data = config["data"]
+
+    def stream_factory(start: int):
+        return MicroBatchStream(
+            [SourceSpec.from_dict(source) for source in data["sources"]],
+            processor,
+            model.config,
+            ratio=data["ratio"],
+            micro_batch_size=data["micro_batch_size"],
+            image_size=config["image_size"],
+            max_length=data["max_length"],
+            t2i_max_length=data["t2i_max_length"],
+            caption_dropout=data["caption_dropout"],
+            min_image_side=data["min_image_side"],
+            max_aspect_ratio=data["max_aspect_ratio"],
+            seed=config["train"]["seed"],
+            rank=rank,
+            world_size=world,
+            start=start,
+            latents_cache=LatentsCache(data["latents_cache"]) if data["latents_cache"] else None,
+        )
+
+    trainer = HarmonTrainer(
+        model=model,
+        args=arguments,
+        processing_class=tokenizer,
+        harmon_config=config,
+        stream_factory=stream_factory,
+        hub_writer=checkpoint_writer(tokenizer, processor, config["lora"]["enabled"]),
+    )
+    if rank == 0:
+        print(f"trainable parameters by group: {counts}; micro-batches per optimizer step: "
+              f"{arguments.gradient_accumulation_steps}; ranks: {world}", file=sys.stderr)  # fmt: skip
+    checkpoint = None
+    if args.resume:
+        checkpoint = get_last_checkpoint(config["train"]["output_dir"]) if Path(config["train"]["output_dir"]).is_dir() else None
+        if checkpoint is None:
+            raise ConfigError(f"--resume: no checkpoint-* folder in {config['train']['output_dir']!r}.")
+        import json
+
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        trainer.start_position = state["global_step"] * arguments.gradient_accumulation_steps
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+    final = Path(config["train"]["output_dir"]) / "final"
+    trainer.save_model(str(final))
+    if config["lora"]["enabled"] and config["lora"]["merge_at_end"] and trainer.args.should_save:
+        from harmon_pipelines.hub import save_hub_folder
+
+        base, _ = load_model(config["model"], config["model"]["dtype"])
+        save_hub_folder(final / "merged", merge_adapter(base, str(final)), tokenizer, processor=processor)
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

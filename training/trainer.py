@@ -1,0 +1,260 @@
+"""`HarmonTrainer`: `transformers.Trainer` for Harmon's mixed understanding / generation training.
+
+What the stock Trainer does not know and this subclass adds:
+- single-task micro-batches (text CE, image-to-text CE, text-to-image diffusion loss) from a rank-synchronised
+  stream, each task backpropagated on its own with its loss weight and optional gradient clipping;
+- per-module-group learning rates and the reference's weight-decay rule (none for 1-D parameters, biases and the
+  diffusion head);
+- a data stream that restarts at the exact micro-batch of a checkpoint (no re-reading of skipped data);
+- checkpoints written as complete Hub folders (the `harmon convert` layout) and renamed into place atomically.
+"""
+
+import math
+import os
+import re
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer
+
+
+TASKS = ("text", "image2text", "text2image")
+
+
+def _unwrap(model):
+    """The Harmon model under DDP / PEFT wrappers (for its config and methods, not for the forward)."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def group_of(name: str, groups: dict) -> str | None:
+    """Name of the first group one of whose patterns is found in the parameter `name` (None: no group)."""
+    for group_name, group in groups.items():
+        if any(re.search(pattern, name) for pattern in group["patterns"]):
+            return group_name
+    return None
+
+
+def no_decay(name: str, parameter: torch.nn.Parameter, patterns: list[str]) -> bool:
+    """The reference's rule: no weight decay for 1-D parameters, biases, and (by pattern) the diffusion head."""
+    return parameter.ndim <= 1 or name.endswith(".bias") or any(re.search(pattern, name) for pattern in patterns)
+
+
+def apply_trainable(model, groups: dict) -> dict[str, int]:
+    """Freeze the parameters of groups with `trainable: false` (and the VAE, always); returns trainable counts."""
+    counts = defaultdict(int)
+    for name, parameter in model.named_parameters():
+        if ".vae." in f".{name}":
+            parameter.requires_grad_(False)
+            continue
+        group = group_of(name, groups)
+        if group is not None and not groups[group].get("trainable", True):
+            parameter.requires_grad_(False)
+        if parameter.requires_grad:
+            counts[group or "other"] += parameter.numel()
+    return dict(counts)
+
+
+def parameter_groups(model, groups: dict, weight_decay: float, no_decay_patterns: list[str]) -> list[dict]:
+    """Optimizer groups: one (decay, no-decay) pair per configured module group, each with its learning rate.
+
+    Trainable parameters that match no group are an error (they would silently train at some default rate).
+    """
+    buckets: dict[tuple[str, bool], list] = defaultdict(list)
+    unmatched = []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        group = group_of(name, groups)
+        if group is None:
+            unmatched.append(name)
+            continue
+        buckets[(group, no_decay(name, parameter, no_decay_patterns))].append(parameter)
+    if unmatched:
+        raise ValueError(
+            f"trainable parameters match no optim.groups pattern: {unmatched[:5]}{' ...' if len(unmatched) > 5 else ''}; "
+            f"add a pattern or freeze them."
+        )
+    result = []
+    for (group, skip_decay), parameters in sorted(buckets.items()):
+        decay = 0.0 if skip_decay else groups[group].get("weight_decay", weight_decay)
+        result.append({"params": parameters, "lr": groups[group]["lr"], "weight_decay": decay,
+                       "group_name": f"{group}{'/no_decay' if skip_decay else ''}"})  # fmt: skip
+    return result
+
+
+class HarmonTrainer(Trainer):
+    """Trainer over single-task micro-batches; see the module docstring.
+
+    Args (besides the Trainer's):
+        harmon_config: the training config (training/config.py).
+        stream_factory: `(start) -> IterableDataset` of this rank's micro-batches from global position `start` on
+            (a `MicroBatchStream`, which also splits the positions among DataLoader workers).
+        hub_writer: `(folder, model) -> None` writes the checkpoint's Hub files (weights, code, processor, card).
+    """
+
+    def __init__(self, *args, harmon_config: dict, stream_factory: Callable, hub_writer: Callable | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.harmon_config = harmon_config
+        self.stream_factory = stream_factory
+        self.hub_writer = hub_writer
+        self.start_position = 0
+        # Losses are averaged per micro-batch by the model; `num_items_in_batch` (labels counted across the
+        # accumulation window) would mix tasks that have no labels.
+        self.model_accepts_loss_kwargs = False
+        self._task_loss = defaultdict(float)
+        self._task_batches = defaultdict(int)
+        self._samples = 0
+        self._last_log_time = time.time()
+
+    # ------------------------------------------------------------------------------------------------ data
+    def get_train_dataloader(self) -> DataLoader:
+        """This rank's micro-batches, starting at `start_position` (set from the checkpoint on resume). Not passed
+        through `accelerator.prepare`: the stream is already sharded by rank and synchronised across ranks."""
+        workers = self.harmon_config["data"]["num_workers"]
+        return DataLoader(
+            self.stream_factory(self.start_position),
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            # Its own generator: starting an iterator would otherwise draw from the global RNG, and a resumed run
+            # (which starts one right after restoring that RNG) would then diverge from an uninterrupted run.
+            generator=torch.Generator().manual_seed(self.args.seed),
+        )
+
+    # ------------------------------------------------------------------------------------------- optimizer
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            optim = self.harmon_config["optim"]
+            groups = parameter_groups(model or self.model, optim["groups"], optim["weight_decay"], optim["no_decay_patterns"])
+            self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, betas=tuple(optim["betas"]), eps=optim["eps"])
+        return self.optimizer
+
+    # ------------------------------------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The micro-batch's own loss (mean over its supervised tokens or masked image tokens), unweighted."""
+        inputs = dict(inputs)
+        task = inputs.pop("task")
+        if task == "text2image":
+            outputs = model(generation_targets=True, **inputs)
+        elif task in ("image2text", "text"):
+            outputs = model(**inputs)
+        else:
+            raise ValueError(f"micro-batch task must be one of {TASKS}, got {task!r}.")
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        """Forward and backward of ONE single-task micro-batch: loss weight, 1/accumulation scaling and, if
+        configured, clipping of this task's own gradient contribution before it joins the accumulated gradient."""
+        model.train()
+        task = inputs["task"]
+        samples = int(inputs["input_ids"].shape[0])
+        inputs = self._prepare_inputs(inputs)
+        with self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        optim = self.harmon_config["optim"]
+        weighted = loss * float(optim["task_loss_weights"].get(task, 1.0)) / self.current_gradient_accumulation_steps
+        clip = optim["task_max_grad_norm"].get(task)
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        stash = None
+        if clip is not None:
+            stash = [p.grad for p in parameters]
+            for p in parameters:
+                p.grad = None
+        self.accelerator.backward(weighted)
+        if stash is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], float(clip))
+            for p, previous in zip(parameters, stash):
+                if previous is not None:
+                    p.grad = previous if p.grad is None else p.grad + previous
+        self._task_loss[task] += float(loss.detach())
+        self._task_batches[task] += 1
+        self._samples += samples
+        return weighted.detach()
+
+    # ------------------------------------------------------------------------------------------------ logs
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds per-task losses, per-group learning rates and samples/s (this rank) since the previous log."""
+        if "loss" in logs:
+            for task in TASKS:
+                if self._task_batches[task]:
+                    logs[f"loss_{task}"] = round(self._task_loss[task] / self._task_batches[task], 6)
+            if self.optimizer is not None:
+                for group in self.optimizer.param_groups:
+                    logs[f"lr_{group.get('group_name', 'group')}"] = group["lr"]
+            elapsed = max(time.time() - self._last_log_time, 1e-9)
+            logs["samples_per_second"] = round(self._samples / elapsed, 3)
+            self._task_loss.clear()
+            self._task_batches.clear()
+            self._samples = 0
+            self._last_log_time = time.time()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """A checkpoint is a Hub folder (`harmon push` works on it); a LoRA run saves its adapter there too."""
+        output_dir = Path(output_dir or self.args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if self.hub_writer is None:
+            return super()._save(str(output_dir), state_dict)
+        self.hub_writer(output_dir, self.model)
+        torch.save(self.args, output_dir / "training_args.bin")
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write `checkpoint-N` into a hidden staging folder and rename it into place when complete, so a crash
+        never leaves a half-written checkpoint that `--resume` would pick."""
+        run_dir = Path(self._get_output_dir(trial=trial))
+        name = f"checkpoint-{self.state.global_step}"
+        staging_root = run_dir / f".staging-{name}"
+        final = run_dir / name
+        if self.args.should_save:
+            shutil.rmtree(staging_root, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        output_dir = self.args.output_dir
+        limit = self.args.save_total_limit
+        self.args.output_dir, self.args.save_total_limit = str(staging_root), None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir, self.args.save_total_limit = output_dir, limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging_root / name, final)
+            shutil.rmtree(staging_root, ignore_errors=True)
+            _keep_newest_checkpoints(run_dir, self.args.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
+
+def _keep_newest_checkpoints(run_dir: Path, limit: int | None) -> None:
+    """Delete all but the `limit` newest `checkpoint-N` folders (by N); `None` or < 1 keeps all. (The Trainer's own
+    rotation helper moved between transformers releases; this rule is the same on all of them.)"""
+    if not limit or limit < 1:
+        return
+    steps = sorted(int(path.name.split("-")[1]) for path in run_dir.glob("checkpoint-*") if path.name.split("-")[1].isdigit())
+    for step in steps[:-limit]:
+        shutil.rmtree(run_dir / f"checkpoint-{step}", ignore_errors=True)
+
+
+def micro_batches_per_step(config: dict, world_size: int) -> tuple[int, int]:
+    """(gradient accumulation steps = micro-batches per optimizer step, cycles per step) for this config.
+
+    With `train.global_batch_size`, the cycles per step are the smallest number whose samples (over all ranks) reach
+    that batch; otherwise `train.cycles_per_step`."""
+    ratio, sizes = config["data"]["ratio"], config["data"]["micro_batch_size"]
+    cycle_length = sum(ratio.values())
+    cycles = config["train"]["cycles_per_step"]
+    if config["train"]["global_batch_size"]:
+        samples_per_cycle = sum(ratio[task] * sizes[task] for task in TASKS) * world_size
+        cycles = max(1, math.ceil(config["train"]["global_batch_size"] / samples_per_cycle))
+    return cycle_length * cycles, cycles
