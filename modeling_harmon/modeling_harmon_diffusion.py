@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration_harmon import HarmonConfig
 
@@ -42,8 +43,11 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
     return x * (1 + scale) + shift
 
 
-class HarmonDiffusionResBlock(nn.Module):
-    """AdaLN residual MLP block: the condition gives (shift, scale, gate) for one LayerNorm-MLP branch."""
+class HarmonDiffusionResBlock(GradientCheckpointingLayer):
+    """AdaLN residual MLP block: the condition gives (shift, scale, gate) for one LayerNorm-MLP branch.
+
+    Checkpointable like the reference's: in training the head runs on every token `diffusion_batch_mul` times, so
+    its activations are the largest of the model."""
 
     def __init__(self, width: int, eps: float):
         super().__init__()

@@ -210,3 +210,29 @@ def test_two_process_ddp_keeps_ranks_identical(tiny_dir, data_dir, tmp_path):
     before = weights(tiny_dir)
     assert any(not torch.equal(before[name.removeprefix("module.")], value) for name, value in rank0.items()
                if name.removeprefix("module.") in before)  # fmt: skip
+
+
+def test_new_model_from_config_around_a_tokenizer_vae_and_llm(tiny_model, tokenizer, data_dir, tmp_path):
+    """`model.init: from_config` (how the embedded demo model is trained from scratch)."""
+    from transformers import AutoModel
+
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    tiny_model.model.vae.save_pretrained(tmp_path / "vae")
+    tiny_model.model.language_model.save_pretrained(tmp_path / "llm")
+    mar = ("{encoder_hidden_size: 32, encoder_num_layers: 1, encoder_num_heads: 2, decoder_hidden_size: 32, "
+           "decoder_num_layers: 1, decoder_num_heads: 2, buffer_size: 2, image_size: 32, diffusion_head_depth: 1, "
+           "diffusion_head_width: 32, num_sampling_steps: 5}")  # fmt: skip
+    arguments = tiny_arguments("stage2_joint", "unused", data_dir, tmp_path / "run")
+    arguments = arguments[: arguments.index("--model")] + arguments[arguments.index("--model") + 2 :]
+    final = train(*arguments, "--set", "model.init=from_config", "--set", f"model.config={mar}",
+                  "--set", f"model.tokenizer={tmp_path / 'tokenizer'}", "--set", f"model.vae={tmp_path / 'vae'}",
+                  "--set", f"model.llm={tmp_path / 'llm'}")  # fmt: skip
+    model = AutoModel.from_pretrained(final)
+    assert (model.config.encoder_hidden_size, model.config.buffer_size) == (32, 2)
+    assert model.config.image_token_id == tokenizer.image_token_id
+    assert model.config.text_config.hidden_size == tiny_model.config.text_config.hidden_size
+    trained_vae, given_vae = model.model.vae.state_dict(), tiny_model.model.vae.state_dict()
+    assert all(torch.equal(trained_vae[name], given_vae[name]) for name in given_vae)  # frozen, and it is the given one
+    embed = model.model.language_model.embed_tokens.weight
+    given = tiny_model.model.language_model.embed_tokens.weight
+    assert (embed - given).abs().max() < 1e-2  # started from the given LLM (3 small steps since)
