@@ -236,3 +236,18 @@ def test_new_model_from_config_around_a_tokenizer_vae_and_llm(tiny_model, tokeni
     embed = model.model.language_model.embed_tokens.weight
     given = tiny_model.model.language_model.embed_tokens.weight
     assert (embed - given).abs().max() < 1e-2  # started from the given LLM (3 small steps since)
+
+
+def test_command_line_mistakes_are_one_line_errors(tiny_dir, data_dir, tmp_path, capsys):
+    from harmon_training.train import main
+
+    base = tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "run")
+    for extra, message in (
+        (["--set", "optim.groups.llm.lernrate=1"], "unknown keys ['lernrate']"),
+        (["--set", "imag_size=3"], "unknown key 'imag_size'"),
+        (["--data", "pictures=jsonl:x.jsonl"], "--data: "),
+        (["--resume"], "--resume: no checkpoint"),
+    ):
+        assert main(base + extra) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert error[-1].startswith("error: ") and message in error[-1], error

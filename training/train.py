@@ -58,7 +58,11 @@ def resolve_config(args) -> dict:
         overrides.append("lora.enabled=true")
     config = load_config(args.config, overrides)
     if args.data:
-        config = replace_sources(config, [SourceSpec.parse(text) for text in args.data])
+        try:
+            specs = [SourceSpec.parse(text) for text in args.data]
+        except ValueError as error:
+            raise ConfigError(f"--data: {error}") from None
+        config = replace_sources(config, specs)
     if not config["data"]["sources"]:
         raise ConfigError("no data: give data.sources in the config or --data KIND=FORMAT:PATH.")
     return config
