@@ -44,7 +44,11 @@ setup(
     python_requires=">=3.10",
     packages=_packages(),
     package_dir=dict(RENAMED),
-    package_data={"harmon_model_cards": ["*.md"], "harmon_pipelines": ["default_model/*"]},
+    package_data={
+        "harmon_model_cards": ["*.md"],
+        "harmon_pipelines": ["default_model/*"],
+        "harmon_training": ["configs/*.yaml", "configs/*.json", "configs/shapes/*.yaml", "shapes/metrics/*/*.py"],
+    },
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["harmon=harmon_pipelines.cli:main"]},

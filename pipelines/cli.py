@@ -1,4 +1,5 @@
-"""The `harmon` command: draw images, answer questions about an image, convert reference checkpoints, publish them.
+"""The `harmon` command: draw images, answer questions about an image, convert reference checkpoints, publish them,
+score a model on ShapesEval.
 
     harmon generate "a red circle on the left" -o out.png --seed 0 -n 4        # out_0.png .. out_3.png
     harmon generate --prompts prompts.jsonl --outdir images/ --batch-size 8    # also under torchrun / accelerate
@@ -6,6 +7,7 @@
     harmon convert --harmon-ckpt harmon_0.5b.pth --vae-ckpt kl16.ckpt --tokenizer Qwen2.5-0.5B-Instruct/ \\
         --llm-config Qwen2.5-0.5B-Instruct/ --mar-config harmon-0.5b --output harmon-0.5b/
     harmon push harmon-0.5b/ --repo-id my-org/harmon-0.5b
+    harmon eval shapes --n 180 --json shapes.json                              # ShapesEval: GenEval-like + VQA
 
 Seeds: image k (0-based) of a prompt with seed s is drawn with its own `torch.Generator().manual_seed(s + k)` (a CPU
 generator, so the noise is the same on every device). An image therefore depends on its prompt, its seed and the
@@ -124,9 +126,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `harmon` argument parser with its four subcommands."""
+    """The `harmon` argument parser with its five subcommands."""
     parser = _Parser(prog="harmon", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{generate,ask,convert,push}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{generate,ask,convert,push,eval}")
 
     generate = commands.add_parser(
         "generate", help="draw images from a prompt or a JSONL file of prompts", epilog=JOBS_FORMAT,
@@ -180,6 +182,33 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--revision", default=None, metavar="REV", help="branch to upload to (created if needed)")
     push.add_argument("--token", default=None, help="Hub token (default: the saved login or HF_TOKEN)")
     push.set_defaults(run=run_push)
+
+    evaluation = commands.add_parser(
+        "eval", help="score a model on a benchmark (shapes: ShapesEval)",
+        description="ShapesEval: draw a fixed, seeded set of Shapes-world prompts (single objects, two objects, "
+        "counting, held-out colour-shape pairs), judge each image with a model-free checker, and ask as many "
+        "questions about ground-truth renders. Prints a table; --json writes the scores (fractions).",
+    )  # fmt: skip
+    evaluation.add_argument("benchmark", choices=("shapes",), help="what to evaluate (shapes: ShapesEval)")
+    evaluation.add_argument("--n", type=_positive_int_argument, default=180, metavar="N",
+                            help="generation prompts, and VQA questions (default 180)")
+    evaluation.add_argument("--seed", type=_seed_argument, default=0,
+                            help="picks the prompts and questions; image i is drawn with seed + i (default 0)")
+    evaluation.add_argument("--steps", type=int, metavar="N", help="MAR iterations (default 16)")
+    evaluation.add_argument("--cfg", type=float, metavar="SCALE", help="classifier-free guidance scale (default 3.0)")
+    evaluation.add_argument("--temperature", type=float, metavar="T",
+                            help="scale of the diffusion head's noise (default: the model's)")
+    evaluation.add_argument("--head-steps", type=int, metavar="N",
+                            help="diffusion-head sampling steps per token (default: the model's)")
+    evaluation.add_argument("--x0-clamp", type=float, metavar="C",
+                            help="clamp the head's x0 prediction to [-C, C] (default: the model's)")
+    evaluation.add_argument("--batch-size", type=_positive_int_argument, default=16, metavar="B",
+                            help="prompts (questions) per model call (default 16)")
+    evaluation.add_argument("--json", type=Path, metavar="OUT.json", help="also write the scores as JSON")
+    evaluation.add_argument("--skip-generation", action="store_true", help="only VQA")
+    evaluation.add_argument("--skip-vqa", action="store_true", help="only generation")
+    _add_model_arguments(evaluation)
+    evaluation.set_defaults(run=run_eval)
     return parser
 
 
@@ -442,6 +471,42 @@ def run_convert(args) -> None:
 def run_push(args) -> None:
     info = push_hub_folder(args.folder, args.repo_id, private=args.private, revision=args.revision, token=args.token)
     print(info.commit_url)
+
+
+# ------------------------------------------------------------------------------------------------------ eval
+# `generation_settings` argument -> the flag that sets it.
+EVAL_FLAGS = {"num_iter": "--steps", "guidance_scale": "--cfg", "temperature": "--temperature",
+              "num_sampling_steps": "--head-steps", "x0_clamp": "--x0-clamp"}  # fmt: skip
+
+
+def run_eval(args) -> None:
+    # Imported here: it loads `evaluate`, which takes seconds that the other subcommands need not spend.
+    from harmon_training.shapes.evaluation import evaluate_shapes, format_table, generation_settings
+
+    if args.skip_generation and args.skip_vqa:
+        raise CommandError("--skip-generation with --skip-vqa leaves nothing to evaluate")
+    if args.json is not None and args.json.is_dir():
+        raise CommandError(f"--json {str(args.json)!r} is a folder; give a file name")
+    model, tokenizer = _load(args)
+    given = {"num_iter": args.steps, "guidance_scale": args.cfg, "temperature": args.temperature,
+             "num_sampling_steps": args.head_steps, "x0_clamp": args.x0_clamp}  # fmt: skip
+    try:
+        settings = generation_settings(model, **given)
+    except ValueError as error:
+        # The model's messages start with the name of the setting they reject.
+        name = str(error).split(" ", 1)[0]
+        flagged = given.get(name) is not None  # else the default (ShapesEval's or the model's) is at fault
+        raise CommandError(f"{EVAL_FLAGS[name]} {given[name]}: {error}" if flagged else str(error)) from None
+    processor = load_processor(args.model, model, tokenizer)
+    results = evaluate_shapes(
+        model, tokenizer, processor, n=args.n, seed=args.seed, settings=settings, batch_size=args.batch_size,
+        generation=not args.skip_generation, vqa=not args.skip_vqa,
+    )  # fmt: skip
+    print(format_table(results))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json(results, args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------------------ main

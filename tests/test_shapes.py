@@ -1,0 +1,286 @@
+"""ShapesEval: the model-free checker on ground-truth and corrupted renders, the local `evaluate` metrics on
+hand-made checks, the evaluation loop on the tiny random model, and `harmon eval shapes`."""
+
+import json
+import random
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from harmon_pipelines.cli import main
+from modeling_harmon.processing_harmon import HarmonProcessor
+from training.shapes import evaluation
+from training.shapes.checker import check, detect
+from training.shapes.metrics import load_metric
+from training.shapes.world import COLORS, SHAPES, Scene, ShapeObject, as_array, render, sample_scene
+
+
+GENERATION_KEYS = {"overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"}
+ATTRIBUTE_KEYS = {"color", "shape", "position", "count"}
+QUESTION_TYPES = {"color", "shape", "position", "count", "exists"}
+FAST = ["--steps", "2", "--head-steps", "2"]
+
+
+def ground_truth_scenes(count: int, seed: int = 0) -> list[tuple[Scene, np.ndarray]]:
+    """(scene, jittered render) pairs, every kind from both splits."""
+    pairs = []
+    for index in range(count):
+        rng = random.Random(f"{seed}-{index}")
+        split = ("train", "held_out")[index % 2]
+        scene = sample_scene(rng, split, ("single", "two", "count")[(index // 2) % 3])
+        pairs.append((scene, as_array(render(scene, rng))))
+    return pairs
+
+
+def assert_schema(results: dict, n: int) -> None:
+    """`results` has exactly the ShapesEval keys, and every score is a fraction (None: nothing to score)."""
+    assert set(results) == {"n", "seed", "settings", "seconds_per_image", "generation", "vqa"}
+    assert results["n"] == n and results["seconds_per_image"] > 0
+    assert {"num_iter", "guidance_scale", "temperature", "num_sampling_steps", "x0_clamp"} <= set(results["settings"])
+    generation, vqa = results["generation"], results["vqa"]
+    assert set(generation) == GENERATION_KEYS | {"attributes", "held_out"}
+    assert set(generation["held_out"]) == GENERATION_KEYS | {"attributes"}
+    assert set(generation["attributes"]) == set(generation["held_out"]["attributes"]) == ATTRIBUTE_KEYS
+    assert set(vqa) == {"accuracy", "by_type"} and set(vqa["by_type"]) == QUESTION_TYPES
+    held = generation["held_out"]
+    scores = [generation[key] for key in GENERATION_KEYS] + list(generation["attributes"].values())
+    scores += [held[key] for key in GENERATION_KEYS] + list(held["attributes"].values())
+    scores += [vqa["accuracy"], *vqa["by_type"].values()]
+    assert all(score is None or 0.0 <= score <= 1.0 for score in scores)
+    assert generation["overall"] is not None and vqa["accuracy"] is not None
+
+
+# ---------------------------------------------------------------------------------------------------- checker
+def test_checker_accepts_ground_truth_renders():
+    right, total = Counter(), Counter()
+    for scene, image in ground_truth_scenes(900):
+        result = check(scene, image)
+        total[scene.kind, scene.held_out] += 1
+        right[scene.kind, scene.held_out] += result["overall"]
+    assert len(total) == 6 and min(total.values()) == 150
+    assert all(right[key] / total[key] >= 0.99 for key in total), {key: right[key] / total[key] for key in total}
+    # Without jitter too.
+    assert all(check(scene, render(scene))["overall"] for scene, _ in ground_truth_scenes(60, seed=1))
+
+
+def test_checker_tolerates_blur_and_noise():
+    """Generated images are soft and noisy: the checker should judge the drawing, not the sharpness."""
+    noise = np.random.default_rng(0)
+    right = 0
+    for scene, image in ground_truth_scenes(300, seed=3):
+        blurred = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(1.0)), dtype=np.float64)
+        noisy = np.clip(blurred + noise.normal(0, 10, blurred.shape), 0, 255).astype(np.uint8)
+        right += check(scene, noisy)["overall"]
+    assert right / 300 >= 0.98
+
+
+def test_detect_reads_each_object():
+    objects = (ShapeObject("triangle", "purple", "left"), ShapeObject("circle", "yellow", "right"))
+    scene = Scene("two", objects, "to the left of")
+    found = sorted(detect(render(scene, random.Random(0))), key=lambda obj: obj.centroid[0])
+    assert [(obj.color, obj.shape, obj.position) for obj in found] == [
+        ("purple", "triangle", "left"), ("yellow", "circle", "right"),
+    ]  # fmt: skip
+    assert check(scene, render(scene)) == {
+        "color": True, "shape": True, "position": True, "count": True, "color_attr": True, "overall": True,
+    }  # fmt: skip
+    # A single scene judges no colour attribution, a count scene no position.
+    single_scene = Scene("single", (ShapeObject("square", "red", "top"),))
+    single = check(single_scene, render(single_scene))
+    assert single["color_attr"] is None and single["overall"]
+    pair = (ShapeObject("circle", "blue", "top"), ShapeObject("circle", "blue", "bottom"))
+    counted = check(Scene("count", pair), render(Scene("count", pair)))
+    assert counted["position"] is None and counted["color_attr"] is None and counted["overall"]
+
+
+def _other(value: str, choices) -> str:
+    return next(choice for choice in choices if choice != value)
+
+
+OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
+
+
+def _corruptions(scene: Scene) -> dict[str, tuple[Scene, str]]:
+    """Wrong drawings of `scene`: name -> (the scene actually drawn, the attribute the checker must reject)."""
+    objects = scene.objects
+    first = objects[0]
+    wrong = {
+        "color": (replace(scene, objects=(replace(first, color=_other(first.color, COLORS)), *objects[1:])), "color"),
+        "shape": (replace(scene, objects=(replace(first, shape=_other(first.shape, SHAPES)), *objects[1:])), "shape"),
+    }
+    if scene.kind == "single":
+        two = (first, replace(first, position=OPPOSITE[first.position])) if first.position in OPPOSITE else (
+            replace(first, position="top"), replace(first, position="bottom"))  # fmt: skip
+        wrong["count"] = (replace(scene, objects=two), "count")
+        elsewhere = replace(first, position=_other(first.position, ("left", "right")))
+        wrong["position"] = (replace(scene, objects=(elsewhere,)), "position")
+    elif scene.kind == "two":
+        second = objects[1]
+        swapped = (replace(first, color=second.color), replace(second, color=first.color))
+        wrong["color_attr"] = (replace(scene, objects=swapped), "color_attr")
+        moved = (replace(first, position=second.position), replace(second, position=first.position))
+        wrong["position"] = (replace(scene, objects=moved), "position")
+        wrong["count"] = (replace(scene, objects=(first,)), "count")
+    else:
+        wrong["count"] = (replace(scene, objects=objects[:1]), "count")
+    return wrong
+
+
+def test_checker_rejects_wrong_images():
+    rejected = Counter()
+    noise = np.random.default_rng(0)
+    for scene, _ in ground_truth_scenes(120, seed=2):
+        rng = random.Random(repr(scene))
+        for name, (drawn, attribute) in _corruptions(scene).items():
+            result = check(scene, render(drawn, rng))
+            assert result[attribute] is False and result["overall"] is False, (name, scene, drawn, result)
+            rejected[name] += 1
+        blank = check(scene, render(Scene(scene.kind, ())))
+        assert not any(blank.values()), (scene, blank)
+        assert check(scene, noise.integers(0, 256, (32, 32, 3), dtype=np.uint8))["overall"] is False
+        # A flat grey (what an untrained model draws) is a background of the wrong colour, not an object.
+        assert not any(check(scene, np.full((32, 32, 3), 134, dtype=np.uint8)).values())
+    assert set(rejected) == {"color", "shape", "count", "position", "color_attr"}
+
+
+def test_checker_resizes_larger_images():
+    scene = Scene("single", (ShapeObject("circle", "green", "bottom"),))
+    assert check(scene, render(scene).resize((128, 128)))["overall"]
+    with pytest.raises(ValueError, match="uint8"):
+        check(scene, np.zeros((32, 32, 3), dtype=np.float32))
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+def test_generation_metric_arithmetic():
+    T, F, N = True, False, None
+    rows = [  # kind, held_out, color, shape, position, count, color_attr
+        ("single", False, T, T, T, T, N),  # right
+        ("single", False, F, T, T, T, N),
+        ("single", True, T, T, F, T, N),
+        ("two", False, T, T, T, T, T),  # right
+        ("two", True, T, T, F, T, F),
+        ("count", False, T, T, N, F, N),
+        ("count", True, T, T, N, T, N),  # right
+    ]
+    columns = dict(zip(("kind", "held_out", "color", "shape", "position", "count", "color_attr"), zip(*rows)))
+    scores = load_metric("shapes_generation").compute(**{key: list(values) for key, values in columns.items()})
+    assert scores == {
+        "overall": 3 / 7, "single_object": 1 / 3, "two_object": 1 / 2, "counting": 1 / 2, "colors": 2 / 3,
+        "position": 3 / 5, "color_attr": 1 / 2,
+        "attributes": {"color": 6 / 7, "shape": 1.0, "position": 3 / 5, "count": 6 / 7},
+        "held_out": {
+            "overall": 1 / 3, "single_object": 0.0, "two_object": 0.0, "counting": 1.0, "colors": 1.0,
+            "position": 0.0, "color_attr": 0.0,
+            "attributes": {"color": 1.0, "shape": 1.0, "position": 0.0, "count": 1.0},
+        },
+    }  # fmt: skip
+
+
+def test_generation_metric_rejects_malformed_rows():
+    metric = load_metric("shapes_generation")
+    row = {"kind": ["count"], "held_out": [False], "color": [True], "shape": [True], "count": [True]}
+    row["color_attr"] = [None]
+    with pytest.raises(ValueError, match="'count' scene needs exactly"):
+        metric.compute(**row, position=[True])
+    with pytest.raises(ValueError, match="kind"):
+        metric.compute(**{**row, "kind": ["three"]}, position=[None])
+
+
+def test_vqa_metric_normalises_and_groups_by_type():
+    scores = load_metric("shapes_vqa").compute(
+        predictions=["Red.<|im_end|>", "  two ", "yes", "circle", "LEFT!", "no"],
+        references=["red", "two", "no", "circle", "left", "no"],
+        question_type=["color", "count", "exists", "shape", "position", "exists"],
+    )
+    assert scores == {
+        "accuracy": 5 / 6, "by_type": {"color": 1.0, "shape": 1.0, "position": 1.0, "count": 1.0, "exists": 0.5},
+    }  # fmt: skip
+    empty_types = load_metric("shapes_vqa").compute(predictions=["red"], references=["blue"], question_type=["color"])
+    assert empty_types == {"accuracy": 0.0, "by_type": {"color": 0.0, **dict.fromkeys(QUESTION_TYPES - {"color"})}}
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+def test_prompt_and_question_sets_are_fixed_and_balanced():
+    scenes = evaluation.prompt_scenes(18, seed=3)
+    assert scenes == evaluation.prompt_scenes(18, seed=3) and scenes[:9] == evaluation.prompt_scenes(9, seed=3)
+    assert scenes != evaluation.prompt_scenes(18, seed=4)
+    assert Counter((scene.kind, scene.held_out) for scene in scenes) == {
+        (kind, held): 4 if not held else 2 for kind in ("single", "two", "count") for held in (False, True)
+    }
+    items = evaluation.vqa_items(20, seed=3)
+    assert [item.question_type for item in items] == list(evaluation.QUESTION_TYPES) * 4
+    assert [item.answer for item in items if item.question_type == "exists"] == ["yes", "no", "yes", "no"]
+    assert not any(item.scene.held_out for item in items)
+    # The answer is the ground truth of the rendered scene, as the checker reads it.
+    assert all(check(item.scene, item.image)["overall"] for item in items)
+
+
+def test_ground_truth_and_true_answers_score_one():
+    scenes = evaluation.prompt_scenes(18)
+    checks = [check(scene, render(scene, random.Random(index))) for index, scene in enumerate(scenes)]
+    scores = evaluation.generation_scores(scenes, checks)
+    assert scores["overall"] == scores["held_out"]["overall"] == 1.0
+    assert all(value == 1.0 for value in scores["attributes"].values())
+    items = evaluation.vqa_items(10)
+    assert evaluation.vqa_scores(items, [f"{item.answer.upper()}." for item in items])["accuracy"] == 1.0
+
+
+def test_evaluation_passes_settings_and_one_generator_per_image(tiny_model, tokenizer, monkeypatch):
+    calls = []
+    original = tiny_model.generate_images
+
+    def spy(**kwargs):
+        calls.append(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(tiny_model, "generate_images", spy)
+    chosen = {"num_iter": 2, "guidance_scale": 2.0, "temperature": 0.5, "num_sampling_steps": 3, "x0_clamp": 1.5}
+    settings = evaluation.generation_settings(tiny_model, **chosen)
+    processor = HarmonProcessor.from_model_config(tiny_model.config, tokenizer)
+    results = evaluation.evaluate_shapes(
+        tiny_model, tokenizer, processor, n=9, seed=5, settings=settings, batch_size=4, progress=False
+    )
+    assert [len(call["prompt"]) for call in calls] == [4, 4, 1]
+    assert [g.initial_seed() for call in calls for g in call["generator"]] == list(range(5, 14))
+    for key, value in chosen.items():
+        assert all(call[key] == value for call in calls) and results["settings"][key] == value
+    assert_schema(results, n=9)
+    assert all(value is not None for value in results["vqa"]["by_type"].values())
+    assert json.loads(json.dumps(results)) == results
+    assert "overall" in evaluation.format_table(results)
+
+    skipped = evaluation.evaluate_shapes(
+        tiny_model, tokenizer, processor, n=2, settings=settings, vqa=False, progress=False
+    )
+    assert skipped["vqa"] is None and skipped["generation"] is not None
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+def test_harmon_eval_shapes_writes_the_json(tmp_path, capsys):
+    out = tmp_path / "results" / "shapes.json"
+    code = main(["eval", "shapes", "--n", "4", *FAST, "--batch-size", "3", "--json", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    results = json.loads(out.read_text())
+    assert_schema(results, n=4)
+    assert results["seed"] == 0
+    assert results["settings"]["num_iter"] == 2 and results["settings"]["guidance_scale"] == 3.0
+    assert "single_object" in printed.out and "exists" in printed.out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "--steps 0: num_iter must be"),
+        (["--x0-clamp", "-1"], "--x0-clamp -1.0: x0_clamp must be"),
+        (["--skip-vqa", "--skip-generation"], "leaves nothing to evaluate"),
+        (["--n", "0"], "argument --n: must be an integer >= 1"),
+    ],
+)
+def test_harmon_eval_errors_are_one_line(argv, message, capsys):
+    assert main(["eval", "shapes", *argv]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("NOTE:")]
+    assert len(errors) == 1 and errors[0].startswith("harmon eval: error: ") and message in errors[0], errors

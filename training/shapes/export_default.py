@@ -1,0 +1,57 @@
+"""Package a trained Shapes Harmon as the embedded default model (`pipelines/default_model/`, bf16 safetensors).
+
+    python -m training.shapes.export_default --model runs/shapes/stage3/final --output pipelines/default_model
+
+The folder is the usual Hub layout minus the remote-code `.py` files (the package's own classes load it, and
+copies of the code would go stale) and minus the diffusers component copies (`model/`, `tokenizer/`), which
+would double the size of the wheel. Its generation defaults are the sampling settings ShapesEval was measured with.
+"""
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from modeling_harmon.atomic_files import atomic_directory
+
+
+# Sampling settings of the demo model (stored as its `generation_config.image_generation`).
+DEMO_IMAGE_GENERATION = {"num_iter": 16, "guidance_scale": 3.0, "temperature": 1.0, "num_sampling_steps": 50}
+
+
+def export(model_dir: str, output: Path, x0_clamp: float | None) -> Path:
+    from harmon_pipelines.hub import write_hub_files
+
+    model = AutoModel.from_pretrained(model_dir).eval().to(torch.bfloat16)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    settings = dict(model.generation_config.image_generation or {})
+    settings.update(DEMO_IMAGE_GENERATION, x0_clamp=x0_clamp)
+    model.generation_config.image_generation = settings
+    with atomic_directory(output) as staging:
+        write_hub_files(staging, model, tokenizer)
+        for path in list(staging.glob("*.py")) + [staging / "model", staging / "tokenizer", staging / "model_index.json"]:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    size = sum(path.stat().st_size for path in output.rglob("*") if path.is_file())
+    print(f"exported {output} ({size / 2**20:.1f} MiB)")
+    return output
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument(
+        "--x0-clamp", type=float, default=7.0,
+        help="clamp of the head's x0 prediction, in scaled latents (the Shapes VAE's latents reach |z| ~ 6.9)",
+    )
+    args = parser.parse_args(argv)
+    export(args.model, args.output, args.x0_clamp)
+
+
+if __name__ == "__main__":
+    main()
