@@ -202,6 +202,8 @@ class HarmonTrainer(Trainer):
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """A checkpoint is a Hub folder (`harmon push` works on it); a LoRA run saves its adapter there too."""
+        if not self.args.should_save:  # the Trainer calls `_save` on every rank; one writes
+            return
         output_dir = Path(output_dir or self.args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         if self.hub_writer is None:
