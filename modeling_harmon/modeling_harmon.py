@@ -373,6 +373,9 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         self.post_init()
         if getattr(self.generation_config, "image_generation", None) is None:
             self.generation_config.image_generation = dict(DEFAULT_IMAGE_GENERATION)
+            # A generation config derived from the model config is rebuilt from it on save, which would drop the
+            # image-generation defaults; this one is ours now.
+            self.generation_config._from_model_config = False
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

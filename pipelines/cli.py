@@ -514,6 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run `harmon` with `argv` (default: the command line); returns the exit status."""
     parser = build_parser()
     prog = "harmon"
+    # transformers' weight-loading progress bar would break the one-line error contract on stderr.
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
     try:
         args = parser.parse_args(argv)
         prog = f"harmon {args.command}"

@@ -36,7 +36,7 @@ def _generation_table(generation: dict) -> str:
     return lines
 
 
-def render_card(evaluation: dict, timings: dict, ablation: dict | None = None) -> ModelCard:
+def render_card(evaluation: dict, timings: dict, ablation: dict | None = None, note: str = "") -> ModelCard:
     generation, vqa, settings = evaluation.get("generation") or {}, evaluation.get("vqa") or {}, evaluation["settings"]
     ablation_text = "Not run yet."
     if ablation:
@@ -58,6 +58,8 @@ a KL VAE of stride 4), trained **from scratch on a CPU** with this repository's 
 Shapes world: 32 px images of one or two coloured circles, squares and triangles. It is the package's embedded
 default model (`harmon generate`, `harmon ask`, the pipelines without `--model`). It shows that the system works
 end to end; it knows nothing outside that world.
+
+{note}
 
 ## Scores (ShapesEval, {evaluation["n"]} prompts, seed {evaluation["seed"]}, fp32)
 
@@ -91,11 +93,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval", type=Path, required=True)
     parser.add_argument("--timings", type=Path, required=True)
     parser.add_argument("--ablation", type=Path, default=None)
+    parser.add_argument("--note", default="", help="a status paragraph placed under the title")
     args = parser.parse_args(argv)
     card = render_card(
         json.loads(args.eval.read_text()),
         json.loads(args.timings.read_text()),
         json.loads(args.ablation.read_text()) if args.ablation else None,
+        args.note,
     )
     with atomic_path(args.folder / "README.md") as temporary:
         card.save(temporary)

@@ -26,9 +26,12 @@ def export(model_dir: str, output: Path, x0_clamp: float | None) -> Path:
 
     model = AutoModel.from_pretrained(model_dir).eval().to(torch.bfloat16)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    settings = dict(model.generation_config.image_generation or {})
+    settings = dict(getattr(model.generation_config, "image_generation", None) or {})
     settings.update(DEMO_IMAGE_GENERATION, x0_clamp=x0_clamp)
     model.generation_config.image_generation = settings
+    # transformers replaces a generation config marked as derived from the model config when it loads one, which
+    # would drop these settings.
+    model.generation_config._from_model_config = False
     with atomic_directory(output) as staging:
         write_hub_files(staging, model, tokenizer)
         for path in list(staging.glob("*.py")) + [staging / "model", staging / "tokenizer", staging / "model_index.json"]:
