@@ -58,7 +58,7 @@ def train(output: Path, steps: int, batch_size: int, lr: float, kl_weight: float
     start = 0
     state_path = output.parent / f"{output.name}.train_state.pt"
     if resume and state_path.is_file():
-        state = torch.load(state_path, weights_only=False)  # our own file: model, optimizer, RNG, step
+        state = torch.load(state_path, weights_only=True)  # tensors and plain values only
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
