@@ -199,6 +199,15 @@ def validate(config: dict) -> None:
         raise ConfigError(f"train.bf16 must be auto, true or false, got {train['bf16']!r}.")
 
 
+def resolve_bf16(setting) -> bool:
+    """`train.bf16`: `"auto"` means bf16 mixed precision where the device supports it (CUDA with bf16)."""
+    if setting == "auto":
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(setting)
+
+
 def replace_sources(config: dict, specs: list) -> dict:
     """`--data KIND=...`: each given kind's sources replace the config's sources of that kind (ratios are kept)."""
     kinds = {spec.kind for spec in specs}

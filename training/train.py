@@ -24,7 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from modeling_harmon import HarmonProcessor
 
-from .config import ConfigError, load_config, replace_sources
+from .config import ConfigError, load_config, replace_sources, resolve_bf16
 from .data import LatentsCache, MicroBatchStream, SourceSpec
 from .lora import apply_lora, merge_adapter
 from .model_init import load_model
@@ -68,12 +68,6 @@ def resolve_config(args) -> dict:
     return config
 
 
-def _bf16(setting) -> bool:
-    if setting == "auto":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool(setting)
-
-
 def training_arguments(config: dict, world_size: int) -> TrainingArguments:
     train, optim = config["train"], config["optim"]
     accumulation, _ = micro_batches_per_step(config, world_size)
@@ -94,7 +88,7 @@ def training_arguments(config: dict, world_size: int) -> TrainingArguments:
         report_to=train["report_to"],
         seed=train["seed"],
         data_seed=train["seed"],
-        bf16=_bf16(train["bf16"]),
+        bf16=resolve_bf16(train["bf16"]),
         gradient_checkpointing=train["gradient_checkpointing"],
         gradient_checkpointing_kwargs={"use_reentrant": False},
         remove_unused_columns=False,

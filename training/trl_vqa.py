@@ -71,7 +71,7 @@ from trl import SFTConfig, SFTTrainer
 
 from modeling_harmon import HarmonProcessor
 
-from .config import DEFAULTS
+from .config import DEFAULTS, resolve_bf16
 
 
 # Text tokens per row on top of one image's placeholders when `max_length` is not given.
@@ -232,7 +232,7 @@ def build_vqa_sft_trainer(
             f"{processor.image_processor.size}, got {max_length}."
         )
     if bf16 is None:
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        bf16 = resolve_bf16("auto")
     args = SFTConfig(
         output_dir=str(output_dir),
         max_steps=max_steps,
