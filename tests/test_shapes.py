@@ -15,7 +15,7 @@ from modeling_harmon.processing_harmon import HarmonProcessor
 from training.shapes import evaluation
 from training.shapes.checker import check, detect
 from training.shapes.metrics import load_metric
-from training.shapes.world import COLORS, SHAPES, Scene, ShapeObject, as_array, render, sample_scene
+from training.shapes.world import COLORS, SHAPES, Scene, ShapeObject, as_array, questions, render, sample_scene
 
 
 GENERATION_KEYS = {"overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"}
@@ -284,3 +284,15 @@ def test_harmon_eval_errors_are_one_line(argv, message, capsys):
     assert main(["eval", "shapes", *argv]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("NOTE:")]
     assert len(errors) == 1 and errors[0].startswith("harmon eval: error: ") and message in errors[0], errors
+
+
+def test_captions_and_questions_use_an_before_vowels():
+    rng = random.Random(0)
+    texts = []
+    for _ in range(300):
+        scene = sample_scene(rng, rng.choice(("train", "held_out")))
+        texts.append(scene.caption())
+        texts.extend(question for _, question, _ in questions(scene, rng))
+    joined = " | ".join(texts)
+    assert "an orange" in joined and "a red" in joined
+    assert "a orange" not in joined and "an red" not in joined

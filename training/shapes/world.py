@@ -65,11 +65,18 @@ class Scene:
     def caption(self) -> str:
         first = self.objects[0]
         if self.kind == "single":
-            return f"a {first.color} {first.shape} {_position_phrase(first.position)}"
+            return f"{_article(first.color)} {first.color} {first.shape} {_position_phrase(first.position)}"
         if self.kind == "count":
             return f"{NUMBER_WORDS[len(self.objects)]} {first.color} {first.shape}s"
         second = self.objects[1]
-        return f"a {first.color} {first.shape} {self.relation} a {second.color} {second.shape}"
+        return (
+            f"{_article(first.color)} {first.color} {first.shape} {self.relation} "
+            f"{_article(second.color)} {second.color} {second.shape}"
+        )
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def _position_phrase(position: str) -> str:
@@ -145,9 +152,9 @@ def questions(scene: Scene, rng: random.Random) -> list[tuple[str, str, str]]:
         items.append(("shape", f"what shape are the {objs[0].color} objects?", objs[0].shape))
     present = {(obj.color, obj.shape) for obj in objs}
     color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
-    items.append(("exists", f"is there a {color} {shape}?", "yes" if (color, shape) in present else "no"))
+    items.append(("exists", f"is there {_article(color)} {color} {shape}?", "yes" if (color, shape) in present else "no"))
     first = objs[0]
-    items.append(("exists", f"is there a {first.color} {first.shape}?", "yes"))
+    items.append(("exists", f"is there {_article(first.color)} {first.color} {first.shape}?", "yes"))
     return items
 
 
