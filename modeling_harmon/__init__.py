@@ -14,6 +14,7 @@ from .modeling_harmon import (
     HarmonImageGenerationOutput,
     HarmonModel,
     HarmonPreTrainedModel,
+    HarmonSamplingSpeedups,
 )
 from .processing_harmon import HarmonProcessor
 
@@ -37,4 +38,5 @@ __all__ = [
     "HarmonModel",
     "HarmonPreTrainedModel",
     "HarmonProcessor",
+    "HarmonSamplingSpeedups",
 ]

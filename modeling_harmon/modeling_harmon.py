@@ -54,6 +54,34 @@ class HarmonImageGenerationOutput(ModelOutput):
 
 
 @dataclass
+class HarmonSamplingSpeedups:
+    """Shortcuts `generate_images` takes that leave its results unchanged (up to float rounding in matmuls).
+
+    All on by default. `model.sampling_speedups = HarmonSamplingSpeedups.none()` does the reference's work instead,
+    which is the baseline benchmarks/bench_generate.py measures each shortcut against.
+
+    Attributes:
+        share_cfg_encoder: with CFG both halves have the same tokens and mask, so the MAR encoder runs once for
+            them (the reference runs it on both).
+        precompute_head_modulations: the diffusion head's timestep/condition work (embeddings and adaLN
+            modulations) is computed for many denoising steps at once (`HarmonDiffusionHead.modulations`).
+        decoder_selected_positions: the MAR decoder's last block runs its queries and MLP only on the tokens
+            being predicted this iteration.
+        conditional_only_vae_decode: with CFG only the conditional half is decoded (the reference decodes both and
+            drops one).
+    """
+
+    share_cfg_encoder: bool = True
+    precompute_head_modulations: bool = True
+    decoder_selected_positions: bool = True
+    conditional_only_vae_decode: bool = True
+
+    @classmethod
+    def none(cls) -> "HarmonSamplingSpeedups":
+        return cls(**{name: False for name in cls.__dataclass_fields__})
+
+
+@dataclass
 class HarmonGenerationLossOutput(ModelOutput):
     """Text-to-image diffusion loss and its parts. Per-row terms are over `diffusion_batch_mul` repeats of all tokens."""
 
@@ -371,6 +399,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         self.model = HarmonModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+        self.sampling_speedups = HarmonSamplingSpeedups()
         if getattr(self.generation_config, "image_generation", None) is None:
             self.generation_config.image_generation = dict(DEFAULT_IMAGE_GENERATION)
             # A generation config derived from the model config is rebuilt from it on save, which would drop the
@@ -684,29 +713,40 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         mask = torch.ones(batch, seq_len, dtype=torch.bool, device=device)
         ranks = torch.empty_like(orders).scatter_(1, orders, torch.arange(seq_len, device=device).expand(batch, -1))
         scale = settings["guidance_scale"]
+        speedups = self.sampling_speedups
         for step, num_masked in enumerate(_masked_counts(seq_len, settings["num_iter"])):
-            encoded = model.mar_encoder(tokens, mask, grid)
-            decoder_mask = mask
-            if use_cfg:
+            decoder_mask = mask.repeat(2, 1) if use_cfg else mask
+            if use_cfg and speedups.share_cfg_encoder:
                 # Both CFG halves share tokens and mask, so the MAR encoder runs once for them.
-                encoded, decoder_mask = encoded.repeat(2, 1, 1), mask.repeat(2, 1)
+                encoded = model.mar_encoder(tokens, mask, grid).repeat(2, 1, 1)
+            else:
+                encoded = model.mar_encoder(tokens.repeat(2, 1, 1) if use_cfg else tokens, decoder_mask, grid)
             encoded = model.bridge(encoded, prompt_mask, cache=cache)
-            condition = model.mar_decoder(encoded, decoder_mask, grid)
             next_mask = ranks < num_masked
             to_predict = mask & ~next_mask
+            if speedups.decoder_selected_positions:
+                select = to_predict.repeat(2, 1) if use_cfg else to_predict
+                condition = model.mar_decoder(encoded, decoder_mask, grid, select=select)
+                condition = condition.reshape(-1, batch * condition.shape[1], condition.shape[-1])
+                cond_rows, uncond_rows = condition[0], condition[1] if use_cfg else None
+            else:
+                condition = model.mar_decoder(encoded, decoder_mask, grid)
+                cond_rows = condition[:batch][to_predict]
+                uncond_rows = condition[batch:][to_predict] if use_cfg else None
             if settings["cfg_schedule"] == "linear":
                 step_scale = 1 + (scale - 1) * (seq_len - max(num_masked, 1)) / seq_len
             else:
                 step_scale = scale
             sampled = model.diffusion.sample(
                 model.diffusion_head,
-                condition[:batch][to_predict],
+                cond_rows,
                 noise_fn,
-                unconditional=condition[batch:][to_predict] if use_cfg else None,
+                unconditional=uncond_rows,
                 guidance_scale=step_scale,
                 temperature=settings["temperature"],
                 num_steps=settings["num_sampling_steps"],
                 x0_clamp=settings["x0_clamp"],
+                precompute_modulations=speedups.precompute_head_modulations,
             )
             tokens = tokens.clone()
             tokens[to_predict] = sampled.to(tokens.dtype)
@@ -719,7 +759,11 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                     break
 
         latents = model.tokens_to_latents(tokens.reshape(batch, grid[0], grid[1], -1))
-        images = model.decode_latents(latents) if decode else None
+        images = None
+        if decode and use_cfg and not speedups.conditional_only_vae_decode:
+            images = model.decode_latents(latents.repeat(2, 1, 1, 1))[:batch]  # the reference's work: both halves
+        elif decode:
+            images = model.decode_latents(latents)
         if not return_dict:
             return images, latents
         return HarmonImageGenerationOutput(images=images, latents=latents)
@@ -815,4 +859,10 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
 HarmonConfig.register_for_auto_class()
 HarmonForConditionalGeneration.register_for_auto_class("AutoModel")
 
-__all__ = ["HarmonPreTrainedModel", "HarmonModel", "HarmonForConditionalGeneration", "HarmonImageGenerationOutput"]
+__all__ = [
+    "HarmonPreTrainedModel",
+    "HarmonModel",
+    "HarmonForConditionalGeneration",
+    "HarmonImageGenerationOutput",
+    "HarmonSamplingSpeedups",
+]

@@ -56,7 +56,11 @@ class HarmonDiffusionResBlock(GradientCheckpointingLayer):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        shift, scale, gate = self.adaLN_modulation(condition).chunk(3, dim=-1)
+        return self.modulated(x, self.adaLN_modulation(condition))
+
+    def modulated(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        """The block given its precomputed `adaLN_modulation` output (shift, scale, gate concatenated)."""
+        shift, scale, gate = modulation.chunk(3, dim=-1)
         return x + gate * self.mlp(_modulate(self.in_ln(x), shift, scale))
 
 
@@ -68,7 +72,10 @@ class HarmonDiffusionFinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(condition).chunk(2, dim=-1)
+        return self.modulated(x, self.adaLN_modulation(condition))
+
+    def modulated(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        shift, scale = modulation.chunk(2, dim=-1)
         return self.linear(_modulate(self.norm_final(x), shift, scale))
 
 
@@ -99,6 +106,28 @@ class HarmonDiffusionHead(nn.Module):
             else:
                 hidden = block(hidden, condition)
         return self.final_layer(hidden, condition)
+
+    # Sampling calls the head ~100 times on the same few rows, with the same conditions and timesteps shared by all
+    # rows. Everything that depends only on (timestep, condition) -- the embeddings and every block's adaLN
+    # modulation, about 60% of the head's multiply-adds -- is computed here for many steps at once, as a few large
+    # matrix products that run near the matmul ceiling, instead of one small weight-bound product per step.
+    def modulations(self, timesteps: torch.Tensor, condition: torch.Tensor) -> list[torch.Tensor]:
+        """adaLN modulations for every (timestep, row): `timesteps` (S,) and `condition` (R, C_dec) give one
+        (S, R, 3W) tensor per residual block, then (S, R, 2W) for the final layer; feed step i's slices to
+        `forward_modulated`. Equal to what `forward` computes internally (up to matmul rounding)."""
+        dtype = self.input_proj.weight.dtype
+        time = self.time_embed(timesteps)
+        cond = self.cond_embed(condition.to(dtype))
+        activated = nn.functional.silu(time[:, None, :] + cond[None, :, :])
+        layers = [block.adaLN_modulation[1] for block in self.res_blocks] + [self.final_layer.adaLN_modulation[1]]
+        return [layer(activated) for layer in layers]
+
+    def forward_modulated(self, x: torch.Tensor, modulations: list[torch.Tensor]) -> torch.Tensor:
+        """`forward` for (N, D) inputs given one step's modulations (each (N, ·)) from `modulations`."""
+        hidden = self.input_proj(x.to(self.input_proj.weight.dtype))
+        for block, modulation in zip(self.res_blocks, modulations):
+            hidden = block.modulated(hidden, modulation)
+        return self.final_layer.modulated(hidden, modulations[-1])
 
 
 def respaced_timesteps(num_train_timesteps: int, num_steps: int) -> list[int]:
@@ -204,6 +233,10 @@ def _discretized_gaussian_log_likelihood(x, means, log_scales):
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
 
 
+# Upper bound on the precomputed adaLN modulations held at once while sampling (steps are processed in chunks).
+_MODULATION_CHUNK_BYTES = 256 * 1024 * 1024
+
+
 class HarmonGaussianDiffusion:
     """Training loss and ancestral sampler of the head (epsilon prediction, learned-range variance)."""
 
@@ -262,19 +295,25 @@ class HarmonGaussianDiffusion:
         return {"mse": mse, "vb": vb, "loss": mse + vb}
 
     @staticmethod
-    def predict(head, x, timesteps, condition, unconditional=None, guidance_scale: float = 1.0):
+    def predict(head, x, timesteps, condition, unconditional=None, guidance_scale: float = 1.0, modulations=None):
         """Head output split into (eps, variance values), float32, each (N, D).
 
         With `unconditional`, one head call covers both conditions (same x, same t) and the noise estimate is
-        guided: `eps_u + guidance_scale * (eps_c - eps_u)`; the variance stays the conditional one.
+        guided: `eps_u + guidance_scale * (eps_c - eps_u)`; the variance stays the conditional one. With
+        `modulations` (one step of `head.modulations` over the rows `[condition; unconditional]`), the head skips
+        its embeddings and adaLN layers, and `timesteps` and the conditions are not read again.
         """
         rows, channels = x.shape
-        if unconditional is None:
-            output = head(x, timesteps, condition)
+        guided = unconditional is not None
+        inputs = torch.cat([x, x]) if guided else x
+        if modulations is not None:
+            output = head.forward_modulated(inputs, modulations)
+        elif guided:
+            output = head(inputs, torch.cat([timesteps, timesteps]), torch.cat([condition, unconditional]))
         else:
-            output = head(torch.cat([x, x]), torch.cat([timesteps, timesteps]), torch.cat([condition, unconditional]))
+            output = head(inputs, timesteps, condition)
         eps, variance_values = output[:rows, :channels], output[:rows, channels:]
-        if unconditional is not None:
+        if guided:
             uncond_eps = output[rows:, :channels]
             eps = uncond_eps + guidance_scale * (eps - uncond_eps)
         return eps.float(), variance_values.float()
@@ -290,21 +329,38 @@ class HarmonGaussianDiffusion:
         temperature: float = 1.0,
         num_steps: int | None = None,
         x0_clamp: float | None = None,
+        precompute_modulations: bool = True,
     ) -> torch.Tensor:
         """Sample (N, D) token latents for the conditions `condition` (N, C_dec).
 
         With `unconditional` (N, C_dec) the head runs on both conditions each step and the guided noise estimate
         `eps_u + guidance_scale * (eps_c - eps_u)` is used; the variance stays the conditional one. `noise_fn(shape)`
         supplies every random draw: the start noise, then one draw per step (the last one is multiplied by 0,
-        as the reference). Returns float32.
+        as the reference). `precompute_modulations` computes the head's condition-only work for many steps at once
+        (`HarmonDiffusionHead.modulations`); False calls the plain head every step, as the reference. Returns
+        float32.
         """
         schedule = self.sampling_schedule(num_steps)
         table = schedule.table(condition.device)
         rows, channels = condition.shape[0], self.config.token_dim
+        conditions = condition if unconditional is None else torch.cat([condition, unconditional])
+        indices = list(reversed(range(schedule.num_steps)))
+        if precompute_modulations:
+            width = head.input_proj.out_features
+            per_step = conditions.shape[0] * (3 * len(head.res_blocks) + 2) * width * head.input_proj.weight.element_size()
+            chunk = max(1, min(len(indices), _MODULATION_CHUNK_BYTES // max(per_step, 1)))
         x = noise_fn((rows, channels)).float()
-        for index in reversed(range(schedule.num_steps)):
+        for position, index in enumerate(indices):
+            modulations = None
+            if precompute_modulations:
+                if position % chunk == 0:
+                    block = table["timestep_map"][indices[position : position + chunk]]
+                    chunk_modulations = head.modulations(block, conditions)
+                modulations = [tensor[position % chunk] for tensor in chunk_modulations]
             timesteps = table["timestep_map"][index].expand(rows)
-            eps, variance_values = self.predict(head, x, timesteps, condition, unconditional, guidance_scale)
+            eps, variance_values = self.predict(
+                head, x, timesteps, condition, unconditional, guidance_scale, modulations=modulations
+            )
             pred_x0 = table["sqrt_recip_alphas_cumprod"][index] * x - table["sqrt_recipm1_alphas_cumprod"][index] * eps
             if x0_clamp is not None:
                 pred_x0 = pred_x0.clamp(-x0_clamp, x0_clamp)

@@ -41,13 +41,22 @@ class HarmonMARAttention(nn.Module):
         self.proj = nn.Linear(hidden_size, hidden_size, bias=True)
         self.proj_drop = nn.Dropout(hidden_dropout)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, query_index: torch.LongTensor | None = None) -> torch.Tensor:
+        """Self-attention of (B, L, C) states; with `query_index` (B, K) only those positions attend (to all L) and
+        the output is (B, K, C)."""
         batch, length, width = hidden_states.shape
-        qkv = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv.unbind(0)
         dropout = self.attention_dropout if self.training else 0.0
+        if query_index is None:
+            qkv = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, self.head_dim)
+            query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            queries = hidden_states.gather(1, query_index[..., None].expand(-1, -1, width))
+            query = F.linear(queries, self.qkv.weight[:width], self.qkv.bias[:width])
+            query = query.reshape(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
+            key_value = F.linear(hidden_states, self.qkv.weight[width:], self.qkv.bias[width:])
+            key, value = key_value.reshape(batch, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
-        attended = attended.transpose(1, 2).reshape(batch, length, width)
+        attended = attended.transpose(1, 2).reshape(batch, -1, width)
         return self.proj_drop(self.proj(attended))
 
 
@@ -73,8 +82,13 @@ class HarmonMARBlock(GradientCheckpointingLayer):
         self.norm2 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
         self.mlp = HarmonMARMLP(hidden_size, int(hidden_size * config.mlp_ratio), config.hidden_dropout)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = hidden_states + self.attn(self.norm1(hidden_states))
+    def forward(self, hidden_states: torch.Tensor, query_index: torch.LongTensor | None = None) -> torch.Tensor:
+        """With `query_index` (B, K), the block's output at those positions only, (B, K, C): keys and values still
+        come from every position, and the rest of the block runs on K rows instead of L."""
+        attended = self.attn(self.norm1(hidden_states), query_index)
+        if query_index is not None:
+            hidden_states = hidden_states.gather(1, query_index[..., None].expand(-1, -1, hidden_states.shape[-1]))
+        hidden_states = hidden_states + attended
         return hidden_states + self.mlp(self.norm2(hidden_states))
 
 
@@ -149,12 +163,21 @@ class HarmonMARDecoder(nn.Module):
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         return _buffered_position_embedding(self.position_embed, self.buffer_size, self.grid, grid)
 
-    def forward(self, encoded: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def forward(
+        self,
+        encoded: torch.Tensor,
+        mask: torch.Tensor,
+        grid: tuple[int, int],
+        select: torch.BoolTensor | None = None,
+    ) -> torch.Tensor:
         """
         Args:
             encoded: (B, buffer_size + visible, C_enc), buffers first (the encoder's output layout).
             mask: (B, L) bool, True where a token is masked.
             grid: (rows, cols) of the latent token grid.
+            select: optional (B, L) bool with the same count K in every row: return only those tokens'
+                conditions, (B, K, C_dec) in raster order, equal to `forward(...)[select]` reshaped. Sampling needs
+                only the K tokens it predicts, so the last block runs its queries, MLP and norm on K rows only.
         """
         batch, length = mask.shape
         hidden = self.embed(encoded)
@@ -162,10 +185,22 @@ class HarmonMARDecoder(nn.Module):
         full = self.mask_token.to(hidden.dtype).repeat(batch, self.buffer_size + length, 1)
         full[keep] = hidden.reshape(-1, hidden.shape[-1])
         hidden = full + self.position_embedding(grid)
-        for layer in self.layers:
+        diffusion_position = resize_position_embedding(self.diffusion_position_embed, self.grid, grid)
+        if select is None:
+            for layer in self.layers:
+                hidden = layer(hidden)
+            return self.norm(hidden)[:, self.buffer_size :] + diffusion_position
+        counts = select.sum(dim=1)
+        if not self.layers or not bool((counts == counts[0]).all()):
+            if not bool((counts == counts[0]).all()):
+                raise ValueError("select must pick the same number of tokens in every row.")
+            return self.forward(encoded, mask, grid)[select].reshape(mask.shape[0], -1, hidden.shape[-1])
+        # Stable sort puts the selected positions first, in raster order.
+        index = torch.argsort((~select).to(torch.int8), dim=1, stable=True)[:, : int(counts[0])]
+        for layer in self.layers[:-1]:
             hidden = layer(hidden)
-        hidden = self.norm(hidden)[:, self.buffer_size :]
-        return hidden + resize_position_embedding(self.diffusion_position_embed, self.grid, grid)
+        hidden = self.layers[-1](hidden, query_index=index + self.buffer_size)
+        return self.norm(hidden) + diffusion_position[0][index]
 
 
 __all__ = ["HarmonMAREncoder", "HarmonMARDecoder", "HarmonMARBlock", "resize_position_embedding"]

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from modeling_harmon import HarmonSamplingSpeedups
 from modeling_harmon.convert_harmon_weights_to_hf import convert_harmon_checkpoint
 from modeling_harmon.modeling_harmon_diffusion import timestep_frequencies
 from transformers import DynamicCache
@@ -227,8 +228,13 @@ def test_d_vae(model):
     assert_close(decoded, family["decode_out"], "decode_out")
 
 
+@pytest.mark.parametrize("speedups", ["all", "none"])
 @pytest.mark.parametrize("name", ["e_sample_cfg1", "e_sample_cfg3"])
-def test_e_full_sampling(model, name):
+def test_e_full_sampling(model, name, speedups, monkeypatch):
+    """Both with every sampling shortcut (the default) and with none (the reference's work)."""
+    monkeypatch.setattr(
+        model, "sampling_speedups", HarmonSamplingSpeedups() if speedups == "all" else HarmonSamplingSpeedups.none()
+    )
     path = VECTOR_SET / "vectors" / f"{name}.json"
     if not path.exists():
         pytest.skip(f"{name} not in this vector set")

@@ -1,0 +1,106 @@
+"""The exact-equivalence shortcuts of `generate_images` (HarmonSamplingSpeedups): each one alone, and all together,
+must give what the reference's work gives (every shortcut off), up to matmul rounding."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from modeling_harmon import HarmonSamplingSpeedups
+
+
+FIELDS = [field.name for field in dataclasses.fields(HarmonSamplingSpeedups)]
+
+
+def _generate(model, tokenizer, speedups, **kwargs):
+    previous = model.sampling_speedups
+    model.sampling_speedups = speedups
+    try:
+        settings = dict(num_iter=4, guidance_scale=3.0, x0_clamp=2.0, height=32, width=48, temperature=0.9)
+        settings.update(kwargs)
+        generators = [torch.Generator().manual_seed(seed) for seed in (11, 12)]
+        return model.generate_images(["a red circle", "two blue squares"], tokenizer=tokenizer, generator=generators,
+                                     **settings)  # fmt: skip
+    finally:
+        model.sampling_speedups = previous
+
+
+@pytest.mark.parametrize("cfg_schedule", ["constant", "linear"])
+@pytest.mark.parametrize("enabled", ["all", *FIELDS])
+def test_each_shortcut_matches_the_reference_work(tiny_model, tokenizer, enabled, cfg_schedule):
+    baseline = _generate(tiny_model, tokenizer, HarmonSamplingSpeedups.none(), cfg_schedule=cfg_schedule)
+    speedups = HarmonSamplingSpeedups() if enabled == "all" else dataclasses.replace(
+        HarmonSamplingSpeedups.none(), **{enabled: True}
+    )
+    fast = _generate(tiny_model, tokenizer, speedups, cfg_schedule=cfg_schedule)
+    scale = baseline.latents.abs().max()
+    assert scale > 0
+    assert float((fast.latents - baseline.latents).abs().max() / scale) < 1e-4
+    assert float((fast.images - baseline.images).abs().max()) < 1e-4
+
+
+def test_shortcuts_without_guidance(tiny_model, tokenizer):
+    baseline = _generate(tiny_model, tokenizer, HarmonSamplingSpeedups.none(), guidance_scale=1.0)
+    fast = _generate(tiny_model, tokenizer, HarmonSamplingSpeedups(), guidance_scale=1.0)
+    assert float((fast.latents - baseline.latents).abs().max() / baseline.latents.abs().max()) < 1e-4
+
+
+def test_default_model_takes_every_shortcut(tiny_model):
+    assert all(getattr(tiny_model.sampling_speedups, name) for name in FIELDS)
+    assert not any(getattr(HarmonSamplingSpeedups.none(), name) for name in FIELDS)
+
+
+def test_head_modulations_equal_the_plain_forward(tiny_model):
+    head = tiny_model.model.diffusion_head
+    generator = torch.Generator().manual_seed(0)
+    rows, steps = 5, 3
+    x = torch.randn(rows, tiny_model.config.token_dim, generator=generator)
+    condition = torch.randn(rows, tiny_model.config.decoder_hidden_size, generator=generator)
+    timesteps = torch.tensor([999, 500, 0])
+    modulations = head.modulations(timesteps, condition)
+    assert len(modulations) == len(head.res_blocks) + 1
+    width = tiny_model.config.diffusion_head_width
+    assert modulations[0].shape == (steps, rows, 3 * width) and modulations[-1].shape == (steps, rows, 2 * width)
+    with torch.no_grad():
+        for step in range(steps):
+            plain = head(x, timesteps[step].expand(rows), condition)
+            fast = head.forward_modulated(x, [tensor[step] for tensor in modulations])
+            torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_head_modulations_are_processed_in_chunks(tiny_model, monkeypatch):
+    """A tiny memory budget forces one step per chunk; the samples must not change."""
+    from modeling_harmon import modeling_harmon_diffusion
+
+    diffusion, head = tiny_model.model.diffusion, tiny_model.model.diffusion_head
+    condition = torch.randn(3, tiny_model.config.decoder_hidden_size, generator=torch.Generator().manual_seed(1))
+
+    def run():
+        generator = torch.Generator().manual_seed(2)
+        noise = lambda shape: torch.randn(shape, generator=generator)  # noqa: E731
+        return diffusion.sample(head, condition, noise, unconditional=condition.flip(0), guidance_scale=2.0,
+                                num_steps=7, x0_clamp=3.0)  # fmt: skip
+
+    whole = run()
+    monkeypatch.setattr(modeling_harmon_diffusion, "_MODULATION_CHUNK_BYTES", 1)
+    torch.testing.assert_close(run(), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_decoder_selected_positions_equal_the_full_output(tiny_model):
+    decoder, config = tiny_model.model.mar_decoder, tiny_model.config
+    generator = torch.Generator().manual_seed(3)
+    grid = (4, 6)
+    length = grid[0] * grid[1]
+    mask = torch.zeros(2, length, dtype=torch.bool)
+    mask[0, :10], mask[1, 5:15] = True, True
+    encoded = torch.randn(2, config.buffer_size + length - 10, config.encoder_hidden_size, generator=generator)
+    select = torch.zeros_like(mask)
+    select[0, [1, 4, 9]], select[1, [5, 6, 14]] = True, True
+    with torch.no_grad():
+        full = decoder(encoded, mask, grid)
+        selected = decoder(encoded, mask, grid, select=select)
+    assert selected.shape == (2, 3, config.decoder_hidden_size)
+    torch.testing.assert_close(selected.reshape(-1, selected.shape[-1]), full[select], rtol=1e-5, atol=1e-5)
+    select[1, 7] = True
+    with pytest.raises(ValueError, match="same number of tokens"):
+        decoder(encoded, mask, grid, select=select)
