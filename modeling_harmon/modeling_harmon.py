@@ -532,7 +532,15 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         self._check_image_generation_settings(settings)
         return settings
 
+    _IMAGE_GENERATION_SETTINGS = (
+        "height", "width", "num_iter", "guidance_scale", "cfg_schedule", "temperature", "num_sampling_steps", "x0_clamp",
+    )  # fmt: skip
+
     def _image_generation_settings(self, **given) -> dict:
+        unknown = sorted(set(given) - set(self._IMAGE_GENERATION_SETTINGS))
+        if unknown:
+            raise TypeError(f"unknown image-generation settings {unknown}; known: {list(self._IMAGE_GENERATION_SETTINGS)}.")
+        given = {name: given.get(name) for name in self._IMAGE_GENERATION_SETTINGS}
         stored = dict(DEFAULT_IMAGE_GENERATION)
         stored.update(getattr(self.generation_config, "image_generation", None) or {})
         settings = {key: (stored.get(key) if value is None else value) for key, value in given.items()}
