@@ -1,0 +1,371 @@
+"""Text-to-image speed of `HarmonForConditionalGeneration.generate_images`, per stage, against the hardware's floor.
+
+Why: to know where generation time goes (LLM, MAR encoder, MAR decoder, diffusion head, VAE), how far each stage is
+from the least time this machine allows (its matmul rate and memory bandwidth, measured in the same run, against
+the stage's analytic FLOPs and weight bytes), and what each exact shortcut of `HarmonSamplingSpeedups` buys against
+the reference's work (every shortcut off).
+
+How: the model is a preset with seeded random weights (speed depends on shapes only) and synthetic prompt token ids.
+Stage times come from timers wrapped around the model's stage callables for the duration of a run. Every measured
+configuration (optimised, baseline, each ablation, compiled head) runs in its own child process of this script, so
+peak memory and timings belong to that configuration alone. Each run is preceded by an untimed warm-up
+(one iteration, one head step, no VAE decode).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_generate.py --preset 0.5b --size 256 --num-iter 64 --batch 1 \
+        --dtype bf16 --threads 1 --json runs/bench/generate_0.5b.json [--ablate] [--compile] [--no-baseline]
+
+Smoke run: `--preset tiny --size 32 --num-iter 4 --head-steps 2`, or a big preset with `--num-iter 1 --head-steps 2`.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+if __package__ in (None, ""):  # run as `python benchmarks/bench_generate.py`: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks.analytic import STAGES, GenerationShape, floors, generation_costs  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    DTYPES,
+    PRESETS,
+    SEED,
+    build_model,
+    device_problem,
+    environment,
+    median,
+    peak_memory,
+    preset_config,
+    size_problem,
+    stage_meter,
+    stages_with_other,
+    token_stride,
+    wall_clock,
+)
+from modeling_harmon import HarmonSamplingSpeedups  # noqa: E402
+from modeling_harmon.atomic_files import write_json  # noqa: E402
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROMPT_LENGTH = 20  # synthetic conditional prompt, in tokens
+UNCONDITIONAL_PROMPT_LENGTH = 12  # about the templated "Generate an image." of the Qwen tokenizer
+MATMUL_SIZE = 2048
+COPY_BYTES = 512 * 1024**2
+CEILING_REPEATS = 5
+SPEEDUP_FIELDS = [field.name for field in dataclasses.fields(HarmonSamplingSpeedups)]
+
+
+# ------------------------------------------------------------------------------------------------------ arguments
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=PRESETS, required=True)
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels (multiple of 16)")
+    parser.add_argument("--num-iter", type=int, default=64, help="MAR iterations")
+    parser.add_argument("--batch", type=int, default=1, help="images per call")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (and OMP_NUM_THREADS)")
+    parser.add_argument("--head-steps", type=int, default=None, help="diffusion steps per iteration (default: config)")
+    parser.add_argument("--cfg", type=float, default=3.0, help="guidance scale (1 turns CFG off)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per configuration; the median one is kept")
+    parser.add_argument("--json", type=Path, default=None, help="write the report here (atomically)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the run with every shortcut off")
+    parser.add_argument("--ablate", action="store_true", help="also one run per shortcut turned off alone")
+    parser.add_argument("--compile", action="store_true", help="also a run with torch.compile'd diffusion head")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every configuration in this process (peak memory is then the process's peak over all "
+                             "of them); for tests and profilers")  # fmt: skip
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one configuration, JSON out
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject settings the model would reject later (or silently misuse), with the reason."""
+    config = preset_config(args.preset)
+    for problem in (size_problem(args.size, config), device_problem(args.device)):
+        if problem is not None:
+            parser.error(problem)
+    seq_len = (args.size // token_stride(config)) ** 2
+    if not 1 <= args.num_iter <= seq_len:
+        parser.error(f"--num-iter must be in [1, {seq_len}] (image tokens at --size {args.size}), got {args.num_iter}.")
+    if args.head_steps is None:
+        args.head_steps = config.num_sampling_steps
+    if not 1 <= args.head_steps <= config.num_train_timesteps:
+        parser.error(f"--head-steps must be in [1, {config.num_train_timesteps}], got {args.head_steps}.")
+    for name in ("batch", "threads", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}.")
+    if not (math.isfinite(args.cfg) and args.cfg >= 1.0):
+        parser.error(f"--cfg must be a finite number >= 1 (1 turns guidance off), got {args.cfg}.")
+
+
+# ------------------------------------------------------------------------------------------ one configuration
+def synthetic_prompts(config, batch: int, device: str) -> dict[str, torch.Tensor]:
+    """Fixed random token ids: one conditional prompt (the same for every image) and the unconditional one."""
+    generator = torch.Generator().manual_seed(SEED)
+    vocab = config.text_config.vocab_size
+    cond = torch.randint(0, vocab, (1, PROMPT_LENGTH), generator=generator).repeat(batch, 1)
+    uncond = torch.randint(0, vocab, (1, UNCONDITIONAL_PROMPT_LENGTH), generator=generator).repeat(batch, 1)
+    return {
+        "input_ids": cond.to(device),
+        "attention_mask": torch.ones_like(cond, device=device),
+        "negative_input_ids": uncond.to(device),
+        "negative_attention_mask": torch.ones_like(uncond, device=device),
+    }
+
+
+def stage_targets(model) -> dict[str, list[tuple[object, str]]]:
+    """The callables each stage's time is read from. `bridge` runs the LLM (via `run_language_model`, then not
+    counted twice); `run_language_model` alone is the prompt prefill."""
+    inner = model.model
+    return {
+        "llm": [(inner, "bridge"), (inner, "run_language_model")],
+        "mar_encoder": [(inner.mar_encoder, "forward")],
+        "mar_decoder": [(inner.mar_decoder, "forward")],
+        "diffusion_head": [(inner.diffusion, "sample")],
+        "vae": [(inner, "decode_latents")],
+    }
+
+
+def generate(model, prompts: dict, args: argparse.Namespace, num_iter: int, head_steps: int, decode: bool = True):
+    """One `generate_images` call at the run's size and guidance, with one seeded generator per image."""
+    generators = [torch.Generator().manual_seed(SEED + index) for index in range(args.batch)]
+    return model.generate_images(
+        **prompts, height=args.size, width=args.size, num_iter=num_iter, guidance_scale=args.cfg,
+        num_sampling_steps=head_steps, generator=generators, decode=decode,
+    )  # fmt: skip
+
+
+def timed_generation(model, prompts: dict, args: argparse.Namespace) -> dict:
+    """Wall time of one full `generate_images` call, and of each stage in it."""
+    clock = wall_clock(args.device)
+    with stage_meter(stage_targets(model), clock) as totals:
+        start = clock()
+        generate(model, prompts, args, args.num_iter, args.head_steps)
+        total = clock() - start
+    return {"total_s": total, "per_image_s": total / args.batch, "stages": stages_with_other(totals, total)}
+
+
+def compile_diffusion_head(model) -> None:
+    """Replace the head's per-step function (what the sampler calls `head_steps` times per iteration) by its
+    `torch.compile`d version, compiled for any number of rows. Compilation happens at the first calls."""
+    head = model.model.diffusion_head
+    head.forward_modulated = torch.compile(head.forward_modulated, dynamic=True)
+
+
+def measure_configuration(args: argparse.Namespace, spec: dict) -> dict:
+    """Build the model, apply `spec` (shortcuts, compile), warm up, then time `--repeats` runs; the run with the
+    median total is reported, with this process's peak memory.
+
+    The warm-up is one iteration with one head step and no VAE decode; with a compiled head it is a full run
+    instead (so that every shape the timed runs meet is compiled), and `compile_s` is how much longer it took than
+    the reported run. A failed compile is reported, not raised.
+    """
+    torch.set_num_threads(args.threads)
+    model = build_model(args.preset, args.dtype, args.device)
+    model.sampling_speedups = HarmonSamplingSpeedups(**spec["speedups"])
+    prompts = synthetic_prompts(model.config, args.batch, args.device)
+    compiled = bool(spec.get("compile"))
+    try:
+        if compiled:
+            compile_diffusion_head(model)
+            first_s = timed_generation(model, prompts, args)["total_s"]
+        else:
+            generate(model, prompts, args, num_iter=1, head_steps=1, decode=False)
+        runs = sorted((timed_generation(model, prompts, args) for _ in range(args.repeats)), key=lambda r: r["total_s"])
+    except Exception as error:
+        if not compiled:
+            raise
+        return {"error": f"{type(error).__name__}: {error}"}
+    result = {**runs[len(runs) // 2], **peak_memory(args.device)}
+    if compiled:
+        result["compile_s"] = first_s - result["total_s"]
+    return result
+
+
+def child_argv(args: argparse.Namespace) -> list[str]:
+    """The arguments a child needs to rebuild the same run."""
+    return [
+        "--preset", args.preset, "--size", str(args.size), "--num-iter", str(args.num_iter), "--batch", str(args.batch),
+        "--dtype", args.dtype, "--threads", str(args.threads), "--head-steps", str(args.head_steps),
+        "--cfg", str(args.cfg), "--device", args.device, "--repeats", str(args.repeats),
+    ]  # fmt: skip
+
+
+def measure_in_child(args: argparse.Namespace, spec: dict) -> dict:
+    """`measure_configuration` in a fresh process of this script, so its peak memory is its own."""
+    command = [sys.executable, "-m", "benchmarks.bench_generate", *child_argv(args), "--child", json.dumps(spec)]
+    environment_variables = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    completed = subprocess.run(
+        command, cwd=REPO_ROOT, env=environment_variables, stdout=subprocess.PIPE, text=True, check=False
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"configuration {spec} failed in its child process (exit code {completed.returncode}).")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def measure(args: argparse.Namespace, spec: dict) -> dict:
+    """One configuration, in its own child process unless `--in-process`."""
+    if args.in_process:
+        return measure_configuration(args, spec)
+    try:
+        return measure_in_child(args, spec)
+    except RuntimeError as error:
+        if spec.get("compile"):  # e.g. the compiler crashed the process
+            return {"error": str(error)}
+        raise
+
+
+# ------------------------------------------------------------------------------------------------------- ceiling
+def matmul_gflops(dtype: torch.dtype, device: str) -> float:
+    """Median rate of a MATMUL_SIZE³ matrix product in the run's dtype and thread count (after one warm-up)."""
+    generator = torch.Generator().manual_seed(SEED)
+    a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE, generator=generator).to(device=device, dtype=dtype) for _ in range(2))
+    out = torch.mm(a, b)
+    clock, times = wall_clock(device), []
+    for _ in range(CEILING_REPEATS):
+        start = clock()
+        torch.mm(a, b, out=out)
+        times.append(clock() - start)
+    return 2 * MATMUL_SIZE**3 / median(times) / 1e9
+
+
+def copy_gbps(device: str) -> float:
+    """Median bandwidth of copying COPY_BYTES into an already-touched buffer, counting bytes read plus written."""
+    source = torch.ones(COPY_BYTES, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    clock, times = wall_clock(device), []
+    for _ in range(CEILING_REPEATS):
+        start = clock()
+        target.copy_(source)
+        times.append(clock() - start)
+    return 2 * COPY_BYTES / median(times) / 1e9
+
+
+def measure_ceiling(args: argparse.Namespace) -> dict[str, float]:
+    """The machine's matmul rate and copy bandwidth in the run's dtype and thread count: the floor's two limits.
+
+    The matmul rate is that of one large product, not a hard bound: a stage whose kernels beat it (e.g. the VAE's
+    oneDNN convolutions on CPU) shows a time/floor below 1."""
+    torch.set_num_threads(args.threads)
+    return {"matmul_gflops": matmul_gflops(DTYPES[args.dtype], args.device), "copy_gbps": copy_gbps(args.device)}
+
+
+# -------------------------------------------------------------------------------------------------------- report
+def configurations(args: argparse.Namespace) -> dict[str, dict]:
+    """name -> spec of every configuration this run measures."""
+    everything = dataclasses.asdict(HarmonSamplingSpeedups())
+    specs = {"optimised": {"speedups": everything}}
+    if not args.no_baseline:
+        specs["baseline"] = {"speedups": dataclasses.asdict(HarmonSamplingSpeedups.none())}
+    if args.ablate:
+        for field in SPEEDUP_FIELDS:
+            specs[f"without_{field}"] = {"speedups": {**everything, field: False}}
+    if args.compile:
+        specs["compiled"] = {"speedups": everything, "compile": True}
+    return specs
+
+
+def with_analytic(measured: dict, spec: dict, shape: GenerationShape, config, ceiling: dict) -> dict:
+    """A measured configuration plus its analytic FLOPs, weight bytes and floor time per stage."""
+    costs = generation_costs(config, shape, HarmonSamplingSpeedups(**spec["speedups"]))
+    analytic = floors(costs, ceiling["matmul_gflops"], ceiling["copy_gbps"])
+    return {**measured, "analytic": analytic, "floor_s": sum(stage["floor_s"] for stage in analytic.values())}
+
+
+def format_table(name: str, result: dict) -> str:
+    """stage | seconds | share | GFLOP | achieved GFLOP/s | floor s | time/floor, then the total."""
+    if "error" in result:
+        return f"{name}: failed: {result['error']}"
+    total = result["total_s"]
+    heading = f"{name}: {total:.3f} s total, {result['per_image_s']:.3f} s/image"
+    heading += f", peak RSS {result['peak_rss_bytes'] / 1e9:.2f} GB"
+    if "compile_s" in result:
+        heading += f", compile {result['compile_s']:.1f} s"
+    columns = f"{'seconds':>10}{'share':>8}{'GFLOP':>10}{'GFLOP/s':>10}{'floor s':>10}{'time/floor':>12}"
+    lines = [heading, f"  {'stage':<15}{columns}"]
+    for stage in (*STAGES, "other"):
+        seconds = result["stages"][stage]
+        row = f"  {stage:<15}{seconds:>10.3f}{seconds / total:>8.1%}"
+        if stage in result["analytic"]:
+            cost = result["analytic"][stage]
+            rate = cost["gflop"] / seconds if seconds > 0 else float("nan")
+            ratio = seconds / cost["floor_s"] if cost["floor_s"] > 0 else float("nan")
+            row += f"{cost['gflop']:>10.2f}{rate:>10.1f}{cost['floor_s']:>10.4f}{ratio:>12.1f}"
+        lines.append(row)
+    floor = result["floor_s"]
+    lines.append(f"  {'total':<15}{total:>10.3f}{1:>8.1%}{'':>20}{floor:>10.4f}{total / floor:>12.1f}")
+    return "\n".join(lines)
+
+
+def build_report(args: argparse.Namespace, ceiling: dict, results: dict[str, dict]) -> dict:
+    """The JSON report: the optimised run at the top level, the others under baseline / ablations / compiled."""
+    optimised = results["optimised"]
+    baseline = results.get("baseline")
+    ablations = {}
+    for field in SPEEDUP_FIELDS:
+        if f"without_{field}" in results:
+            ablated = results[f"without_{field}"]
+            ablations[field] = {**ablated, "slowdown": ablated["total_s"] / optimised["total_s"]}
+    return {
+        "preset": args.preset, "size": args.size, "num_iter": args.num_iter, "batch": args.batch,
+        "dtype": args.dtype, "threads": args.threads, "head_steps": args.head_steps, "cfg": args.cfg,
+        "device": args.device, "repeats": args.repeats, "isolated_processes": not args.in_process,
+        **optimised,
+        "ceiling": ceiling,
+        "baseline": baseline,
+        "speedup": baseline["total_s"] / optimised["total_s"] if baseline else None,
+        "ablations": ablations,
+        "compiled": results.get("compiled"),
+        **environment(args.device),
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(measure_configuration(args, json.loads(args.child))), flush=True)
+        return None
+    config = preset_config(args.preset)
+    ceiling = measure_ceiling(args)
+    guided = args.cfg != 1.0
+    shape = GenerationShape(
+        batch=args.batch, size=args.size, num_iter=args.num_iter, head_steps=args.head_steps, guidance_scale=args.cfg,
+        prompt_length=max(PROMPT_LENGTH, UNCONDITIONAL_PROMPT_LENGTH) if guided else PROMPT_LENGTH,
+        dtype_bytes=DTYPES[args.dtype].itemsize,
+    )  # fmt: skip
+    results = {}
+    for name, spec in configurations(args).items():
+        measured = measure(args, spec)
+        results[name] = measured if "error" in measured else with_analytic(measured, spec, shape, config, ceiling)
+    report = build_report(args, ceiling, results)
+    print(f"{args.preset} {args.size}px, {args.num_iter} iterations x {args.head_steps} head steps, "
+          f"batch {args.batch}, cfg {args.cfg}, {args.dtype}, {args.threads} thread(s) on {args.device} "
+          f"({report['cpu']})")  # fmt: skip
+    print(f"ceiling: matmul {ceiling['matmul_gflops']:.1f} GFLOP/s, copy {ceiling['copy_gbps']:.1f} GB/s")
+    for name in ("optimised", "baseline", "compiled"):
+        if name in results:
+            print(format_table(name, results[name]))
+    if report["speedup"] is not None:
+        print(f"speedup of the shortcuts over the baseline: x{report['speedup']:.2f}")
+    for field, result in report["ablations"].items():
+        stages = ", ".join(f"{stage} {seconds:.3f}" for stage, seconds in result["stages"].items())
+        print(f"without {field}: {result['total_s']:.3f} s (x{result['slowdown']:.2f} of optimised; {stages})")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json(report, args.json)
+    return report
+
+
+if __name__ == "__main__":
+    main()
