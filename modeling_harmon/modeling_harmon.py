@@ -722,6 +722,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         ranks = torch.empty_like(orders).scatter_(1, orders, torch.arange(seq_len, device=device).expand(batch, -1))
         scale = settings["guidance_scale"]
         speedups = self.sampling_speedups
+        masked_before = seq_len
         for step, num_masked in enumerate(_masked_counts(seq_len, settings["num_iter"])):
             decoder_mask = mask.repeat(2, 1) if use_cfg else mask
             if use_cfg and speedups.share_cfg_encoder:
@@ -732,9 +733,13 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             encoded = model.bridge(encoded, prompt_mask, cache=cache)
             next_mask = ranks < num_masked
             to_predict = mask & ~next_mask
+            # Every row predicts the same number of tokens; their positions in raster order, found without a
+            # device -> host read (the order matches boolean indexing with `to_predict`).
+            num_predicted = masked_before - num_masked
+            predicted_index = torch.argsort((~to_predict).to(torch.int8), dim=1, stable=True)[:, :num_predicted]
             if speedups.decoder_selected_positions:
                 select = to_predict.repeat(2, 1) if use_cfg else to_predict
-                condition = model.mar_decoder(encoded, decoder_mask, grid, select=select)
+                condition = model.mar_decoder(encoded, decoder_mask, grid, select=select, num_selected=num_predicted)
                 condition = condition.reshape(-1, batch * condition.shape[1], condition.shape[-1])
                 cond_rows, uncond_rows = condition[0], condition[1] if use_cfg else None
             else:
@@ -756,9 +761,11 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                 x0_clamp=settings["x0_clamp"],
                 precompute_modulations=speedups.precompute_head_modulations,
             )
-            tokens = tokens.clone()
-            tokens[to_predict] = sampled.to(tokens.dtype)
-            mask = next_mask
+            tokens = tokens.scatter(
+                1, predicted_index[..., None].expand(-1, -1, tokens.shape[-1]),
+                sampled.to(tokens.dtype).reshape(batch, num_predicted, -1),
+            )  # fmt: skip
+            mask, masked_before = next_mask, num_masked
             if callback is not None:
                 result = callback(step, settings["num_iter"], tokens, mask) or {}
                 if result.get("tokens") is not None:

@@ -169,6 +169,7 @@ class HarmonMARDecoder(nn.Module):
         mask: torch.Tensor,
         grid: tuple[int, int],
         select: torch.BoolTensor | None = None,
+        num_selected: int | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -178,6 +179,8 @@ class HarmonMARDecoder(nn.Module):
             select: optional (B, L) bool with the same count K in every row: return only those tokens'
                 conditions, (B, K, C_dec) in raster order, equal to `forward(...)[select]` reshaped. Sampling needs
                 only the K tokens it predicts, so the last block runs its queries, MLP and norm on K rows only.
+            num_selected: K, when the caller knows it: skips reading the counts back from the device (a sync on
+                GPUs); the caller vouches that every row of `select` has K entries.
         """
         batch, length = mask.shape
         hidden = self.embed(encoded)
@@ -190,13 +193,15 @@ class HarmonMARDecoder(nn.Module):
             for layer in self.layers:
                 hidden = layer(hidden)
             return self.norm(hidden)[:, self.buffer_size :] + diffusion_position
-        counts = select.sum(dim=1)
-        if not self.layers or not bool((counts == counts[0]).all()):
+        if num_selected is None:
+            counts = select.sum(dim=1)
             if not bool((counts == counts[0]).all()):
                 raise ValueError("select must pick the same number of tokens in every row.")
-            return self.forward(encoded, mask, grid)[select].reshape(mask.shape[0], -1, hidden.shape[-1])
+            num_selected = int(counts[0])
+        if not self.layers:
+            return self.forward(encoded, mask, grid)[select].reshape(batch, num_selected, -1)
         # Stable sort puts the selected positions first, in raster order.
-        index = torch.argsort((~select).to(torch.int8), dim=1, stable=True)[:, : int(counts[0])]
+        index = torch.argsort((~select).to(torch.int8), dim=1, stable=True)[:, :num_selected]
         for layer in self.layers[:-1]:
             hidden = layer(hidden)
         hidden = self.layers[-1](hidden, query_index=index + self.buffer_size)
