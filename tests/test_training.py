@@ -2,6 +2,7 @@
 resume, and two-process DDP under torchrun."""
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -138,6 +139,15 @@ def test_resume_matches_an_uninterrupted_run(tiny_dir, data_dir, tmp_path, monke
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-5, msg=name)
     state = json.loads((tmp_path / "resumed" / "checkpoint-4" / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4]
+    # Resuming a run that already reached max_steps (here: lowered to its first checkpoint's step) takes no step:
+    # the final model is that checkpoint's.
+    shutil.rmtree(tmp_path / "resumed" / "checkpoint-4")
+    again = train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "resumed", *common[:-2],
+                                  "--max-steps", "2", "--resume"))  # fmt: skip
+    assert not (tmp_path / "resumed" / "checkpoint-3").exists()
+    c, d = weights(again), weights(tmp_path / "resumed" / "checkpoint-2")
+    for name in c:
+        torch.testing.assert_close(c[name], d[name], atol=0, rtol=0, msg=name)
 
 
 def test_lora_trains_adapters_saves_reloads_and_merges(tiny_dir, data_dir, tmp_path, tiny_model):

@@ -14,6 +14,7 @@ key; pass the files in training/configs/ to `accelerate launch --config_file`.
 """
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -163,11 +164,14 @@ def run(args) -> Path:
         checkpoint = get_last_checkpoint(config["train"]["output_dir"]) if Path(config["train"]["output_dir"]).is_dir() else None
         if checkpoint is None:
             raise ConfigError(f"--resume: no checkpoint-* folder in {config['train']['output_dir']!r}.")
-        import json
-
         state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
         trainer.start_position = state["global_step"] * arguments.gradient_accumulation_steps
-    trainer.train(resume_from_checkpoint=checkpoint)
+    if checkpoint is not None and state["global_step"] >= arguments.max_steps:
+        # The run already reached max_steps (e.g. it was stopped at its last checkpoint, or max_steps was lowered to
+        # a checkpoint's step): the Trainer would still take one more step, so only load the checkpoint's weights.
+        trainer._load_from_checkpoint(checkpoint)
+    else:
+        trainer.train(resume_from_checkpoint=checkpoint)
 
     final = Path(config["train"]["output_dir"]) / "final"
     trainer.save_model(str(final))
