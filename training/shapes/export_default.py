@@ -21,13 +21,19 @@ from modeling_harmon.atomic_files import atomic_directory
 DEMO_IMAGE_GENERATION = {"num_iter": 16, "guidance_scale": 3.0, "temperature": 1.0, "num_sampling_steps": 50}
 
 
-def export(model_dir: str, output: Path, x0_clamp: float | None) -> Path:
+def export(model_dir: str, output: Path, x0_clamp: float | None, **sampling) -> Path:
+    """Write the bf16 folder; `sampling` overrides entries of DEMO_IMAGE_GENERATION (e.g. temperature=0.8)."""
     from harmon_pipelines.hub import write_hub_files
 
     model = AutoModel.from_pretrained(model_dir).eval().to(torch.bfloat16)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     settings = dict(getattr(model.generation_config, "image_generation", None) or {})
+    unknown = sorted(set(sampling) - set(DEMO_IMAGE_GENERATION))
+    if unknown:
+        raise ValueError(f"unknown sampling settings {unknown}; allowed: {sorted(DEMO_IMAGE_GENERATION)}.")
     settings.update(DEMO_IMAGE_GENERATION, x0_clamp=x0_clamp)
+    settings.update({key: value for key, value in sampling.items() if value is not None})
+    model.resolve_image_generation_settings(**settings)  # fails here, naming the setting, rather than at first use
     model.generation_config.image_generation = settings
     # transformers replaces a generation config marked as derived from the model config when it loads one, which
     # would drop these settings.
@@ -52,8 +58,13 @@ def main(argv: list[str] | None = None) -> None:
         "--x0-clamp", type=float, default=7.0,
         help="clamp of the head's x0 prediction, in scaled latents (the Shapes VAE's latents reach |z| ~ 6.9)",
     )
+    parser.add_argument("--temperature", type=float, default=None, help="diffusion-head noise scale (default: 1.0)")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="default: 3.0")
+    parser.add_argument("--num-iter", type=int, default=None, help="default: 16")
+    parser.add_argument("--head-steps", type=int, default=None, help="diffusion-head steps (default: 50)")
     args = parser.parse_args(argv)
-    export(args.model, args.output, args.x0_clamp)
+    export(args.model, args.output, args.x0_clamp, temperature=args.temperature, guidance_scale=args.guidance_scale,
+           num_iter=args.num_iter, num_sampling_steps=args.head_steps)  # fmt: skip
 
 
 if __name__ == "__main__":
