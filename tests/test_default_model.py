@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(not FLOOR_FILE.is_file(), reason="no trained def
 def test_shipped_model_stays_above_its_measured_floor():
     from harmon_pipelines.default_model import load_default_model, load_processor
     from harmon_training.shapes.evaluation import evaluate_shapes
+    from harmon_training.shapes.write_floor import score_at
 
     floor = json.loads(FLOOR_FILE.read_text())
     model, tokenizer = load_default_model(dtype=torch.float32)
@@ -27,7 +28,5 @@ def test_shipped_model_stays_above_its_measured_floor():
         model, tokenizer, processor, n=floor["n"], seed=floor["seed"], settings=floor["settings"], progress=False
     )
     for path, measured in floor["scores"].items():
-        value = results
-        for key in path.split("."):
-            value = value[key]
+        value = score_at(results, path)
         assert value >= measured - TOLERANCE, f"{path}: {value:.3f} < shipped {measured:.3f} - {TOLERANCE}"

@@ -32,6 +32,14 @@ FLOOR_SCORES = (
 )
 
 
+def score_at(results: dict, path: str):
+    """The score at a dotted `path` of FLOOR_SCORES (e.g. "generation.attributes.shape") in ShapesEval results."""
+    value = results
+    for key in path.split("."):
+        value = value[key]
+    return value
+
+
 def measure_floor(folder: str, n: int = FLOOR_N, seed: int = FLOOR_SEED) -> dict:
     """The floor file's content for the model in `folder`: fp32, its own generation settings with ShapesEval's
     MAR iterations and guidance, all pinned in the file so later runs use exactly them."""
@@ -43,12 +51,7 @@ def measure_floor(folder: str, n: int = FLOOR_N, seed: int = FLOOR_SEED) -> dict
     processor = load_processor(folder, model, tokenizer)
     settings = generation_settings(model)
     results = evaluate_shapes(model, tokenizer, processor, n=n, seed=seed, settings=settings, progress=False)
-    scores = {}
-    for path in FLOOR_SCORES:
-        value = results
-        for key in path.split("."):
-            value = value[key]
-        scores[path] = round(float(value), 4)
+    scores = {path: round(float(score_at(results, path)), 4) for path in FLOOR_SCORES}
     return {"n": n, "seed": seed, "dtype": "float32", "settings": settings, "scores": scores}
 
 
