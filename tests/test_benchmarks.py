@@ -15,6 +15,7 @@ from benchmarks import analytic, bench_generate, bench_understand
 from benchmarks.common import build_model, stage_meter
 from modeling_harmon import HarmonSamplingSpeedups
 from modeling_harmon import modeling_harmon_diffusion
+from modeling_harmon.onednn_linear import onednn_linear_available
 
 
 STAGE_NAMES = (*analytic.STAGES, "other")
@@ -27,11 +28,20 @@ def cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=No
     return 4 * batch * heads * queries * key_shape[-2] * head_dim
 
 
-COUNTED_CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention_flops}
+def onednn_linear_flops(input_shape, *args, out_shape=None, **kwargs):
+    """The pre-packed oneDNN linear (`HarmonSamplingSpeedups.onednn_linears`): 2 * rows * in * out."""
+    return 2 * math.prod(input_shape) * out_shape[-1]
+
+
+COUNTED_CPU_KERNELS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention_flops,
+    torch.ops.mkldnn._linear_pointwise: onednn_linear_flops,
+}
 
 
 @pytest.fixture(scope="module")
 def tiny_bench_model():
+    onednn_linear_available()  # its one-time probe product would otherwise land in a counted run's "other"
     return build_model("tiny", "fp32", "cpu")
 
 
@@ -45,7 +55,7 @@ def counted_stage_flops(model, speedups, guidance_scale: float) -> dict[str, flo
     previous = model.sampling_speedups
     model.sampling_speedups = speedups
     try:
-        counter = FlopCounterMode(display=False, custom_mapping=COUNTED_CPU_ATTENTION)
+        counter = FlopCounterMode(display=False, custom_mapping=COUNTED_CPU_KERNELS)
         with counter, stage_meter(bench_generate.stage_targets(model), counter.get_total_flops) as totals:
             bench_generate.generate(model, prompts, args, args.num_iter, args.head_steps)
     finally:
