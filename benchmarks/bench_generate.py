@@ -50,7 +50,7 @@ from benchmarks.common import (  # noqa: E402
     wall_clock,
 )
 from modeling_harmon import HarmonSamplingSpeedups  # noqa: E402
-from modeling_harmon.onednn_linear import onednn_linear_available  # noqa: E402
+from modeling_harmon.modeling_harmon_onednn import onednn_linear_available  # noqa: E402
 from modeling_harmon.atomic_files import write_json  # noqa: E402
 
 

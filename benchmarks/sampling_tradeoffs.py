@@ -58,15 +58,14 @@ def load(path):
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from harmon_training.shapes.evaluation import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_ITER, evaluate_shapes
+    from harmon_training.shapes.evaluation import evaluate_shapes, generation_settings
 
     model, tokenizer, processor = load(args.model)
     # Warm-up, so the first row's time does not include one-off costs (allocator, kernel selection).
     evaluate_shapes(model, tokenizer, processor, n=2, seed=args.seed, vqa=False, progress=False)
     rows = []
     for label, overrides in ROWS:
-        settings = {"num_iter": DEFAULT_NUM_ITER, "guidance_scale": DEFAULT_GUIDANCE_SCALE, **overrides}
-        settings = model.resolve_image_generation_settings(**settings)
+        settings = generation_settings(model, **overrides)
         results = evaluate_shapes(model, tokenizer, processor, n=args.n, seed=args.seed, settings=settings,
                                   vqa=False, progress=False)  # fmt: skip
         generation = results["generation"]

@@ -21,7 +21,7 @@ from transformers.utils import ModelOutput
 from .configuration_harmon import DEFAULT_IMAGE_GENERATION, HarmonConfig
 from .modeling_harmon_diffusion import HarmonDiffusionHead, HarmonGaussianDiffusion
 from .modeling_harmon_mar import HarmonMARDecoder, HarmonMAREncoder
-from .onednn_linear import onednn_linears
+from .modeling_harmon_onednn import onednn_linears
 
 
 @dataclass
@@ -72,9 +72,9 @@ class HarmonSamplingSpeedups:
         conditional_only_vae_decode: with CFG only the conditional half is decoded (the reference decodes both and
             drops one).
         onednn_linears: on a CPU, the linear layers run as oneDNN products on weights packed once per call
-            (`onednn_linear.onednn_linears`): MKL's float32 path is ~2.3x slower on AMD processors, and unpacked
-            weights are re-laid-out at every one of the diffusion head's small products. Holds one more copy of
-            the used weights while generating.
+            (`modeling_harmon_onednn.onednn_linears`): MKL's float32 path is ~2.3x slower on AMD processors, and
+            unpacked weights are re-laid-out at every one of the diffusion head's small products. Holds one more
+            copy of the used weights while generating.
     """
 
     share_cfg_encoder: bool = True
@@ -134,7 +134,8 @@ def _with_onednn_linears(method):
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        with onednn_linears(self.model, enabled=self.sampling_speedups.onednn_linears):
+        enabled = self.sampling_speedups.onednn_linears and self.device.type == "cpu"
+        with onednn_linears(self.model, enabled=enabled):
             return method(self, *args, **kwargs)
 
     return wrapper

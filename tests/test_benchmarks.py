@@ -15,7 +15,7 @@ from benchmarks import analytic, bench_generate, bench_understand
 from benchmarks.common import build_model, stage_meter
 from modeling_harmon import HarmonSamplingSpeedups
 from modeling_harmon import modeling_harmon_diffusion
-from modeling_harmon.onednn_linear import onednn_linear_available
+from modeling_harmon.modeling_harmon_onednn import onednn_linear_available
 
 
 STAGE_NAMES = (*analytic.STAGES, "other")
