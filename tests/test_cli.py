@@ -78,11 +78,11 @@ def talker(tmp_path_factory, tiny):
     return model, tokenizer, folder
 
 
-def _default_model_temperature() -> float:
-    """The temperature the packaged model's generation config stores (the random fallback model's is 1.0)."""
+def _default_model_setting(name: str, fallback: float) -> float:
+    """A setting the packaged model's generation config stores (`fallback`: the random fallback model's)."""
     if not DEFAULT_MODEL_DIR.is_dir():
-        return 1.0
-    return json.loads((DEFAULT_MODEL_DIR / "generation_config.json").read_text())["image_generation"]["temperature"]
+        return fallback
+    return json.loads((DEFAULT_MODEL_DIR / "generation_config.json").read_text())["image_generation"][name]
 
 
 def test_generate_writes_pngs_with_metadata_and_reproducible_seeds(tmp_path, capsys):
@@ -100,8 +100,9 @@ def test_generate_writes_pngs_with_metadata_and_reproducible_seeds(tmp_path, cap
         assert metadata["seed"] == 5 + k
         assert metadata["model"] == (str(DEFAULT_MODEL_DIR) if DEFAULT_MODEL_DIR.is_dir() else default_model.RANDOM_MODEL_NAME)
         assert metadata["settings"] == {
-            "height": 16, "width": 24, "num_inference_steps": 2, "num_sampling_steps": 2, "guidance_scale": 3.0,
-            "cfg_schedule": "constant", "temperature": _default_model_temperature(),
+            "height": 16, "width": 24, "num_inference_steps": 2, "num_sampling_steps": 2,
+            "guidance_scale": _default_model_setting("guidance_scale", 3.0), "cfg_schedule": "constant",
+            "temperature": _default_model_setting("temperature", 1.0),
         }  # fmt: skip
     assert np.abs(pixels(tmp_path / "out_0.png") - pixels(tmp_path / "out_1.png")).max() > 0
 

@@ -267,7 +267,12 @@ def test_harmon_eval_shapes_writes_the_json(tmp_path, capsys):
     results = json.loads(out.read_text())
     assert_schema(results, n=4)
     assert results["seed"] == 0
-    assert results["settings"]["num_iter"] == 2 and results["settings"]["guidance_scale"] == 3.0
+    # --steps came from FAST; guidance comes from the packaged model's generation config.
+    from harmon_pipelines.default_model import DEFAULT_MODEL_DIR
+
+    shipped = json.loads((DEFAULT_MODEL_DIR / "generation_config.json").read_text())["image_generation"]
+    assert results["settings"]["num_iter"] == 2
+    assert results["settings"]["guidance_scale"] == shipped["guidance_scale"] == 1.5
     assert "single_object" in printed.out and "exists" in printed.out
 
 
