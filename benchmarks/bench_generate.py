@@ -50,7 +50,7 @@ from benchmarks.common import (  # noqa: E402
     wall_clock,
 )
 from modeling_harmon import HarmonSamplingSpeedups  # noqa: E402
-from modeling_harmon.modeling_harmon_onednn import onednn_linear_available  # noqa: E402
+from modeling_harmon.modeling_harmon_onednn import onednn_linears  # noqa: E402
 from modeling_harmon.atomic_files import write_json  # noqa: E402
 
 
@@ -235,19 +235,24 @@ def matmul_gflops(dtype: torch.dtype, device: str) -> dict[str, float]:
     a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE, generator=generator).to(device=device, dtype=dtype) for _ in range(2))
     out = torch.mm(a, b)
     kernels = {"torch_mm": lambda: torch.mm(a, b, out=out)}
-    if device == "cpu" and onednn_linear_available():
-        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), None)
-        kernels["onednn_packed"] = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
-    rates = {}
-    for name, kernel in kernels.items():
+    # The same product through the model's own path: an nn.Linear holding b^T, switched by `onednn_linears`.
+    linear = torch.nn.Linear(MATMUL_SIZE, MATMUL_SIZE, bias=False, device=device, dtype=dtype)
+    linear.weight.data = b.t().contiguous()
+    with torch.no_grad(), onednn_linears(linear, enabled=device == "cpu") as switched:
+        if switched:
+            kernels["onednn_packed"] = lambda: linear(a)
+        return {name: _median_gflops(kernel, device) for name, kernel in kernels.items()}
+
+
+def _median_gflops(kernel, device: str) -> float:
+    """Median rate of `kernel` (one MATMUL_SIZE³ product) over CEILING_REPEATS calls after one warm-up."""
+    kernel()
+    clock, times = wall_clock(device), []
+    for _ in range(CEILING_REPEATS):
+        start = clock()
         kernel()
-        clock, times = wall_clock(device), []
-        for _ in range(CEILING_REPEATS):
-            start = clock()
-            kernel()
-            times.append(clock() - start)
-        rates[name] = 2 * MATMUL_SIZE**3 / median(times) / 1e9
-    return rates
+        times.append(clock() - start)
+    return 2 * MATMUL_SIZE**3 / median(times) / 1e9
 
 
 def copy_gbps(device: str) -> float:

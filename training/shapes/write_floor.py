@@ -42,7 +42,7 @@ def score_at(results: dict, path: str):
 
 def measure_floor(folder: str, n: int = FLOOR_N, seed: int = FLOOR_SEED) -> dict:
     """The floor file's content for the model in `folder`: fp32, its own generation settings with ShapesEval's
-    MAR iterations and guidance, all pinned in the file so later runs use exactly them."""
+    MAR iterations, all pinned in the file so later runs use exactly them."""
     from harmon_pipelines.default_model import load_model_and_tokenizer, load_processor
 
     from .evaluation import generation_settings
