@@ -201,7 +201,11 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
-def test_two_process_ddp_keeps_ranks_identical(tiny_dir, data_dir, tmp_path):
+@pytest.mark.parametrize("task_clip", [False, True], ids=["shared-clip", "per-task-clip"])
+def test_two_process_ddp_keeps_ranks_identical(task_clip, tiny_dir, data_dir, tmp_path):
+    """With per-task clipping, every micro-batch's gradient must be averaged over the ranks before its clip (DDP
+    only all-reduces the last micro-batch of a step); otherwise the ranks' weights drift apart after one step."""
+    extra = ["--set", "optim.task_max_grad_norm={text: 0.01, image2text: 0.01, text2image: 0.01}"] if task_clip else []
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
     import socket
@@ -210,7 +214,7 @@ def test_two_process_ddp_keeps_ranks_identical(tiny_dir, data_dir, tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               str(script), str(tmp_path), *tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "run")]  # fmt: skip
+               str(script), str(tmp_path), *tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "run", *extra)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-12000:]
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)

@@ -172,6 +172,12 @@ class HarmonTrainer(Trainer):
                 p.grad = None
         self.accelerator.backward(weighted)
         if stash is not None:
+            if not getattr(model, "require_backward_grad_sync", True):
+                # DDP inside the Trainer's `no_sync` (every micro-batch of a step but the last) leaves this
+                # micro-batch's gradient rank-local, and DDP's own all-reduce at the last one would only see that
+                # micro-batch (the others are stashed). Average it here, so the clip sees the same global task
+                # gradient on every rank.
+                average_gradients_across_ranks(parameters)
             torch.nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], float(clip))
             for p, previous in zip(parameters, stash):
                 if previous is not None:
@@ -236,6 +242,29 @@ class HarmonTrainer(Trainer):
             shutil.rmtree(staging_root, ignore_errors=True)
             _keep_newest_checkpoints(run_dir, self.args.save_total_limit)
         self.accelerator.wait_for_everyone()
+
+
+def average_gradients_across_ranks(parameters: list[torch.nn.Parameter]) -> None:
+    """Replace each parameter's `.grad` by its mean over the ranks of the default process group (one coalesced
+    all-reduce). A parameter without a gradient on some rank counts as zero there; one without a gradient on every
+    rank keeps None. No-op outside an initialised group of more than one rank."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return
+    device = next((p.grad.device for p in parameters if p.grad is not None), torch.device("cpu"))
+    present = torch.tensor([p.grad is not None for p in parameters], dtype=torch.int32, device=device)
+    torch.distributed.all_reduce(present, op=torch.distributed.ReduceOp.MAX)
+    synced = [p for p, flag in zip(parameters, present.tolist()) if flag]
+    if not synced:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in synced]
+    flat = torch._utils._flatten_dense_tensors(grads)
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    for p, mean in zip(synced, torch._utils._unflatten_dense_tensors(flat, grads)):
+        p.grad = mean.view_as(p)
 
 
 def _keep_newest_checkpoints(run_dir: Path, limit: int | None) -> None:
