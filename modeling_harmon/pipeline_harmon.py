@@ -220,11 +220,12 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
         negative_prompt: str | list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 64,
-        guidance_scale: float = 3.0,
-        cfg_schedule: str = "constant",
-        temperature: float = 1.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        cfg_schedule: str | None = None,
+        temperature: float | None = None,
         num_sampling_steps: int | None = None,
+        x0_clamp: float | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
@@ -235,20 +236,28 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
         r"""
         Generate images from text.
 
+        Every sampling argument left `None` takes the model's `generation_config.image_generation` value, as
+        `model.generate_images` and the transformers pipeline do; the defaults named below are the released models'
+        (the reference sampler's). A checkpoint trained with other settings (the embedded Shapes model: 16
+        iterations, guidance 1.5, temperature 0.1, x0 clamp 7) stores them there.
+
         Args:
             prompt (`str` or `list[str]`): what to draw (formatted as `Generate an image: {prompt}`).
             negative_prompt (`str` or `list[str]`, *optional*): replaces the unconditional prompt of classifier-free
                 guidance by `Generate an image: {negative_prompt}`; one, or one per prompt.
             height (`int`, *optional*), width (`int`, *optional*): image size in pixels, multiples of the VAE stride
                 (default: the model's `image_size`).
-            num_inference_steps (`int`, defaults to 64): MAR iterations (1 .. number of image tokens); each reveals a
+            num_inference_steps (`int`, *optional*, 64 for the released models): MAR iterations (1 .. number of image tokens); each reveals a
                 share of the tokens on a cosine schedule.
-            guidance_scale (`float`, defaults to 3.0): classifier-free guidance scale; 1 disables guidance.
-            cfg_schedule (`str`, defaults to `"constant"`): `"constant"`, or `"linear"` to ramp the scale from 1 as
+            guidance_scale (`float`, *optional*, 3.0 for the released models): classifier-free guidance scale; 1 disables guidance.
+            cfg_schedule (`str`, *optional*, `"constant"` for the released models): `"constant"`, or `"linear"` to ramp the scale from 1 as
                 tokens get revealed.
-            temperature (`float`, defaults to 1.0): scales the diffusion head's sampling noise.
+            temperature (`float`, *optional*, 1.0 for the released models): scales the diffusion head's sampling
+                noise.
             num_sampling_steps (`int`, *optional*): diffusion-head steps per token (default: the model's
                 `num_sampling_steps`, 100 for the released models).
+            x0_clamp (`float`, *optional*): clamps the head's predicted clean latent to [-x0_clamp, x0_clamp] at every
+                diffusion step (None for the released models: the reference sampler does not clamp).
             num_images_per_prompt (`int`, defaults to 1): images per prompt.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one generator, or one per image
                 (prompt-major: image `i * num_images_per_prompt + k`); with a list, each image depends only on its
@@ -276,7 +285,7 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
             prompt, negative_prompt, num_images_per_prompt, generator, output_type, callback_on_step_end,
             callback_on_step_end_tensor_inputs, height=height, width=width, num_iter=num_inference_steps,
             guidance_scale=guidance_scale, cfg_schedule=cfg_schedule, temperature=temperature,
-            num_sampling_steps=num_sampling_steps, x0_clamp=None,
+            num_sampling_steps=num_sampling_steps, x0_clamp=x0_clamp,
         )  # fmt: skip
         self._guidance_scale = settings["guidance_scale"]
         self._num_timesteps = settings["num_iter"]
@@ -318,6 +327,7 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
                 height=settings["height"], width=settings["width"], num_iter=settings["num_iter"],
                 guidance_scale=settings["guidance_scale"], cfg_schedule=settings["cfg_schedule"],
                 temperature=settings["temperature"], num_sampling_steps=settings["num_sampling_steps"],
+                x0_clamp=settings["x0_clamp"],
                 num_images_per_prompt=num_images_per_prompt, generator=generator, callback=on_iteration,
                 decode=output_type != "latent",
             )  # fmt: skip

@@ -45,6 +45,27 @@ def test_matches_model_generate_images(pipe, tiny_model, tokenizer):
     torch.testing.assert_close(images, (expected / 2 + 0.5).clamp(0, 1), atol=1e-6, rtol=0)
 
 
+def test_sampling_defaults_come_from_the_generation_config(pipe, tiny_model, tokenizer):
+    """Unset sampling arguments take the checkpoint's `generation_config.image_generation` (as `generate_images`
+    does), so a model trained with other settings samples with them; explicit arguments still win."""
+    stored = {"num_iter": 2, "guidance_scale": 1.5, "temperature": 0.5, "x0_clamp": 0.5, "cfg_schedule": "linear"}
+    previous = getattr(tiny_model.generation_config, "image_generation", None)
+    tiny_model.generation_config.image_generation = stored
+    try:
+        images = pipe("a red circle", generator=generators(3), output_type="pt").images
+        assert (pipe.num_timesteps, pipe.guidance_scale) == (2, 1.5)
+        expected = tiny_model.generate_images("a red circle", tokenizer=tokenizer, generator=generators(3), **stored)
+        torch.testing.assert_close(images, (expected.images / 2 + 0.5).clamp(0, 1), atol=1e-6, rtol=0)
+        unclamped = pipe("a red circle", generator=generators(3), output_type="pt", x0_clamp=100.0).images
+        assert (unclamped - images).abs().max() > 1e-3  # the stored clamp was applied, and an explicit one replaces it
+        pipe("a red circle", num_inference_steps=3, guidance_scale=2.0, output_type="latent")
+        assert (pipe.num_timesteps, pipe.guidance_scale) == (3, 2.0)
+    finally:
+        tiny_model.generation_config.image_generation = previous
+    pipe("a red circle", output_type="latent")
+    assert (pipe.num_timesteps, pipe.guidance_scale) == (64, 3.0)  # the released models' (reference) defaults
+
+
 def test_deterministic_with_generator(pipe):
     first = run(pipe, generator=torch.Generator().manual_seed(0))
     again = run(pipe, generator=torch.Generator().manual_seed(0))
