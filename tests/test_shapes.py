@@ -301,3 +301,62 @@ def test_captions_and_questions_use_an_before_vowels():
     joined = " | ".join(texts)
     assert "an orange" in joined and "a red" in joined
     assert "a orange" not in joined and "an red" not in joined
+
+
+def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
+    """The demo model's card reads every number from the recipe's files, and shows the same reproduction commands
+    as training/configs/shapes/README.md."""
+    from pathlib import Path
+
+    from training.shapes.demo_card import ABLATION_COMMANDS, RECIPE_COMMANDS, main as write_card
+
+    evaluation_json = {
+        "n": 36, "seed": 0, "seconds_per_image": 0.123,
+        "settings": {"num_iter": 16, "guidance_scale": 1.5, "temperature": 0.1},
+        "generation": {"overall": 0.8125, "single_object": 0.5, "two_object": 0.25, "counting": 1.0, "colors": 0.75,
+                       "position": 0.625, "color_attr": 0.375, "attributes": {"color": 0.97, "shape": 0.44},
+                       "held_out": {"overall": 0.9}},
+        "vqa": {"accuracy": 0.875, "by_type": {"shape": 0.66}},
+    }  # fmt: skip
+    files = {"eval": evaluation_json, "timings": {"stage I (3400 steps)": 2160.0},
+             "ablation": {"generation-only": {"generation": {"overall": 0.3, "attributes": {"shape": 0.4}}}}}  # fmt: skip
+    for name, content in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(content))
+    write_card(["--folder", str(tmp_path), "--eval", str(tmp_path / "eval.json"), "--timings",
+                str(tmp_path / "timings.json"), "--ablation", str(tmp_path / "ablation.json"), "--note", "NOTE"])  # fmt: skip
+    card = (tmp_path / "README.md").read_text()
+    for expected in ("| 0.81 | 0.50 | 0.25 | 1.00 | 0.75 | 0.62 | 0.38 |", "shape 0.44", "accuracy 0.88", "shape 0.66",
+                     "| stage I (3400 steps) | 36.0 min |", "generation-only: generation overall 0.30, shape 0.40",
+                     "0.12 s per image", "NOTE", RECIPE_COMMANDS, ABLATION_COMMANDS.rstrip()):  # fmt: skip
+        assert expected in card, expected
+    readme = (Path(__file__).resolve().parent.parent / "training" / "configs" / "shapes" / "README.md").read_text()
+    assert RECIPE_COMMANDS in readme and ABLATION_COMMANDS.rstrip() in readme
+
+
+def test_make_data_asks_every_question_and_fits_the_stage_configs(tmp_path):
+    """Each VQA record holds every question `world.questions` has about its scene, and the longest one fits the
+    max_length of the stage configs that train on it (a longer one would silently lose its last answers)."""
+    from pathlib import Path
+
+    import yaml
+
+    from modeling_harmon import HarmonConfig
+    from training.data.chat import ChatEncoder
+    from training.data.examples import to_messages
+    from training.shapes.make_data import write_data
+    from transformers import AutoTokenizer
+
+    write_data(tmp_path / "data", scenes=60, seed=3)
+    records = [json.loads(line) for line in (tmp_path / "data" / "vqa.jsonl").read_text().splitlines()]
+    turns = [sum(turn["from"] == "human" for turn in record["conversations"]) for record in records]
+    assert len(records) == 60 and min(turns) >= 5 and max(turns) == 9, Counter(turns)
+    repo = Path(__file__).resolve().parent.parent
+    config = HarmonConfig.from_pretrained(repo / "pipelines" / "default_model")  # the world's VAE stride and buffer
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "data" / "tokenizer")
+    processor = HarmonProcessor.from_model_config(config, tokenizer, image_size=32)
+    encoder = ChatEncoder(processor, config.eos_token_id, 10_000)
+    placeholders = config.num_image_placeholders(32, 32)
+    longest = max(len(encoder.encode(to_messages(record["conversations"]), placeholders)[0]) for record in records)
+    for stage in ("stage2_joint", "stage3_high_quality"):
+        stage_config = yaml.safe_load((repo / "training" / "configs" / "shapes" / f"{stage}.yaml").read_text())
+        assert longest <= stage_config["data"]["max_length"], (stage, longest)

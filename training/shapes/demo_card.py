@@ -16,6 +16,30 @@ from huggingface_hub import ModelCard, ModelCardData
 from modeling_harmon.atomic_files import atomic_path
 
 
+# The commands that reproduce the model, from an empty checkout (one CPU thread per process; every training command
+# resumes with `--resume`). training/configs/shapes/README.md shows the same block (a test keeps the two equal).
+RECIPE_COMMANDS = """\
+export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
+python -m training.shapes.make_data --output runs/shapes/data --scenes 20000 --seed 0   # images, jsonl, tokenizer
+python -m training.shapes.train_vae --output runs/shapes/vae --steps 3000                # diffusers AutoencoderKL, f=4
+torchrun --nproc_per_node 2 -m training.train --config training/configs/shapes/stage1_alignment.yaml   # both cores
+python -m training.train --config training/configs/shapes/stage2_joint.yaml
+python -m training.train --config training/configs/shapes/stage3_high_quality.yaml
+python -m training.shapes.export_default --model runs/shapes/stage3/final --output pipelines/default_model \\
+    --temperature 0.1 --guidance-scale 1.5                                               # bf16, sampling defaults
+python -m training.shapes.write_floor --folder pipelines/default_model                  # CI regression floor
+harmon eval shapes --n 180 --json shapes_eval.json"""
+
+# The synergy ablation's arm: on the second core while stages II and III run (both start from stage I).
+ABLATION_COMMANDS = """\
+python -m training.train --config training/configs/shapes/stage2_joint.yaml --model runs/shapes/stage1/final \\
+    --output-dir runs/shapes_genonly/stage2 --set "data.ratio={text: 0, image2text: 0, text2image: 11}"
+python -m training.train --config training/configs/shapes/stage3_high_quality.yaml \\
+    --model runs/shapes_genonly/stage2/final --output-dir runs/shapes_genonly/stage3 \\
+    --set "data.ratio={text: 0, image2text: 0, text2image: 22}"
+"""
+
+
 def _fraction(value) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
@@ -81,8 +105,20 @@ Sampling: {json.dumps(settings)}; {evaluation["seconds_per_image"]:.2f} s per im
 |---|---|
 {timing_lines}
 
-The commands, the stage configs and the deviations from the paper's stages are in
-`training/configs/shapes/README.md` of the repository.
+Reproduce, in a checkout of the repository:
+
+```bash
+{RECIPE_COMMANDS}
+```
+
+The synergy ablation's generation-only arm:
+
+```bash
+{ABLATION_COMMANDS.rstrip()}
+```
+
+The stage configs and the deviations from the paper's stages are explained in
+`training/configs/shapes/README.md` and in the configs themselves.
 """
     return ModelCard(content)
 

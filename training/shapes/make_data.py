@@ -3,7 +3,7 @@
     python -m training.shapes.make_data --output runs/shapes/data --scenes 20000 --seed 0
 
 Writes `images/*.png`, `captions.jsonl` (image -> caption, for captioning and text-to-image), `vqa.jsonl` (LLaVA
-conversations, several questions per scene) and `tokenizer/` (word-level over the world's vocabulary plus the Qwen
+conversations, every question about the scene) and `tokenizer/` (word-level over the world's vocabulary plus the Qwen
 chat specials and `<image>`). Only training-split scenes: the held-out (colour, shape) pairs never appear.
 """
 
@@ -17,6 +17,11 @@ from .world import render, questions, sample_scene, vocabulary
 
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Every question `world.questions` has about a scene (5 to 9), in a random order, as one conversation: the image
+# tokens dominate an image-to-text sequence, so each further question is cheap supervision (the first three recipe
+# runs kept 3, and their VQA confused "what shape is on the left?" most). The random order ties no question to the
+# first turn, where evaluation asks it alone.
+QUESTIONS_PER_SCENE = None
 
 
 def build_tokenizer():
@@ -55,7 +60,7 @@ def write_data(output: Path, scenes: int, seed: int) -> None:
                 asked = questions(scene, rng)
                 rng.shuffle(asked)
                 turns = []
-                for turn, (_, question, answer) in enumerate(asked[:3]):
+                for turn, (_, question, answer) in enumerate(asked[:QUESTIONS_PER_SCENE]):
                     turns.append({"from": "human", "value": ("<image>\n" if turn == 0 else "") + question})
                     turns.append({"from": "gpt", "value": answer})
                 vqa.write(json.dumps({"image": name, "conversations": turns}) + "\n")
