@@ -333,9 +333,10 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
     assert RECIPE_COMMANDS in readme and ABLATION_COMMANDS.rstrip() in readme
 
 
-def test_make_data_asks_every_question_and_fits_the_stage_configs(tmp_path):
-    """Each VQA record holds every question `world.questions` has about its scene, and the longest one fits the
-    max_length of the stage configs that train on it (a longer one would silently lose its last answers)."""
+def test_make_data_writes_conversations_that_fit_the_stage_configs(tmp_path):
+    """Each VQA record asks QUESTIONS_PER_SCENE questions about its scene as one conversation, the image in the first
+    turn, and the longest fits the max_length of the stage configs that train on it (a longer one would silently
+    lose its last answers)."""
     from pathlib import Path
 
     import yaml
@@ -343,13 +344,14 @@ def test_make_data_asks_every_question_and_fits_the_stage_configs(tmp_path):
     from modeling_harmon import HarmonConfig
     from training.data.chat import ChatEncoder
     from training.data.examples import to_messages
-    from training.shapes.make_data import write_data
+    from training.shapes.make_data import QUESTIONS_PER_SCENE, write_data
     from transformers import AutoTokenizer
 
     write_data(tmp_path / "data", scenes=60, seed=3)
     records = [json.loads(line) for line in (tmp_path / "data" / "vqa.jsonl").read_text().splitlines()]
-    turns = [sum(turn["from"] == "human" for turn in record["conversations"]) for record in records]
-    assert len(records) == 60 and min(turns) >= 5 and max(turns) == 9, Counter(turns)
+    turns = [[turn["from"] for turn in record["conversations"]] for record in records]
+    assert len(records) == 60 and all(roles == ["human", "gpt"] * QUESTIONS_PER_SCENE for roles in turns)
+    assert all(record["conversations"][0]["value"].startswith("<image>\n") for record in records)
     repo = Path(__file__).resolve().parent.parent
     config = HarmonConfig.from_pretrained(repo / "pipelines" / "default_model")  # the world's VAE stride and buffer
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "data" / "tokenizer")

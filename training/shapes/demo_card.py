@@ -22,7 +22,7 @@ RECIPE_COMMANDS = """\
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
 python -m training.shapes.make_data --output runs/shapes/data --scenes 20000 --seed 0   # images, jsonl, tokenizer
 python -m training.shapes.train_vae --output runs/shapes/vae --steps 3000                # diffusers AutoencoderKL, f=4
-torchrun --nproc_per_node 2 -m training.train --config training/configs/shapes/stage1_alignment.yaml   # both cores
+python -m training.train --config training/configs/shapes/stage1_alignment.yaml
 python -m training.train --config training/configs/shapes/stage2_joint.yaml
 python -m training.train --config training/configs/shapes/stage3_high_quality.yaml
 python -m training.shapes.export_default --model runs/shapes/stage3/final --output pipelines/default_model \\
