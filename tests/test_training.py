@@ -191,11 +191,19 @@ DDP_SCRIPT = textwrap.dedent(
         return result
 
     trainer_module.HarmonTrainer.train = train_and_record
+    original_step = trainer_module.HarmonTrainer.training_step
+
+    def step_and_record(self, *args, **kwargs):
+        seen.setdefault("rng", torch.get_rng_state().clone())  # the model's randomness at the first micro-batch
+        return original_step(self, *args, **kwargs)
+
+    trainer_module.HarmonTrainer.training_step = step_and_record
     torch.set_num_threads(1)
     out = sys.argv[1]
     run(build_parser().parse_args(sys.argv[2:]))
     state = {name: p.detach().cpu() for name, p in seen["model"].named_parameters()}
     torch.save(state, f"{out}/rank{dist.get_rank()}.pt")
+    torch.save(seen["rng"], f"{out}/rng{dist.get_rank()}.pt")
     dist.destroy_process_group()
     """
 )
@@ -204,7 +212,8 @@ DDP_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("task_clip", [False, True], ids=["shared-clip", "per-task-clip"])
 def test_two_process_ddp_keeps_ranks_identical(task_clip, tiny_dir, data_dir, tmp_path):
     """With per-task clipping, every micro-batch's gradient must be averaged over the ranks before its clip (DDP
-    only all-reduces the last micro-batch of a step); otherwise the ranks' weights drift apart after one step."""
+    only all-reduces the last micro-batch of a step); otherwise the ranks' weights drift apart after one step. The
+    ranks' own randomness (noise, masks) must differ, or every rank would train on the same noise."""
     extra = ["--set", "optim.task_max_grad_norm={text: 0.01, image2text: 0.01, text2image: 0.01}"] if task_clip else []
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
@@ -217,6 +226,8 @@ def test_two_process_ddp_keeps_ranks_identical(task_clip, tiny_dir, data_dir, tm
                str(script), str(tmp_path), *tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "run", *extra)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-12000:]
+    # Ranks draw different diffusion noise, masking orders and timesteps (seed + rank), yet keep identical weights.
+    assert not torch.equal(torch.load(tmp_path / "rng0.pt"), torch.load(tmp_path / "rng1.pt"))
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert rank0.keys() == rank1.keys()

@@ -171,6 +171,10 @@ def run(args) -> Path:
         # a checkpoint's step): the Trainer would still take one more step, so only load the checkpoint's weights.
         trainer._load_from_checkpoint(checkpoint)
     else:
+        # Each rank draws its own model randomness (MAR masking orders, diffusion noise and timesteps), as MAR seeds
+        # `seed + rank`: with the Trainer's one seed, the micro-batches of all ranks at a step would share their noise.
+        # Rank 0 keeps the seed, so a one-process run is unchanged; a resumed run restores each rank's RNG state.
+        set_seed(config["train"]["seed"] + rank)
         trainer.train(resume_from_checkpoint=checkpoint)
 
     final = Path(config["train"]["output_dir"]) / "final"
