@@ -247,11 +247,12 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
                 guidance by `Generate an image: {negative_prompt}`; one, or one per prompt.
             height (`int`, *optional*), width (`int`, *optional*): image size in pixels, multiples of the VAE stride
                 (default: the model's `image_size`).
-            num_inference_steps (`int`, *optional*, 64 for the released models): MAR iterations (1 .. number of image tokens); each reveals a
-                share of the tokens on a cosine schedule.
-            guidance_scale (`float`, *optional*, 3.0 for the released models): classifier-free guidance scale; 1 disables guidance.
-            cfg_schedule (`str`, *optional*, `"constant"` for the released models): `"constant"`, or `"linear"` to ramp the scale from 1 as
-                tokens get revealed.
+            num_inference_steps (`int`, *optional*, 64 for the released models): MAR iterations (1 .. number of
+                image tokens); each reveals a share of the tokens on a cosine schedule.
+            guidance_scale (`float`, *optional*, 3.0 for the released models): classifier-free guidance scale; 1
+                disables guidance.
+            cfg_schedule (`str`, *optional*, `"constant"` for the released models): `"constant"`, or `"linear"` to
+                ramp the scale from 1 as tokens get revealed.
             temperature (`float`, *optional*, 1.0 for the released models): scales the diffusion head's sampling
                 noise.
             num_sampling_steps (`int`, *optional*): diffusion-head steps per token (default: the model's

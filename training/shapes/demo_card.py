@@ -36,8 +36,7 @@ python -m training.train --config training/configs/shapes/stage2_joint.yaml --mo
     --output-dir runs/shapes_genonly/stage2 --set "data.ratio={text: 0, image2text: 0, text2image: 11}"
 python -m training.train --config training/configs/shapes/stage3_high_quality.yaml \\
     --model runs/shapes_genonly/stage2/final --output-dir runs/shapes_genonly/stage3 \\
-    --set "data.ratio={text: 0, image2text: 0, text2image: 22}"
-"""
+    --set "data.ratio={text: 0, image2text: 0, text2image: 22}\""""
 
 
 def _fraction(value) -> str:
@@ -114,7 +113,7 @@ Reproduce, in a checkout of the repository:
 The synergy ablation's generation-only arm:
 
 ```bash
-{ABLATION_COMMANDS.rstrip()}
+{ABLATION_COMMANDS}
 ```
 
 The stage configs and the deviations from the paper's stages are explained in
