@@ -278,3 +278,58 @@ def test_command_line_mistakes_are_one_line_errors(tiny_dir, data_dir, tmp_path,
         assert main(base + extra) == 2
         error = capsys.readouterr().err.strip().splitlines()
         assert error[-1].startswith("error: ") and message in error[-1], error
+
+
+def test_ema_is_the_final_model_and_resumes(tiny_dir, data_dir, tmp_path, monkeypatch):
+    """`train.ema_decay`: every checkpoint keeps the raw weights plus the average; the final model is the average
+    of the raw weights after each step (diffusers' warm-up (1 + s) / (10 + s), capped by the decay), and a resumed
+    run continues the same average."""
+    from safetensors import safe_open
+    from transformers import TrainerCallback
+
+    from harmon_training.ema import EMA_FILE
+    from harmon_training.trainer import HarmonTrainer
+
+    common = ["--set", "train.ema_decay=0.25", "--set", "train.save_steps=1", "--set", "train.save_total_limit=null",
+              "--max-steps", "4"]  # fmt: skip
+    straight = train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "straight", *common))
+    raw = [weights(tmp_path / "straight" / f"checkpoint-{step}") for step in range(1, 5)]
+    decays = [0.0, 2 / 11, 0.25, 0.25]  # step 1: the average starts at the weights; then min((1 + s) / (10 + s), 0.25)
+    final = weights(straight)
+    trained = [name for name in final if not torch.equal(raw[0][name], raw[3][name])]
+    assert trained and all(".vae." not in name for name in trained)
+    for name in final:
+        expected = raw[0][name].double()
+        for decay, step_weights in zip(decays[1:], raw[1:]):
+            expected = decay * expected + (1 - decay) * step_weights[name].double()
+        torch.testing.assert_close(final[name].double(), expected, atol=1e-6, rtol=1e-5, msg=name)
+    assert any(not torch.allclose(final[name], raw[3][name]) for name in trained)  # not just the last weights
+    with safe_open(str(tmp_path / "straight" / "checkpoint-2" / EMA_FILE), framework="pt") as handle:
+        assert handle.metadata()["optimization_step"] == "2"
+        assert ".vae." not in " ".join(handle.keys()) and set(handle.keys()) >= set(trained)
+
+    class KillAfterSecondCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise Interrupted
+
+    original = HarmonTrainer.train
+
+    def interrupted_train(self, *args, **kwargs):
+        self.add_callback(KillAfterSecondCheckpoint())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(HarmonTrainer, "train", interrupted_train)
+    with pytest.raises(Interrupted):
+        train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "resumed", *common))
+    monkeypatch.setattr(HarmonTrainer, "train", original)
+    resumed = weights(train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "resumed", *common, "--resume")))
+    for name in final:
+        torch.testing.assert_close(resumed[name], final[name], atol=1e-5, rtol=1e-5, msg=name)
+    with safe_open(str(tmp_path / "resumed" / "checkpoint-4" / EMA_FILE), framework="pt") as handle:
+        assert handle.metadata()["optimization_step"] == "4"  # continued, not restarted at the checkpoint
+    # A checkpoint written without an average cannot silently start a new one on resume.
+    (tmp_path / "resumed" / "checkpoint-4" / EMA_FILE).unlink()
+    shutil.rmtree(tmp_path / "resumed" / "final")
+    with pytest.raises(FileNotFoundError, match="has no ema.safetensors"):
+        train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "resumed", *common, "--resume"))

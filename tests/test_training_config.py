@@ -28,6 +28,10 @@ def test_set_parses_yaml_and_rejects_unknown_keys():
         load_config(None, ["image_size=-3"])
     with pytest.raises(ConfigError, match="data.ratio"):
         load_config(None, ["data.ratio.text=0.5"])
+    assert load_config(None, ["train.ema_decay=0.999"])["train"]["ema_decay"] == 0.999
+    for bad in ("1.5", "1", "0.0", "true", "fast"):
+        with pytest.raises(ConfigError, match=r"train.ema_decay must be null or a number in \(0, 1\)"):
+            load_config(None, [f"train.ema_decay={bad}"])
 
 
 def test_yaml_unknown_key_is_refused(tmp_path):

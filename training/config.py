@@ -74,6 +74,9 @@ DEFAULTS: dict[str, Any] = {
         "cycles_per_step": 1,  # data-ratio cycles (micro-batches: sum of the ratio) per optimizer step
         "global_batch_size": None,  # if set, cycles_per_step is derived from it (samples per step, all ranks)
         "seed": 0,
+        # Keep an exponential moving average of the trainable weights with this largest decay (e.g. 0.999) and save
+        # it as the final model (checkpoints keep the raw weights plus ema.safetensors); null: no average.
+        "ema_decay": None,
         "bf16": "auto",  # auto: bf16 autocast where the device supports it
         "gradient_checkpointing": True,
         "save_steps": 500,
@@ -195,6 +198,9 @@ def validate(config: dict) -> None:
     for key in ("max_steps", "cycles_per_step", "save_steps", "logging_steps"):
         if not isinstance(train[key], int) or train[key] < 1:
             raise ConfigError(f"train.{key} must be an integer >= 1, got {train[key]!r}.")
+    decay = train["ema_decay"]
+    if decay is not None and (isinstance(decay, bool) or not isinstance(decay, float) or not 0.0 < decay < 1.0):
+        raise ConfigError(f"train.ema_decay must be null or a number in (0, 1) such as 0.999, got {decay!r}.")
     if train["bf16"] not in ("auto", True, False):
         raise ConfigError(f"train.bf16 must be auto, true or false, got {train['bf16']!r}.")
 

@@ -27,6 +27,7 @@ from modeling_harmon import HarmonProcessor
 
 from .config import ConfigError, load_config, replace_sources, resolve_bf16
 from .data import LatentsCache, MicroBatchStream, SourceSpec
+from .ema import EmaCallback
 from .lora import apply_lora, merge_adapter
 from .model_init import load_model
 from .trainer import HarmonTrainer, apply_trainable, micro_batches_per_step
@@ -148,6 +149,7 @@ def run(args) -> Path:
             latents_cache=LatentsCache(data["latents_cache"]) if data["latents_cache"] else None,
         )
 
+    ema = EmaCallback(model, config["train"]["ema_decay"]) if config["train"]["ema_decay"] is not None else None
     trainer = HarmonTrainer(
         model=model,
         args=arguments,
@@ -155,6 +157,7 @@ def run(args) -> Path:
         harmon_config=config,
         stream_factory=stream_factory,
         hub_writer=checkpoint_writer(tokenizer, processor, config["lora"]["enabled"]),
+        ema=ema,
     )
     if rank == 0:
         print(f"trainable parameters by group: {counts}; micro-batches per optimizer step: "
@@ -166,6 +169,8 @@ def run(args) -> Path:
             raise ConfigError(f"--resume: no checkpoint-* folder in {config['train']['output_dir']!r}.")
         state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
         trainer.start_position = state["global_step"] * arguments.gradient_accumulation_steps
+        if ema is not None:
+            ema.load(checkpoint)
     if checkpoint is not None and state["global_step"] >= arguments.max_steps:
         # The run already reached max_steps (e.g. it was stopped at its last checkpoint, or max_steps was lowered to
         # a checkpoint's step): the Trainer would still take one more step, so only load the checkpoint's weights.
@@ -178,6 +183,8 @@ def run(args) -> Path:
         trainer.train(resume_from_checkpoint=checkpoint)
 
     final = Path(config["train"]["output_dir"]) / "final"
+    if ema is not None:
+        ema.copy_to_model()  # the final model is the average (checkpoints keep the raw weights for --resume)
     trainer.save_model(str(final))
     if config["lora"]["enabled"] and config["lora"]["merge_at_end"] and trainer.args.should_save:
         from harmon_pipelines.hub import save_hub_folder

@@ -6,7 +6,8 @@ What the stock Trainer does not know and this subclass adds:
 - per-module-group learning rates and the reference's weight-decay rule (none for 1-D parameters, biases and the
   diffusion head);
 - a data stream that restarts at the exact micro-batch of a checkpoint (no re-reading of skipped data);
-- checkpoints written as complete Hub folders (the `harmon convert` layout) and renamed into place atomically.
+- checkpoints written as complete Hub folders (the `harmon convert` layout) and renamed into place atomically,
+  with the weights' moving average (training/ema.py) when one is kept.
 """
 
 import math
@@ -99,10 +100,15 @@ class HarmonTrainer(Trainer):
         stream_factory: `(start) -> IterableDataset` of this rank's micro-batches from global position `start` on
             (a `MicroBatchStream`, which also splits the positions among DataLoader workers).
         hub_writer: `(folder, model) -> None` writes the checkpoint's Hub files (weights, code, processor, card).
+        ema: an `EmaCallback` to step after each optimizer step and save with each checkpoint (None: no EMA).
     """
 
-    def __init__(self, *args, harmon_config: dict, stream_factory: Callable, hub_writer: Callable | None = None, **kwargs):
+    def __init__(self, *args, harmon_config: dict, stream_factory: Callable, hub_writer: Callable | None = None,
+                 ema=None, **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
+        self.ema = ema
+        if ema is not None:
+            self.add_callback(ema)
         self.harmon_config = harmon_config
         self.stream_factory = stream_factory
         self.hub_writer = hub_writer
@@ -234,6 +240,8 @@ class HarmonTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self.args.output_dir, self.args.save_total_limit = output_dir, limit
+        if self.ema is not None and self.args.should_save:
+            self.ema.save(staging_root / name)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             if final.exists():
