@@ -362,3 +362,20 @@ def test_make_data_writes_conversations_that_fit_the_stage_configs(tmp_path):
     for stage in ("stage2_joint", "stage3_high_quality"):
         stage_config = yaml.safe_load((repo / "training" / "configs" / "shapes" / f"{stage}.yaml").read_text())
         assert longest <= stage_config["data"]["max_length"], (stage, longest)
+
+
+def test_shapes_stage_configs_train_on_files_make_data_writes(tmp_path):
+    """Every file the Shapes stage configs train on is one that make_data writes (a renamed or dropped file would
+    otherwise surface only when a stage starts, after the earlier stages' hour)."""
+    from pathlib import Path
+
+    import yaml
+
+    from training.shapes.make_data import write_data
+
+    write_data(tmp_path / "data", scenes=8, seed=5)
+    configs = Path(__file__).resolve().parent.parent / "training" / "configs" / "shapes"
+    for stage in ("stage1_alignment", "stage2_joint", "stage3_high_quality"):
+        for source in yaml.safe_load((configs / f"{stage}.yaml").read_text())["data"]["sources"]:
+            assert source["path"].startswith("runs/shapes/data/"), source
+            assert (tmp_path / "data" / Path(source["path"]).name).is_file(), source
