@@ -109,29 +109,35 @@ class Interrupted(Exception):
     pass
 
 
-def test_resume_matches_an_uninterrupted_run(tiny_dir, data_dir, tmp_path, monkeypatch):
+def train_interrupted_after_checkpoint(monkeypatch, step: int, arguments: list[str]) -> None:
+    """Run training and stop it with an exception right after `checkpoint-{step}` is written, as a crash would."""
     from transformers import TrainerCallback
 
     from harmon_training.trainer import HarmonTrainer
 
-    common = ["--set", "train.save_steps=2", "--set", "train.save_total_limit=null", "--max-steps", "4"]
-    straight = train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "straight", *common))
-
-    class KillAfterSecondCheckpoint(TrainerCallback):
+    class StopAfterCheckpoint(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
-            if state.global_step == 2:
+            if state.global_step == step:
                 raise Interrupted
 
     original = HarmonTrainer.train
 
     def interrupted_train(self, *args, **kwargs):
-        self.add_callback(KillAfterSecondCheckpoint())
+        self.add_callback(StopAfterCheckpoint())
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(HarmonTrainer, "train", interrupted_train)
-    with pytest.raises(Interrupted):
-        train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "resumed", *common))
-    monkeypatch.setattr(HarmonTrainer, "train", original)
+    with monkeypatch.context() as patch:
+        patch.setattr(HarmonTrainer, "train", interrupted_train)
+        with pytest.raises(Interrupted):
+            train(*arguments)
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_dir, data_dir, tmp_path, monkeypatch):
+    common = ["--set", "train.save_steps=2", "--set", "train.save_total_limit=null", "--max-steps", "4"]
+    straight = train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "straight", *common))
+
+    interrupted = tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "resumed", *common)
+    train_interrupted_after_checkpoint(monkeypatch, 2, interrupted)
     assert sorted(path.name for path in (tmp_path / "resumed").glob("checkpoint-*")) == ["checkpoint-2"]
     resumed = train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "resumed", *common, "--resume"))
     a, b = weights(straight), weights(resumed)
@@ -285,10 +291,8 @@ def test_ema_is_the_final_model_and_resumes(tiny_dir, data_dir, tmp_path, monkey
     of the raw weights after each step (diffusers' warm-up (1 + s) / (10 + s), capped by the decay), and a resumed
     run continues the same average."""
     from safetensors import safe_open
-    from transformers import TrainerCallback
 
     from harmon_training.ema import EMA_FILE
-    from harmon_training.trainer import HarmonTrainer
 
     common = ["--set", "train.ema_decay=0.25", "--set", "train.save_steps=1", "--set", "train.save_total_limit=null",
               "--max-steps", "4"]  # fmt: skip
@@ -308,22 +312,9 @@ def test_ema_is_the_final_model_and_resumes(tiny_dir, data_dir, tmp_path, monkey
         assert handle.metadata()["optimization_step"] == "2"
         assert ".vae." not in " ".join(handle.keys()) and set(handle.keys()) >= set(trained)
 
-    class KillAfterSecondCheckpoint(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step == 2:
-                raise Interrupted
-
-    original = HarmonTrainer.train
-
-    def interrupted_train(self, *args, **kwargs):
-        self.add_callback(KillAfterSecondCheckpoint())
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(HarmonTrainer, "train", interrupted_train)
-    with pytest.raises(Interrupted):
-        train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "resumed", *common))
-    monkeypatch.setattr(HarmonTrainer, "train", original)
-    resumed = weights(train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "resumed", *common, "--resume")))
+    interrupted = tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "resumed", *common)
+    train_interrupted_after_checkpoint(monkeypatch, 2, interrupted)
+    resumed = weights(train(*interrupted, "--resume"))
     for name in final:
         torch.testing.assert_close(resumed[name], final[name], atol=1e-5, rtol=1e-5, msg=name)
     with safe_open(str(tmp_path / "resumed" / "checkpoint-4" / EMA_FILE), framework="pt") as handle:
