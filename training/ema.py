@@ -41,10 +41,6 @@ class EmaCallback(TrainerCallback):
         self.ema = EMAModel(self.parameters, decay=decay, foreach=False)
         self.ema.to(dtype=torch.float32)
 
-    @property
-    def steps(self) -> int:
-        return self.ema.optimization_step
-
     def on_step_end(self, args, state, control, **kwargs):
         self.ema.step(self.parameters)
 
