@@ -324,3 +324,22 @@ def test_ema_is_the_final_model_and_resumes(tiny_dir, data_dir, tmp_path, monkey
     shutil.rmtree(tmp_path / "resumed" / "final")
     with pytest.raises(FileNotFoundError, match="has no ema.safetensors"):
         train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "resumed", *common, "--resume"))
+
+
+def test_ema_without_warmup_applies_the_full_decay_from_the_start():
+    """`train.ema_warmup: false` (a stage continuing a trained model): after the first step the average moves by
+    (1 - decay) per step, not by the warm-up's (1 - (1 + s) / (10 + s)), which would forget the trained start."""
+    from harmon_training.ema import EmaCallback
+
+    for warmup, decay_at_step_2 in ((True, 2 / 11), (False, 0.9)):
+        layer = torch.nn.Linear(2, 2)
+        callback = EmaCallback(layer, 0.9, warmup=warmup)
+        history = []
+        for value in (1.0, 3.0):
+            with torch.no_grad():
+                layer.weight.fill_(value)
+            history.append(value)
+            callback.on_step_end(None, None, None)
+        expected = decay_at_step_2 * history[0] + (1 - decay_at_step_2) * history[1]  # step 1 copies the weights
+        callback.copy_to_model()
+        torch.testing.assert_close(layer.weight, torch.full((2, 2), expected))

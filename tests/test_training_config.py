@@ -32,6 +32,9 @@ def test_set_parses_yaml_and_rejects_unknown_keys():
     for bad in ("1.5", "1", "0.0", "true", "fast"):
         with pytest.raises(ConfigError, match=r"train.ema_decay must be null or a number in \(0, 1\)"):
             load_config(None, [f"train.ema_decay={bad}"])
+    assert load_config(None, ["train.ema_warmup=false"])["train"]["ema_warmup"] is False
+    with pytest.raises(ConfigError, match="train.ema_warmup must be true or false, got 'sometimes'"):
+        load_config(None, ["train.ema_warmup=sometimes"])
 
 
 def test_yaml_unknown_key_is_refused(tmp_path):

@@ -77,6 +77,10 @@ DEFAULTS: dict[str, Any] = {
         # Keep an exponential moving average of the trainable weights with this largest decay (e.g. 0.999) and save
         # it as the final model (checkpoints keep the raw weights plus ema.safetensors); null: no average.
         "ema_decay": None,
+        # true: the decay warms up as (1 + step) / (10 + step), for an average that starts from random weights; false:
+        # the full decay from the first step, for a stage that continues a trained model (a warm-up would restart a
+        # short average there, which smooths little).
+        "ema_warmup": True,
         "bf16": "auto",  # auto: bf16 autocast where the device supports it
         "gradient_checkpointing": True,
         "save_steps": 500,
@@ -201,6 +205,8 @@ def validate(config: dict) -> None:
     decay = train["ema_decay"]
     if decay is not None and (isinstance(decay, bool) or not isinstance(decay, float) or not 0.0 < decay < 1.0):
         raise ConfigError(f"train.ema_decay must be null or a number in (0, 1) such as 0.999, got {decay!r}.")
+    if not isinstance(train["ema_warmup"], bool):
+        raise ConfigError(f"train.ema_warmup must be true or false, got {train['ema_warmup']!r}.")
     if train["bf16"] not in ("auto", True, False):
         raise ConfigError(f"train.bf16 must be auto, true or false, got {train['bf16']!r}.")
 

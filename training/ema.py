@@ -2,7 +2,7 @@
 
 MAR samples from an EMA of its weights: at a constant learning rate the raw weights wander from step to step, and
 a generator's samples show it. The average itself is diffusers' `EMAModel` (its decay warms up as
-(1 + step) / (10 + step) and is capped at `ema_decay`). What this file adds is what a `transformers.Trainer` run
+(1 + step) / (10 + step) and is capped at `ema_decay`; `train.ema_warmup: false` holds it at `ema_decay` instead). What this file adds is what a `transformers.Trainer` run
 needs around it and neither library provides: a callback that steps it after every optimizer step, its state
 saved with each checkpoint (by parameter name, in safetensors) so that `--resume` continues the same average, and
 the average written into the model before the final save.
@@ -26,9 +26,11 @@ class EmaCallback(TrainerCallback):
     Args:
         model: the model being trained (unwrapped: the same parameter objects the optimizer updates).
         decay: the EMA's largest decay, in (0, 1).
+        warmup: warm the decay up as (1 + step) / (10 + step) (for training from scratch); False applies `decay`
+            from the first step (for continuing a trained model).
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = True):
         if not isinstance(decay, float) or not 0.0 < decay < 1.0:
             raise ValueError(f"ema decay must be a number in (0, 1), got {decay!r}.")
         named = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
@@ -38,7 +40,7 @@ class EmaCallback(TrainerCallback):
         self.parameters = [parameter for _, parameter in named]
         # Per-parameter updates (foreach=False): the fp32 average of bf16 weights mixes dtypes, which the fused
         # foreach arithmetic does not promote.
-        self.ema = EMAModel(self.parameters, decay=decay, foreach=False)
+        self.ema = EMAModel(self.parameters, decay=decay, min_decay=0.0 if warmup else decay, foreach=False)
         self.ema.to(dtype=torch.float32)
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -149,7 +149,9 @@ def run(args) -> Path:
             latents_cache=LatentsCache(data["latents_cache"]) if data["latents_cache"] else None,
         )
 
-    ema = EmaCallback(model, config["train"]["ema_decay"]) if config["train"]["ema_decay"] is not None else None
+    ema = None
+    if config["train"]["ema_decay"] is not None:
+        ema = EmaCallback(model, config["train"]["ema_decay"], warmup=config["train"]["ema_warmup"])
     trainer = HarmonTrainer(
         model=model,
         args=arguments,
