@@ -343,3 +343,18 @@ def test_ema_without_warmup_applies_the_full_decay_from_the_start():
         expected = decay_at_step_2 * history[0] + (1 - decay_at_step_2) * history[1]  # step 1 copies the weights
         callback.copy_to_model()
         torch.testing.assert_close(layer.weight, torch.full((2, 2), expected))
+
+
+def test_pretrained_model_config_overrides(tiny_dir):
+    """`model.config` with `init: pretrained` changes attributes of the checkpoint's config (a later stage's
+    training-time setting such as `visual_grad_scale`) and refuses names the config does not have."""
+    from harmon_training.config import ConfigError
+    from harmon_training.model_init import load_model
+
+    model, _ = load_model({"init": "pretrained", "path": str(tiny_dir), "config": {"visual_grad_scale": 0.5}})
+    assert model.config.visual_grad_scale == 0.5
+    assert load_model({"init": "pretrained", "path": str(tiny_dir)})[0].config.visual_grad_scale == 0.1
+    with pytest.raises(ConfigError, match=r"model.config: \['visual_grad_scael'\] are not attributes"):
+        load_model({"init": "pretrained", "path": str(tiny_dir), "config": {"visual_grad_scael": 0.5}})
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_model({"init": "pretrained", "path": str(tiny_dir), "config": "harmon-0.5b"})

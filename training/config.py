@@ -38,7 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "model": {
         "init": "pretrained",  # pretrained: load `path` (or --model); from_config: build a new Harmon
         "path": None,
-        "config": None,  # from_config: a preset name ("harmon-0.5b") or HarmonConfig keyword arguments
+        # from_config: a preset name ("harmon-0.5b") or HarmonConfig keyword arguments; pretrained: config attributes
+        # to change (e.g. {visual_grad_scale: 0.5})
+        "config": None,
         "tokenizer": None,  # from_config: tokenizer folder (gets `<image>` if it lacks it)
         "vae": None,  # from_config: a trained diffusers AutoencoderKL folder
         "llm": None,  # from_config, optional: a pretrained Qwen2 folder for the LLM weights

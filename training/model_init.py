@@ -6,7 +6,7 @@ pretrained Qwen2 folder.
 """
 
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .config import ConfigError
 from modeling_harmon import HARMON_PRESETS, HarmonConfig, HarmonForConditionalGeneration
@@ -60,6 +60,26 @@ def build_new_model(settings: dict) -> tuple[HarmonForConditionalGeneration, obj
     return model, tokenizer
 
 
+def _config_overrides(settings: dict) -> dict:
+    """`model.config` with `init: pretrained`: config attributes to change in the checkpoint's config (e.g. a later
+    stage's `visual_grad_scale`), as `{"config": ...}` for `from_pretrained`. Unknown names are refused, since
+    `from_pretrained` would pass them on to the model's constructor."""
+    overrides = settings.get("config")
+    if not overrides:
+        return {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(
+            f"model.config with init: pretrained must be a mapping of config attributes to change, got {overrides!r}."
+        )
+    config = AutoConfig.from_pretrained(settings["path"])
+    unknown = sorted(name for name in overrides if not hasattr(config, name))
+    if unknown:
+        raise ConfigError(f"model.config: {unknown} are not attributes of the checkpoint's {type(config).__name__}.")
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    return {"config": config}
+
+
 def load_model(settings: dict, dtype: str = "float32") -> tuple[HarmonForConditionalGeneration, object]:
     """(model, tokenizer) for `settings` = the config's `model` section (`path` may come from `--model`)."""
     if settings["init"] == "from_config":
@@ -67,7 +87,7 @@ def load_model(settings: dict, dtype: str = "float32") -> tuple[HarmonForConditi
     else:
         if not settings.get("path"):
             raise ConfigError("model.init=pretrained needs --model PATH_OR_REPO (or model.path in the config).")
-        model = AutoModel.from_pretrained(settings["path"])
+        model = AutoModel.from_pretrained(settings["path"], **_config_overrides(settings))
         if not isinstance(model, HarmonForConditionalGeneration):
             raise ConfigError(f"--model {settings['path']!r} is a {type(model).__name__}, not a Harmon checkpoint.")
         tokenizer = _tokenizer_with_image_token(settings["path"])
