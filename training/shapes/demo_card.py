@@ -28,7 +28,7 @@ python -m training.train --config training/configs/shapes/stage3_high_quality.ya
 python -m training.shapes.export_default --model runs/shapes/stage3/final --output pipelines/default_model \\
     --temperature 0.1 --guidance-scale 1.5                                               # bf16, sampling defaults
 python -m training.shapes.write_floor --folder pipelines/default_model                  # CI regression floor
-harmon eval shapes --n 180 --json shapes_eval.json"""
+harmon eval shapes --n 540 --json shapes_eval.json"""
 
 # The synergy ablation's arm: on the second core while stages II and III run (both start from stage I).
 ABLATION_COMMANDS = """\
