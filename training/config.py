@@ -80,8 +80,9 @@ DEFAULTS: dict[str, Any] = {
         # it as the final model (checkpoints keep the raw weights plus ema.safetensors); null: no average.
         "ema_decay": None,
         # true: the decay warms up as (1 + step) / (10 + step), for an average that starts from random weights; false:
-        # the full decay from the first step, for a stage that continues a trained model (a warm-up would restart a
-        # short average there, which smooths little).
+        # the full decay from the first step, for a stage that continues a trained model (a warm-up restarts a short
+        # average there). A long average also keeps weights from before a task the stage adds was learned: the
+        # Shapes recipe's stage II lost VQA with it (training/configs/shapes/README.md).
         "ema_warmup": True,
         "bf16": "auto",  # auto: bf16 autocast where the device supports it
         "gradient_checkpointing": True,

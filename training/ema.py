@@ -2,10 +2,10 @@
 
 MAR samples from an EMA of its weights: at a constant learning rate the raw weights wander from step to step, and
 a generator's samples show it. The average itself is diffusers' `EMAModel` (its decay warms up as
-(1 + step) / (10 + step) and is capped at `ema_decay`; `train.ema_warmup: false` holds it at `ema_decay` instead). What this file adds is what a `transformers.Trainer` run
-needs around it and neither library provides: a callback that steps it after every optimizer step, its state
-saved with each checkpoint (by parameter name, in safetensors) so that `--resume` continues the same average, and
-the average written into the model before the final save.
+(1 + step) / (10 + step) and is capped at `ema_decay`; `train.ema_warmup: false` holds it at `ema_decay` instead).
+What this file adds is what a `transformers.Trainer` run needs around it and neither library provides: a callback
+that steps it after every optimizer step, its state saved with each checkpoint (by parameter name, in safetensors)
+so that `--resume` continues the same average, and the average written into the model before the final save.
 """
 
 from pathlib import Path
