@@ -239,7 +239,7 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
         Every sampling argument left `None` takes the model's `generation_config.image_generation` value, as
         `model.generate_images` and the transformers pipeline do; the defaults named below are the released models'
         (the reference sampler's). A checkpoint trained with other settings (the embedded Shapes model: 16
-        iterations, guidance 1.5, temperature 0.1, x0 clamp 7) stores them there.
+        iterations, guidance 1.25, temperature 0.05, x0 clamp 7) stores them there.
 
         Args:
             prompt (`str` or `list[str]`): what to draw (formatted as `Generate an image: {prompt}`).

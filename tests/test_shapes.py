@@ -146,6 +146,22 @@ def test_checker_rejects_wrong_images():
     assert set(rejected) == {"color", "shape", "count", "position", "color_attr"}
 
 
+def test_checker_judges_two_object_position_apart_from_shape():
+    # "a blue square above a green triangle", drawn with the wrong shapes: position is judged on the objects that
+    # agree best with the wanted ones (here by colour), so only `shape` (and overall) fail, unless the relation does.
+    wanted = Scene("two", (ShapeObject("square", "blue", "top"), ShapeObject("triangle", "green", "bottom")), "above")
+    circles = tuple(replace(obj, shape="circle") for obj in wanted.objects)
+    result = check(wanted, render(replace(wanted, objects=circles)))
+    assert result["position"] is True and result["shape"] is False and result["overall"] is False
+    flipped = tuple(replace(obj, position=other.position) for obj, other in zip(circles, reversed(circles)))
+    assert check(wanted, render(replace(wanted, objects=flipped)))["position"] is False
+    # Colours swapped between the shapes: shapes decide the match (GenEval finds objects by class), so the square
+    # drawn on top keeps the relation right and only colour attribution fails.
+    swapped = (replace(wanted.objects[0], color="green"), replace(wanted.objects[1], color="blue"))
+    result = check(wanted, render(replace(wanted, objects=swapped)))
+    assert result["position"] is True and result["color_attr"] is False and result["color"] is True
+
+
 def test_checker_resizes_larger_images():
     scene = Scene("single", (ShapeObject("circle", "green", "bottom"),))
     assert check(scene, render(scene).resize((128, 128)))["overall"]
@@ -272,7 +288,7 @@ def test_harmon_eval_shapes_writes_the_json(tmp_path, capsys):
 
     shipped = json.loads((DEFAULT_MODEL_DIR / "generation_config.json").read_text())["image_generation"]
     assert results["settings"]["num_iter"] == 2
-    assert results["settings"]["guidance_scale"] == shipped["guidance_scale"] == 1.5
+    assert results["settings"]["guidance_scale"] == shipped["guidance_scale"] == 1.25
     assert "single_object" in printed.out and "exists" in printed.out
 
 

@@ -10,6 +10,7 @@ renders it is right on every scene tested, and on 99% of renders blurred (Gaussi
 per channel), as a generator's might be (see tests/test_shapes.py).
 """
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,11 +155,19 @@ def _relation_holds(relation: str, first: DetectedObject, second: DetectedObject
     return along > across
 
 
-def _find(color: str, shape: str, objects: list[DetectedObject]) -> DetectedObject | None:
-    """The object standing for the prompt's `color` `shape`: found by shape (as GenEval finds objects by class),
-    preferring one of the right colour, else the largest."""
-    candidates = [obj for obj in objects if obj.shape == shape]
-    return next((obj for obj in candidates if obj.color == color), candidates[0] if candidates else None)
+def _match(scene: Scene, objects: list[DetectedObject]) -> tuple[DetectedObject, DetectedObject] | None:
+    """The two distinct detected objects that stand for a `two` scene's objects, in the scene's order: the pair that
+    agrees with them on the most colours and shapes, more shapes first on a tie (GenEval finds objects by class),
+    then the larger objects. None with fewer than two objects. Matching on both attributes keeps `position` about
+    where things are: a circle drawn for a square is a `shape` miss, not also a `position` one."""
+    first, second = scene.objects
+
+    def agreement(pair: tuple[DetectedObject, DetectedObject]) -> tuple[int, int]:
+        shapes = (pair[0].shape == first.shape) + (pair[1].shape == second.shape)
+        return shapes + (pair[0].color == first.color) + (pair[1].color == second.color), shapes
+
+    # `objects` is sorted largest first, and max() keeps the first of equal pairs.
+    return max(itertools.permutations(objects, 2), key=agreement, default=None)
 
 
 def check(scene: Scene, image: Image.Image | np.ndarray) -> dict[str, bool | None]:
@@ -169,8 +178,9 @@ def check(scene: Scene, image: Image.Image | np.ndarray) -> dict[str, bool | Non
     - `single` ("a red circle on the left"): exactly one object (`count`); the largest object's `color`, `shape` and
       `position` (nearest of `world.CENTERS`).
     - `two` ("a blue square above a green triangle"): exactly two objects (`count`); both shapes present (`shape`);
-      both colours present (`color`); each colour on its shape (`color_attr`); the relation holds between the
-      objects of the two shapes (`position`).
+      both colours present (`color`); each colour on its shape (`color_attr`); the relation holds between the two
+      objects that agree best with the wanted ones (`position`, see `_match`). With every other attribute right
+      these are the wanted objects, so `overall` is GenEval's position check.
     - `count` ("two yellow circles"): exactly two objects (`count`), every object of the colour (`color`) and the
       shape (`shape`), at least one object.
     `overall` is True when every attribute that applies is.
@@ -195,13 +205,13 @@ def check(scene: Scene, image: Image.Image | np.ndarray) -> dict[str, bool | Non
         )
     elif scene.kind == "two":
         found = {(obj.color, obj.shape) for obj in objects}
-        first, second = (_find(obj.color, obj.shape, objects) for obj in scene.objects)
+        pair = _match(scene, objects)
         result.update(
             count=len(objects) == len(scene.objects),
             color=all(obj.color in {color for color, _ in found} for obj in scene.objects),
             shape=all(obj.shape in {shape for _, shape in found} for obj in scene.objects),
             color_attr=all((obj.color, obj.shape) in found for obj in scene.objects),
-            position=first is not None and second is not None and _relation_holds(scene.relation, first, second),
+            position=pair is not None and _relation_holds(scene.relation, *pair),
         )
     else:
         raise ValueError(f"scene.kind must be single, two or count, got {scene.kind!r}.")
