@@ -303,12 +303,19 @@ def _prepare_tokenizer(tokenizer_dir: str):
 
     plain = AutoTokenizer.from_pretrained(tokenizer_dir)
     if "<image>" in plain.get_vocab():
-        return plain, plain.convert_tokens_to_ids("<image>")
+        return _without_load_options(plain), plain.convert_tokens_to_ids("<image>")
     image_token_id = len(plain)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, extra_special_tokens={"image_token": "<image>"})
     if tokenizer.image_token_id != image_token_id:
         raise ConversionError(f"<image> got id {tokenizer.image_token_id}, expected len(tokenizer) = {image_token_id}.")
-    return tokenizer, image_token_id
+    return _without_load_options(tokenizer), image_token_id
+
+
+def _without_load_options(tokenizer):
+    """transformers keeps the load-time `local_files_only` (True under HF_HUB_OFFLINE=1) among a tokenizer's init kwargs
+    and saves it; a converted checkpoint should not depend on whether the conversion ran offline."""
+    tokenizer.init_kwargs.pop("local_files_only", None)
+    return tokenizer
 
 
 def convert_harmon_checkpoint(

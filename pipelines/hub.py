@@ -58,6 +58,11 @@ def write_hub_files(
     else `config.image_size`). `card_writer(folder)` writes README.md; the default renders the standard Harmon card."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    # transformers keeps a tokenizer's load-time `local_files_only` (True whenever HF_HUB_OFFLINE=1) among its init
+    # kwargs and saves it: the written files would depend on the environment of the export, not on the model.
+    for loaded in (tokenizer, getattr(processor, "tokenizer", None)):
+        if loaded is not None:
+            loaded.init_kwargs.pop("local_files_only", None)
 
     model.save_pretrained(folder)
     model_files = sorted({path.name for pattern in MODEL_FILE_PATTERNS for path in folder.glob(pattern)})

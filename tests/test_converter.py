@@ -51,6 +51,7 @@ def test_cli_converts_and_reports_drops(tmp_path, capsys):
     assert config["model_type"] == "harmon" and config["image_token_id"] == 384
     tokenizer_config = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
     assert tokenizer_config.get("image_token") == "<image>"
+    assert "local_files_only" not in tokenizer_config  # a load option (HF_HUB_OFFLINE=1 here), not the tokenizer's
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")], "staging folder left behind"
 
 

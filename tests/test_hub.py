@@ -264,3 +264,16 @@ def test_push_refuses_incomplete_folder(tmp_path):
     with pytest.raises(ValueError, match="folder"):
         push_hub_folder(tmp_path / "nope", "me/harmon-tiny", api=api)
     assert api.calls == []
+
+
+def test_offline_load_option_is_not_saved(tmp_path, tiny_model, tokenizer):
+    """transformers records `local_files_only=True` on a tokenizer loaded under HF_HUB_OFFLINE=1; the exported files
+    must not depend on whether the export ran offline."""
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    assert loaded.init_kwargs.get("local_files_only") is True  # the premise: this suite runs offline
+    folder = save_hub_folder(tmp_path / "repo", tiny_model, loaded)
+    for path in (folder / "tokenizer_config.json", folder / "tokenizer" / "tokenizer_config.json"):
+        assert "local_files_only" not in json.loads(path.read_text()), path

@@ -83,7 +83,7 @@ def train(output: Path, steps: int, batch_size: int, lr: float, kl_weight: float
         optimizer.step()
         schedule.step()
         if (step + 1) % 100 == 0 or step + 1 == steps:
-            print(f"step {step + 1}/{steps} loss {float(loss):.4f} ({time.time() - began:.0f} s)", flush=True)
+            print(f"step {step + 1}/{steps} loss {loss.item():.4f} ({time.time() - began:.0f} s)", flush=True)
         if (step + 1) % 500 == 0 and step + 1 < steps:
             with atomic_path(state_path) as temporary:
                 torch.save({"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
