@@ -334,7 +334,7 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
                        "held_out": {"overall": 0.9}},
         "vqa": {"accuracy": 0.875, "by_type": {"shape": 0.66}},
     }  # fmt: skip
-    files = {"eval": evaluation_json, "timings": {"stage I (3400 steps)": 2160.0},
+    files = {"eval": evaluation_json, "timings": {"stage I (3400 steps)": 2160.0, "stage II": 600.0},
              "ablation": {"generation-only": {"generation": {"overall": 0.3, "attributes": {"shape": 0.4}}}}}  # fmt: skip
     for name, content in files.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(content))
@@ -342,7 +342,7 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
                 str(tmp_path / "timings.json"), "--ablation", str(tmp_path / "ablation.json"), "--note", "NOTE"])  # fmt: skip
     card = (tmp_path / "README.md").read_text()
     for expected in ("| 0.81 | 0.50 | 0.25 | 1.00 | 0.75 | 0.62 | 0.38 |", "shape 0.44", "accuracy 0.88", "shape 0.66",
-                     "| stage I (3400 steps) | 36.0 min |", "generation-only: generation overall 0.30, shape 0.40",
+                     "| stage I (3400 steps) | 36.0 min |", "| **total** | **46.0 min** |", "generation-only: generation overall 0.30, shape 0.40",
                      "0.12 s per image", "NOTE", RECIPE_COMMANDS, ABLATION_COMMANDS.rstrip()):  # fmt: skip
         assert expected in card, expected
     readme = (Path(__file__).resolve().parent.parent / "training" / "configs" / "shapes" / "README.md").read_text()

@@ -16,12 +16,13 @@ from huggingface_hub import ModelCard, ModelCardData
 from modeling_harmon.atomic_files import atomic_path
 
 
-# The commands that reproduce the model, from an empty checkout (one CPU thread per process; every training command
-# resumes with `--resume`). training/configs/shapes/README.md shows the same block (a test keeps the two equal).
+# The commands that reproduce the model, from an empty checkout (one command at a time, on both cores of the 2-core
+# machine, the VAE on one thread, which gives the shipped VAE bit for bit; every training command resumes with
+# `--resume`). training/configs/shapes/README.md shows the same block (a test keeps the two equal).
 RECIPE_COMMANDS = """\
-export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
+export OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1
 python -m training.shapes.make_data --output runs/shapes/data --scenes 20000 --seed 0   # images, jsonl, tokenizer
-python -m training.shapes.train_vae --output runs/shapes/vae --steps 3000                # diffusers AutoencoderKL, f=4
+OMP_NUM_THREADS=1 python -m training.shapes.train_vae --output runs/shapes/vae --steps 3000  # AutoencoderKL, f=4
 python -m training.train --config training/configs/shapes/stage1_alignment.yaml
 python -m training.train --config training/configs/shapes/stage2_joint.yaml
 python -m training.train --config training/configs/shapes/stage3_high_quality.yaml
@@ -30,7 +31,8 @@ python -m training.shapes.export_default --model runs/shapes/stage3/final --outp
 python -m training.shapes.write_floor --folder pipelines/default_model                  # CI regression floor
 harmon eval shapes --n 540 --json shapes_eval.json"""
 
-# The synergy ablation's arm: on the second core while stages II and III run (both start from stage I).
+# The synergy ablation's arm (both arms start from stage I): after the recipe, or beside stages II and III with
+# OMP_NUM_THREADS=1 for both processes (two 2-thread processes on two cores slow each other down many times).
 ABLATION_COMMANDS = """\
 python -m training.train --config training/configs/shapes/stage2_joint.yaml --model runs/shapes/stage1/final \\
     --output-dir runs/shapes_genonly/stage2 --set "data.ratio={text: 0, image2text: 0, text2image: 11}"
@@ -69,6 +71,7 @@ def render_card(evaluation: dict, timings: dict, ablation: dict | None = None, n
         )
     by_type = ", ".join(f"{key} {_fraction(value)}" for key, value in (vqa.get("by_type") or {}).items())
     timing_lines = "\n".join(f"| {name} | {seconds / 60:.1f} min |" for name, seconds in timings.items())
+    timing_lines += f"\n| **total** | **{sum(timings.values()) / 60:.1f} min** |"
     content = f"""---
 {ModelCardData(library_name="transformers", pipeline_tag="any-to-any", license="apache-2.0",
                tags=["harmon", "toy", "shapes", "text-to-image", "image-text-to-text"]).to_yaml()}
@@ -98,7 +101,7 @@ Sampling: {json.dumps(settings)}; {evaluation["seconds_per_image"]:.2f} s per im
 
 {ablation_text}
 
-## Training recipe and wall time (2-core CPU, one thread per process)
+## Training recipe and wall time (2-core CPU, one command at a time on both cores)
 
 | step | wall time |
 |---|---|
