@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageFilter
 
 from harmon_pipelines.cli import main
@@ -37,7 +38,8 @@ def ground_truth_scenes(count: int, seed: int = 0) -> list[tuple[Scene, np.ndarr
 
 def assert_schema(results: dict, n: int) -> None:
     """`results` has exactly the ShapesEval keys, and every score is a fraction (None: nothing to score)."""
-    assert set(results) == {"n", "seed", "settings", "seconds_per_image", "generation", "vqa"}
+    assert set(results) == {"n", "seed", "settings", "seconds_per_image", "hardware", "generation", "vqa"}
+    assert results["hardware"] == {"device": "cpu", "threads": torch.get_num_threads()}
     assert results["n"] == n and results["seconds_per_image"] > 0
     assert {"num_iter", "guidance_scale", "temperature", "num_sampling_steps", "x0_clamp"} <= set(results["settings"])
     generation, vqa = results["generation"], results["vqa"]
@@ -327,7 +329,7 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
     from training.shapes.demo_card import ABLATION_COMMANDS, RECIPE_COMMANDS, main as write_card
 
     evaluation_json = {
-        "n": 36, "seed": 0, "seconds_per_image": 0.123,
+        "n": 36, "seed": 0, "seconds_per_image": 0.123, "hardware": {"device": "cpu", "threads": 2},
         "settings": {"num_iter": 16, "guidance_scale": 1.5, "temperature": 0.1},
         "generation": {"overall": 0.8125, "single_object": 0.5, "two_object": 0.25, "counting": 1.0, "colors": 0.75,
                        "position": 0.625, "color_attr": 0.375, "attributes": {"color": 0.97, "shape": 0.44},
@@ -343,7 +345,7 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
     card = (tmp_path / "README.md").read_text()
     for expected in ("| 0.81 | 0.50 | 0.25 | 1.00 | 0.75 | 0.62 | 0.38 |", "shape 0.44", "accuracy 0.88", "shape 0.66",
                      "| stage I (3400 steps) | 36.0 min |", "| **total** | **46.0 min** |", "generation-only: generation overall 0.30, shape 0.40",
-                     "0.12 s per image", "NOTE", RECIPE_COMMANDS, ABLATION_COMMANDS.rstrip()):  # fmt: skip
+                     "0.12 s per image on 2 CPU threads.", "NOTE", RECIPE_COMMANDS, ABLATION_COMMANDS.rstrip()):  # fmt: skip
         assert expected in card, expected
     readme = (Path(__file__).resolve().parent.parent / "training" / "configs" / "shapes" / "README.md").read_text()
     assert RECIPE_COMMANDS in readme and ABLATION_COMMANDS.rstrip() in readme

@@ -45,6 +45,18 @@ def _fraction(value) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def _hardware(evaluation: dict) -> str:
+    """" on N CPU threads" (or " on cuda:0") from the evaluation's `hardware`; nothing for files written before it
+    was recorded, rather than a guess."""
+    hardware = evaluation.get("hardware")
+    if not hardware:
+        return ""
+    if hardware["device"] != "cpu":
+        return f" on {hardware['device']}"
+    threads = hardware["threads"]
+    return f" on {threads} CPU thread{'s' if threads != 1 else ''}"
+
+
 def _generation_table(generation: dict) -> str:
     rows = ["| overall | single object | two objects | counting | colours | position | colour attribution |",
             "|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -95,7 +107,7 @@ Generation (a model-free checker reads colour, shape, position and count from ea
 
 VQA (exact match on questions about rendered scenes): accuracy {_fraction(vqa.get("accuracy"))}; by type: {by_type}.
 
-Sampling: {json.dumps(settings)}; {evaluation["seconds_per_image"]:.2f} s per image on one CPU thread.
+Sampling: {json.dumps(settings)}; {evaluation["seconds_per_image"]:.2f} s per image{_hardware(evaluation)}.
 
 ## Synergy ablation (same budget: generation-only vs joint)
 

@@ -175,10 +175,11 @@ def evaluate_shapes(
         generation, vqa: `False` skips that half (its entry is then None).
 
     Returns:
-        {"n", "seed", "settings", "seconds_per_image", "generation", "vqa"}: `generation` as the `shapes_generation`
-        metric returns it, `vqa` as `shapes_vqa` does; `settings` holds every sampling setting (the image-generation
-        ones and VQA's greedy `max_new_tokens`); `seconds_per_image` is the wall time of drawing (not checking) an
-        image.
+        {"n", "seed", "settings", "seconds_per_image", "hardware", "generation", "vqa"}: `generation` as the
+        `shapes_generation` metric returns it, `vqa` as `shapes_vqa` does; `settings` holds every sampling setting
+        (the image-generation ones and VQA's greedy `max_new_tokens`); `seconds_per_image` is the wall time of
+        drawing (not checking) an image, on `hardware` = {"device", "threads"} (torch's intra-op threads: a CPU
+        time means little without them).
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}.")
@@ -188,6 +189,7 @@ def evaluate_shapes(
         "seed": seed,
         "settings": {**settings, "max_new_tokens": MAX_NEW_TOKENS},
         "seconds_per_image": None,
+        "hardware": {"device": str(model.device), "threads": torch.get_num_threads()},
         "generation": None,
         "vqa": None,
     }
