@@ -46,8 +46,8 @@ def _fraction(value) -> str:
 
 
 def _hardware(evaluation: dict) -> str:
-    """" on N CPU threads" (or " on cuda:0") from the evaluation's `hardware`; nothing for files written before it
-    was recorded, rather than a guess."""
+    """The card's "on N CPU threads" (or "on cuda:0") from the evaluation's `hardware`; nothing for files written
+    before it was recorded, rather than a guess."""
     hardware = evaluation.get("hardware")
     if not hardware:
         return ""
