@@ -174,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     push = commands.add_parser(
         "push", help="upload a converted folder to the Hugging Face Hub",
-        description="Create the Hub repo if needed and upload a folder written by `harmon convert`.",
+        description="Create the Hub repo if needed and upload a folder written by `harmon convert` or by training. "
+        "The embedded Shapes model's compact folder (no remote code, no diffusers components) is completed in a "
+        "temporary copy first; any other incomplete folder is refused.",
     )  # fmt: skip
     push.add_argument("folder", type=Path)
     push.add_argument("--repo-id", required=True, metavar="ORG/NAME")

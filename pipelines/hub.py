@@ -132,6 +132,59 @@ def check_hub_folder(folder: str | os.PathLike) -> list[str]:
     return problems
 
 
+def is_compact_folder(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds a whole model (config, weights, tokenizer, processor, card) and lacks only the parts of
+    the layout that are derived from it: the remote code, `model_index.json` and the diffusers components. The
+    embedded Shapes model ships that way (`training.shapes.export_default`), to keep the wheel small."""
+    folder = Path(folder)
+    problems = check_hub_folder(folder)
+    derived = {"model_index.json", "pipeline_harmon.py", "pipeline_text_to_image_harmon.py", "processing_harmon.py",
+               "image_processing_harmon.py", f"{MODEL_COMPONENT}/", f"{TOKENIZER_COMPONENT}/"}  # fmt: skip
+    own = ["config.json", "processor_config.json", "tokenizer_config.json", "README.md"]
+    return (
+        bool(problems)
+        and all(problem.startswith("missing ") and problem[len("missing ") :] in derived for problem in problems)
+        and all((folder / name).is_file() for name in own)
+        and any(folder.glob("model*.safetensors"))
+    )
+
+
+def complete_hub_folder(folder: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """Write the full layout of `folder`, a compact folder (see [`is_compact_folder`]), into `output` (replaced if it
+    exists, atomically). The files `folder` has are kept byte for byte, its model card included; `folder` itself
+    is not changed. Raises `ValueError` for a folder that is not compact."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = Path(folder)
+    if not is_compact_folder(folder):
+        problems = "; ".join(check_hub_folder(folder)) or "nothing is missing"
+        raise ValueError(f"folder {str(folder)!r} is not a compact Harmon folder to complete ({problems}).")
+    # `dtype="auto"`: the weights are saved again in the dtype they were stored in, so they keep their bytes.
+    model = AutoModel.from_pretrained(folder, dtype="auto")
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    processor = HarmonProcessor.from_pretrained(folder)
+
+    def keep_card(staging: Path) -> None:
+        shutil.copyfile(folder / "README.md", staging / "README.md")
+
+    with atomic_directory(output) as staging:
+        write_hub_files(staging, model, tokenizer, processor=processor, card_writer=keep_card)
+        # Saving again may format a file differently (a newer library version, say); what the folder has wins, and
+        # the components are linked again so that they stay copies of the root.
+        for path in folder.iterdir():
+            if path.is_file():
+                shutil.copyfile(path, staging / path.name)
+        for component in (MODEL_COMPONENT, TOKENIZER_COMPONENT):
+            for path in (staging / component).iterdir():
+                if (staging / path.name).is_file():
+                    _link_or_copy(staging / path.name, path)
+        problems = check_hub_folder(staging)
+        if problems:
+            raise ValueError(f"completing {str(folder)!r} left problems: {'; '.join(problems)}.")
+    return Path(output)
+
+
 def push_hub_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -143,16 +196,24 @@ def push_hub_folder(
 ):
     """Create `repo_id` (if needed) and upload `folder` to it with `huggingface_hub`; returns the commit info.
 
-    Refuses a folder that does not have the full layout, so a half-exported folder is never published.
+    A compact folder (the embedded Shapes model, see [`is_compact_folder`]) is completed in a temporary copy first
+    ([`complete_hub_folder`]), so every loader works from the repo. Any other folder without the full layout is
+    refused, so a half-exported folder is never published.
     """
-    from huggingface_hub import HfApi
+    import tempfile
 
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"folder must be an exported Harmon folder, got {str(folder)!r} (not a directory).")
+    if is_compact_folder(folder):
+        with tempfile.TemporaryDirectory(prefix="harmon-push-") as scratch:
+            completed = complete_hub_folder(folder, Path(scratch) / folder.name)
+            return push_hub_folder(completed, repo_id, private, revision, token, commit_message, api)
     problems = check_hub_folder(folder)
     if problems:
         raise ValueError(f"{folder} is not a complete Harmon Hub folder: {'; '.join(problems)}.")
+    from huggingface_hub import HfApi
+
     readme = folder / "README.md"
     if REPO_PLACEHOLDER in readme.read_text(encoding="utf-8"):
         # An exported card does not know its repo yet; give its snippets the real id before publishing.

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from harmon_pipelines import HarmonText2ImagePipeline, HarmonTextToImagePipeline
-from harmon_pipelines.hub import check_hub_folder, push_hub_folder, save_hub_folder
+from harmon_pipelines.hub import check_hub_folder, complete_hub_folder, is_compact_folder, push_hub_folder, save_hub_folder
 from modeling_harmon import HarmonProcessor
 
 from .hub_utils import child_env, interpreters, make_offline_cache, run_python
@@ -264,6 +264,80 @@ def test_push_refuses_incomplete_folder(tmp_path):
     with pytest.raises(ValueError, match="folder"):
         push_hub_folder(tmp_path / "nope", "me/harmon-tiny", api=api)
     assert api.calls == []
+
+
+def _compact_copy(folder, target):
+    """`folder` without the parts of the layout that are derived from the model: the shape in which the embedded
+    Shapes model ships (as `training.shapes.export_default` prunes it)."""
+    import shutil
+
+    shutil.copytree(folder, target)
+    for path in list(target.glob("*.py")) + [target / "model_index.json"]:
+        path.unlink()
+    for component in ("model", "tokenizer"):
+        shutil.rmtree(target / component)
+    return target
+
+
+def _files(folder) -> dict:
+    return {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+
+
+def test_compact_folder_is_completed_and_every_entry_point_works(exported, expected, tmp_path):
+    folder, image_path = exported
+    compact = _compact_copy(folder, tmp_path / "compact")
+    assert is_compact_folder(compact) and not is_compact_folder(folder)
+    before = _files(compact)
+    completed = complete_hub_folder(compact, tmp_path / "completed")
+    assert check_hub_folder(completed) == []
+    assert _files(compact) == before  # the compact folder is not touched
+    after = _files(completed)
+    assert {name: after[name] for name in before} == before  # its files are kept byte for byte, the card included
+    assert set(after) - set(before) == {path.name for path in folder.iterdir() if path.is_file()} - set(before)
+    output = tmp_path / "out.npz"
+    stdout = run_python(interpreters()[0], REMOTE_CHILD, tmp_path, child_env(tmp_path), [str(completed), str(image_path), str(output)])  # fmt: skip
+    _check_remote(stdout, output, expected)
+
+
+def test_push_completes_a_compact_folder_in_a_temporary_copy(exported, tmp_path):
+    compact = _compact_copy(exported[0], tmp_path / "compact")
+    before = _files(compact)
+
+    class CheckingApi(RecordingApi):
+        def upload_folder(self, **kwargs):
+            kwargs["problems"] = check_hub_folder(kwargs["folder_path"])  # what the Hub receives is complete
+            return super().upload_folder(**kwargs)
+
+    api = CheckingApi()
+    assert push_hub_folder(compact, "me/harmon-tiny", api=api) == "commit-info"
+    upload = api.calls[-1][1]
+    assert upload["problems"] == [] and upload["folder_path"] != str(compact)
+    assert _files(compact) == before
+
+
+def test_the_embedded_model_is_a_compact_folder():
+    """`harmon push` can publish the packaged Shapes model (its card tells users to)."""
+    from harmon_pipelines.default_model import DEFAULT_MODEL_DIR
+
+    assert is_compact_folder(DEFAULT_MODEL_DIR), check_hub_folder(DEFAULT_MODEL_DIR)
+
+
+def test_complete_refuses_what_is_not_compact(exported, tmp_path):
+    import shutil
+
+    with pytest.raises(ValueError, match="not a compact Harmon folder.*nothing is missing"):
+        complete_hub_folder(exported[0], tmp_path / "out")
+    broken = _compact_copy(exported[0], tmp_path / "broken")
+    (broken / "model.safetensors").unlink()  # no weights: nothing to complete from
+    assert not is_compact_folder(broken)
+    with pytest.raises(ValueError, match="not a complete Harmon Hub folder"):
+        push_hub_folder(broken, "me/harmon-tiny", api=RecordingApi())
+    differs = tmp_path / "differs"
+    shutil.copytree(exported[0], differs)
+    (differs / "model" / "config.json").write_text("{}")
+    (differs / "pipeline_harmon.py").unlink()
+    assert not is_compact_folder(differs)  # a component that disagrees with the root is not derived data to redo
+    assert not (tmp_path / "out").exists()
 
 
 def test_offline_load_option_is_not_saved(tmp_path, tiny_model, tokenizer):

@@ -349,6 +349,10 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
         assert expected in card, expected
     readme = (Path(__file__).resolve().parent.parent / "training" / "configs" / "shapes" / "README.md").read_text()
     assert RECIPE_COMMANDS in readme and ABLATION_COMMANDS.rstrip() in readme
+    # The shipped card has the template's static "Use and publish" section (a regenerated card keeps it).
+    shipped = (Path(__file__).resolve().parent.parent / "pipelines" / "default_model" / "README.md").read_text()
+    section = card[card.index("## Use and publish") : card.index("## Scores")]
+    assert "harmon push" in section and section in shipped
 
 
 def test_make_data_writes_conversations_that_fit_the_stage_configs(tmp_path):

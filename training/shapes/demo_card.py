@@ -99,6 +99,19 @@ end to end; it knows nothing outside that world.
 
 {note}
 
+## Use and publish
+
+```bash
+harmon generate "a red circle on the left" -o out.png && harmon ask out.png "what color is the circle?"
+harmon push "$(python -c 'from harmon_pipelines.default_model import DEFAULT_MODEL_DIR; print(DEFAULT_MODEL_DIR)')" \\
+    --repo-id your-namespace/harmon-shapes
+```
+
+In Python, `harmon_pipelines.default_model.load_default_model()` returns the model and its tokenizer. The packaged
+folder leaves out the remote code and the diffusers components (`model/`, `tokenizer/`, `model_index.json`) to keep
+the package small; `harmon push` writes them into a temporary copy before it uploads, so the published repo loads
+through `AutoModel`, both `pipeline()` tasks and `DiffusionPipeline` with `trust_remote_code=True`.
+
 ## Scores (ShapesEval, {evaluation["n"]} prompts, seed {evaluation["seed"]}, fp32)
 
 Generation (a model-free checker reads colour, shape, position and count from each image):
