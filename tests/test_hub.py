@@ -12,7 +12,9 @@ import torch
 from PIL import Image
 
 from harmon_pipelines import HarmonText2ImagePipeline, HarmonTextToImagePipeline
-from harmon_pipelines.hub import check_hub_folder, complete_hub_folder, is_compact_folder, push_hub_folder, save_hub_folder
+from harmon_pipelines.hub import (
+    check_hub_folder, complete_hub_folder, is_compact_folder, push_hub_folder, save_hub_folder
+)  # fmt: skip
 from modeling_harmon import HarmonProcessor
 
 from .hub_utils import child_env, interpreters, make_offline_cache, run_python
@@ -295,7 +297,8 @@ def test_compact_folder_is_completed_and_every_entry_point_works(exported, expec
     assert {name: after[name] for name in before} == before  # its files are kept byte for byte, the card included
     assert set(after) - set(before) == {path.name for path in folder.iterdir() if path.is_file()} - set(before)
     output = tmp_path / "out.npz"
-    stdout = run_python(interpreters()[0], REMOTE_CHILD, tmp_path, child_env(tmp_path), [str(completed), str(image_path), str(output)])  # fmt: skip
+    arguments = [str(completed), str(image_path), str(output)]
+    stdout = run_python(interpreters()[0], REMOTE_CHILD, tmp_path, child_env(tmp_path), arguments)
     _check_remote(stdout, output, expected)
 
 

@@ -39,7 +39,10 @@ def ground_truth_scenes(count: int, seed: int = 0) -> list[tuple[Scene, np.ndarr
 def assert_schema(results: dict, n: int) -> None:
     """`results` has exactly the ShapesEval keys, and every score is a fraction (None: nothing to score)."""
     assert set(results) == {"n", "seed", "settings", "seconds_per_image", "hardware", "generation", "vqa"}
-    assert results["hardware"] == {"device": "cpu", "threads": torch.get_num_threads()}
+    hardware = results["hardware"]
+    assert set(hardware) == {"device", "threads", "processor"}
+    assert hardware["device"] == "cpu" and hardware["threads"] == torch.get_num_threads()
+    assert hardware["processor"] is None or hardware["processor"].strip()
     assert results["n"] == n and results["seconds_per_image"] > 0
     assert {"num_iter", "guidance_scale", "temperature", "num_sampling_steps", "x0_clamp"} <= set(results["settings"])
     generation, vqa = results["generation"], results["vqa"]
@@ -329,7 +332,8 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
     from training.shapes.demo_card import ABLATION_COMMANDS, RECIPE_COMMANDS, main as write_card
 
     evaluation_json = {
-        "n": 36, "seed": 0, "seconds_per_image": 0.123, "hardware": {"device": "cpu", "threads": 2},
+        "n": 36, "seed": 0, "seconds_per_image": 0.123,
+        "hardware": {"device": "cpu", "threads": 2, "processor": "Test CPU @ 2.1GHz"},
         "settings": {"num_iter": 16, "guidance_scale": 1.5, "temperature": 0.1},
         "generation": {"overall": 0.8125, "single_object": 0.5, "two_object": 0.25, "counting": 1.0, "colors": 0.75,
                        "position": 0.625, "color_attr": 0.375, "attributes": {"color": 0.97, "shape": 0.44},
@@ -345,7 +349,7 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
     card = (tmp_path / "README.md").read_text()
     for expected in ("| 0.81 | 0.50 | 0.25 | 1.00 | 0.75 | 0.62 | 0.38 |", "shape 0.44", "accuracy 0.88", "shape 0.66",
                      "| stage I (3400 steps) | 36.0 min |", "| **total** | **46.0 min** |", "generation-only: generation overall 0.30, shape 0.40",
-                     "0.12 s per image on 2 CPU threads.", "NOTE", RECIPE_COMMANDS, ABLATION_COMMANDS.rstrip()):  # fmt: skip
+                     "0.12 s per image on 2 CPU threads (Test CPU @ 2.1GHz).", "NOTE", RECIPE_COMMANDS, ABLATION_COMMANDS.rstrip()):  # fmt: skip
         assert expected in card, expected
     readme = (Path(__file__).resolve().parent.parent / "training" / "configs" / "shapes" / "README.md").read_text()
     assert RECIPE_COMMANDS in readme and ABLATION_COMMANDS.rstrip() in readme
@@ -353,6 +357,17 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
     shipped = (Path(__file__).resolve().parent.parent / "pipelines" / "default_model" / "README.md").read_text()
     section = card[card.index("## Use and publish") : card.index("## Scores")]
     assert "harmon push" in section and section in shipped
+
+
+def test_demo_card_hardware_phrase():
+    """The card names the threads and the processor the time was measured on, and guesses nothing that an older
+    evaluation file did not record."""
+    from training.shapes.demo_card import _hardware
+
+    assert _hardware({"hardware": {"device": "cpu", "threads": 1, "processor": "X"}}) == " on 1 CPU thread (X)"
+    assert _hardware({"hardware": {"device": "cpu", "threads": 2}}) == " on 2 CPU threads"
+    assert _hardware({"hardware": {"device": "cuda:0", "threads": 2, "processor": None}}) == " on cuda:0"
+    assert _hardware({}) == ""
 
 
 def test_make_data_writes_conversations_that_fit_the_stage_configs(tmp_path):

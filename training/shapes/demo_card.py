@@ -51,10 +51,11 @@ def _hardware(evaluation: dict) -> str:
     hardware = evaluation.get("hardware")
     if not hardware:
         return ""
+    processor = f" ({hardware['processor']})" if hardware.get("processor") else ""
     if hardware["device"] != "cpu":
-        return f" on {hardware['device']}"
+        return f" on {hardware['device']}{processor}"
     threads = hardware["threads"]
-    return f" on {threads} CPU thread{'s' if threads != 1 else ''}"
+    return f" on {threads} CPU thread{'s' if threads != 1 else ''}{processor}"
 
 
 def _generation_table(generation: dict) -> str:
