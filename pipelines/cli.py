@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="generation prompts, and VQA questions (default 180)")
     evaluation.add_argument("--seed", type=_seed_argument, default=0,
                             help="picks the prompts and questions; image i is drawn with seed + i (default 0)")
-    evaluation.add_argument("--steps", type=int, metavar="N", help="MAR iterations (default 16)")
+    evaluation.add_argument("--steps", type=int, metavar="N", help="MAR iterations (default: the model's)")
     evaluation.add_argument("--cfg", type=float, metavar="SCALE", help="classifier-free guidance scale (default: the model's)")
     evaluation.add_argument("--temperature", type=float, metavar="T",
                             help="scale of the diffusion head's noise (default: the model's)")

@@ -337,7 +337,7 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
         "settings": {"num_iter": 16, "guidance_scale": 1.5, "temperature": 0.1},
         "generation": {"overall": 0.8125, "single_object": 0.5, "two_object": 0.25, "counting": 1.0, "colors": 0.75,
                        "position": 0.625, "color_attr": 0.375, "attributes": {"color": 0.97, "shape": 0.44},
-                       "held_out": {"overall": 0.9}},
+                       "held_out": {"overall": 0.9, "attributes": {"color": 0.9685}}},
         "vqa": {"accuracy": 0.875, "by_type": {"shape": 0.66}},
     }  # fmt: skip
     files = {"eval": evaluation_json, "timings": {"stage I (3400 steps)": 2160.0, "stage II": 600.0},
@@ -347,7 +347,8 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
     write_card(["--folder", str(tmp_path), "--eval", str(tmp_path / "eval.json"), "--timings",
                 str(tmp_path / "timings.json"), "--ablation", str(tmp_path / "ablation.json"), "--note", "NOTE"])  # fmt: skip
     card = (tmp_path / "README.md").read_text()
-    for expected in ("| 0.81 | 0.50 | 0.25 | 1.00 | 0.75 | 0.62 | 0.38 |", "shape 0.44", "accuracy 0.88", "shape 0.66",
+    for expected in ("| 0.81 | 0.50 | 0.25 | 1.00 | 0.75 | 0.62 | 0.38 |", "Per attribute: color 0.970, shape 0.440",
+                     "combinations: overall 0.90; per attribute: color 0.969", "accuracy 0.88", "shape 0.66",
                      "| stage I (3400 steps) | 36.0 min |", "| **total** | **46.0 min** |", "generation-only: generation overall 0.30, shape 0.40",
                      "0.12 s per image on 2 CPU threads (Test CPU @ 2.1GHz).", "NOTE", RECIPE_COMMANDS, ABLATION_COMMANDS.rstrip()):  # fmt: skip
         assert expected in card, expected

@@ -26,9 +26,6 @@ from .world import Scene, questions, render, sample_scene
 
 KINDS = ("single", "two", "count")
 QUESTION_TYPES = ("color", "shape", "position", "count", "exists")
-# The generation setting ShapesEval fixes when not given (the others default to the model's generation_config): fewer
-# MAR iterations than the reference's 64, enough for the 32 px world's few tokens.
-DEFAULT_NUM_ITER = 16
 # Answers are one word; a byte-level tokenizer needs up to 8 tokens for the longest ("triangle").
 MAX_NEW_TOKENS = 10
 
@@ -99,10 +96,10 @@ def generation_settings(
     cfg_schedule: str | None = None,
 ) -> dict:
     """Every image-generation setting ShapesEval passes to `model.generate_images`, validated by the model (a bad
-    value raises `ValueError` starting with the setting's name). `num_iter` defaults to DEFAULT_NUM_ITER, the
-    others to the model's generation_config."""
+    value raises `ValueError` starting with the setting's name). A setting not given is the model's own
+    (`generation_config.image_generation`), so ShapesEval measures a model as it draws for its users."""
     return model.resolve_image_generation_settings(
-        num_iter=DEFAULT_NUM_ITER if num_iter is None else num_iter,
+        num_iter=num_iter,
         guidance_scale=guidance_scale, temperature=temperature, num_sampling_steps=num_sampling_steps, x0_clamp=x0_clamp,
         cfg_schedule=cfg_schedule, height=None, width=None,
     )  # fmt: skip
