@@ -1,9 +1,9 @@
 """Faster sampling settings that change results, and what each costs in quality: ShapesEval generation accuracy vs
 seconds per image on the shipped Shapes model (or `--model`).
 
-The settings are the opt-in knobs of `generate_images`: fewer diffusion-head steps (respacing the 1000 training
-steps to 100, 25 or 10), other numbers of MAR iterations, and a linear CFG schedule. Every row draws the same prompts with the
-same seeds, so rows differ only by the setting.
+The settings are the opt-in knobs of `generate_images`: other numbers of diffusion-head steps (respacing the 1000
+training steps to 100, 25 or 10) and of MAR iterations, and a linear CFG schedule. Every row draws the same prompts
+with the same seeds, so rows differ only by the setting.
 
     python benchmarks/sampling_tradeoffs.py --n 90 --threads 1 --json tradeoffs.json
 """
