@@ -360,6 +360,25 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
     assert "harmon push" in section and section in shipped
 
 
+def test_shipped_card_is_rendered_from_the_committed_measurements(tmp_path):
+    """pipelines/default_model/README.md is exactly what demo_card renders from training/configs/shapes/card_inputs/
+    (the evaluation JSON, timings, ablation and status note): every number on the card has a file behind it, and the
+    card can be rendered again on a machine that has none of the runs."""
+    from pathlib import Path
+
+    from training.shapes.demo_card import main as write_card
+
+    repo = Path(__file__).resolve().parent.parent
+    inputs = repo / "training" / "configs" / "shapes" / "card_inputs"
+    note = (inputs / "note.md").read_text().rstrip("\n")  # as the README's "$(cat note.md)" passes it
+    write_card(["--folder", str(tmp_path), "--eval", str(inputs / "eval.json"), "--timings", str(inputs / "timings.json"),
+                "--ablation", str(inputs / "ablation.json"), "--note", note])  # fmt: skip
+    assert (tmp_path / "README.md").read_text() == (repo / "pipelines" / "default_model" / "README.md").read_text()
+    evaluation = json.loads((inputs / "eval.json").read_text())
+    floor = json.loads((repo / "pipelines" / "default_model" / "shapes_floor.json").read_text())
+    assert {key: evaluation["settings"][key] for key in floor["settings"]} == floor["settings"]  # same sampling
+
+
 def test_demo_card_hardware_phrase():
     """The card names the threads and the processor the time was measured on, and guesses nothing that an older
     evaluation file did not record."""
