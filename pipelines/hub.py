@@ -136,8 +136,12 @@ def is_compact_folder(folder: str | os.PathLike) -> bool:
     """Whether `folder` holds a whole model (config, weights, tokenizer, processor, card) and lacks only the parts of
     the layout that are derived from it: the remote code, `model_index.json` and the diffusers components. The
     embedded Shapes model ships that way (`training.shapes.export_default`), to keep the wheel small."""
-    folder = Path(folder)
-    problems = check_hub_folder(folder)
+    return _is_compact(Path(folder), check_hub_folder(folder))
+
+
+def _is_compact(folder: Path, problems: list[str]) -> bool:
+    """[`is_compact_folder`] given the folder's [`check_hub_folder`] problems (which read every component file, so
+    a caller that has them should not pay for them twice)."""
     derived = {"model_index.json", "pipeline_harmon.py", "pipeline_text_to_image_harmon.py", "processing_harmon.py",
                "image_processing_harmon.py", f"{MODEL_COMPONENT}/", f"{TOKENIZER_COMPONENT}/"}  # fmt: skip
     own = ["config.json", "processor_config.json", "tokenizer_config.json", "README.md"]
@@ -205,11 +209,11 @@ def push_hub_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"folder must be an exported Harmon folder, got {str(folder)!r} (not a directory).")
-    if is_compact_folder(folder):
+    problems = check_hub_folder(folder)
+    if _is_compact(folder, problems):
         with tempfile.TemporaryDirectory(prefix="harmon-push-") as scratch:
             completed = complete_hub_folder(folder, Path(scratch) / folder.name)
             return push_hub_folder(completed, repo_id, private, revision, token, commit_message, api)
-    problems = check_hub_folder(folder)
     if problems:
         raise ValueError(f"{folder} is not a complete Harmon Hub folder: {'; '.join(problems)}.")
     from huggingface_hub import HfApi
