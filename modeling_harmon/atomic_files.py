@@ -1,4 +1,5 @@
-"""Output files that are never seen half-written: each is written to a temporary sibling and renamed into place.
+"""Output files that are never seen half-written: each is written to a temporary sibling and renamed into place
+(folders: `output_folders.replace_folder`).
 
 A reader (or a resumed job that checks which outputs exist) therefore sees either the old file, or none, or the
 complete new one, even if the writer is killed midway.
@@ -6,7 +7,6 @@ complete new one, even if the writer is killed midway.
 
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,26 +28,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Like [`atomic_path`] for a folder: yield an empty temporary sibling folder to fill; on a normal exit it gets
-    the usual permissions and replaces `path` (an existing folder is removed first), on an exception it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        yield staging
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp creates 0700; give the folder the usual permissions
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 

@@ -14,11 +14,12 @@ import json
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
 
-from .atomic_files import atomic_directory
+from .output_folders import check_output_folder, replace_folder
 from .configuration_harmon import DEFAULT_IMAGE_GENERATION, HARMON_PRESETS, KL16_VAE_CONFIG, HarmonConfig
 
 
@@ -73,15 +74,56 @@ class ConversionError(ValueError):
     """A checkpoint that cannot be converted faithfully."""
 
 
-def load_legacy_state_dict(path: str | os.PathLike, wrapper_key: str | None = None) -> dict[str, torch.Tensor]:
-    """Load a `torch.save`d (weights only) or safetensors state dict; `wrapper_key` unwraps e.g. `{"model": sd}`."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+class UnreadableCheckpointError(ConversionError):
+    """A checkpoint file that torch or safetensors cannot read as tensors only; `path` is the file."""
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(
+            f"{str(path)!r} is not a readable PyTorch or safetensors checkpoint ({reason}); harmon loads tensors "
+            "only and never runs code stored in a checkpoint."
+        )
+        self.path = Path(path)
+
+
+def _unreadable_reason(error: Exception) -> str:
+    """Why torch.load refused a file, in words that do not send the user to unsafe loading (torch's own message
+    suggests it)."""
+    text = str(error)
+    if "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        named = f", e.g. {found.group(1)}" if found else ""
+        return f"it holds Python objects or pickle instructions, not just tensors{named}"
+    if isinstance(error, EOFError) or not text:
+        return "it ends early: empty or truncated"
+    if "zip archive" in text:
+        return "it is truncated or corrupt: its zip archive is damaged"
+    return f"it is truncated or not a checkpoint ({type(error).__name__})"
+
+
+def load_legacy_state_dict(path: str | os.PathLike, wrapper_key: str | None = None) -> dict[str, torch.Tensor]:
+    """Load a `torch.save`d (weights only) or safetensors state dict; `wrapper_key` unwraps e.g. `{"model": sd}`.
+
+    torch.load runs with `weights_only=True`, so a pickle that would run code is refused, not executed; every
+    failure to read is an [`UnreadableCheckpointError`]."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise UnreadableCheckpointError(path, "the file is empty")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            with warnings.catch_warnings():
+                # e.g. "Detected pickle protocol 4": noise on stderr that names the unsafe way out
+                warnings.simplefilter("ignore", UserWarning)
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as error:
+        if path.suffix == ".safetensors":
+            raise UnreadableCheckpointError(path, f"safetensors: {error}") from None
+        raise UnreadableCheckpointError(path, _unreadable_reason(error)) from None
     if wrapper_key is not None and isinstance(state, dict) and wrapper_key in state and isinstance(state[wrapper_key], dict):
         state = state[wrapper_key]
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
@@ -95,46 +137,98 @@ def load_legacy_state_dict(path: str | os.PathLike, wrapper_key: str | None = No
 
 
 # --------------------------------------------------------------------------------------------------- settings
-def _load_json_or_preset(value: str) -> tuple[str, dict]:
+def _load_json_or_preset(value: str, argument: str = "--mar-config") -> tuple[str, dict]:
     if value in HARMON_PRESETS:
         return "preset", HARMON_PRESETS[value]
     path = Path(value)
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
-        raise ConversionError(f"{value!r} is neither a preset ({sorted(HARMON_PRESETS)}) nor a JSON file/folder.")
-    return "json", json.loads(path.read_text())
+        raise ConversionError(
+            f"{argument} {value!r} is neither a preset ({sorted(HARMON_PRESETS)}) nor a JSON file or a folder "
+            "holding config.json."
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConversionError(f"{argument} {value!r}: {path} is not UTF-8 text.") from None
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno} column {error.colno}"
+        raise ConversionError(f"{argument} {value!r}: {path} is not valid JSON ({error.msg} at {where}).") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{argument} {value!r}: {path} must hold a JSON object, got {type(data).__name__}.")
+    return "json", data
 
 
-def text_config_from(value: str):
+def text_config_from(value: str, argument: str = "--llm-config"):
     """A Qwen2 config from a folder holding `config.json`, or from a preset name."""
     from transformers import AutoConfig
 
-    kind, data = _load_json_or_preset(value)
+    kind, data = _load_json_or_preset(value, argument)
     if kind == "preset":
         return HarmonConfig(text_config=copy.deepcopy(data["text_config"])).text_config
-    return AutoConfig.from_pretrained(str(Path(value) if Path(value).is_dir() else Path(value).parent))
+    try:
+        return AutoConfig.from_pretrained(str(Path(value) if Path(value).is_dir() else Path(value).parent))
+    except Exception as error:  # transformers' config classes raise several types (e.g. a strict field check)
+        raise ConversionError(f"{argument} {value!r}: not a usable LLM config ({error})") from None
 
 
-def harmon_settings_from(value: str) -> dict:
+# MAR constructor arguments that take any number; the others of `_MAR_ARGUMENTS` take integers.
+_MAR_NUMBER_ARGUMENTS = ("mlp_ratio", "mask_ratio_min", "attn_dropout", "proj_dropout")
+
+
+def _check_json_type(value, shown: str, field: str, kind: str) -> None:
+    """Refuse a --mar-config field of the wrong JSON type, naming it (`shown`: the argument and its value):
+    `build_config` would fail with a bare "could not convert string to float"."""
+    if kind == "number":
+        fits = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif kind == "integer list":
+        fits = isinstance(value, list) and all(isinstance(item, int) and not isinstance(item, bool) for item in value)
+    elif kind == "object":
+        fits = isinstance(value, dict)
+    else:
+        fits = isinstance(value, int) and not isinstance(value, bool)
+    if not fits:
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ConversionError(f'{shown} "{field}" must be {article} {kind}, got {json.dumps(value)}.')
+
+
+def harmon_settings_from(value: str, argument: str = "--mar-config") -> dict:
     """HarmonConfig keyword arguments (without `text_config`) from a preset or a vector-set style JSON.
 
     The JSON's `mar` object holds the reference's MAR constructor arguments; optional `vae` (`embed_dim`,
-    `ch_mult`, `ch`) and `harmon.vae_scale` describe the VAE. Values are checked against the weights later.
+    `ch_mult`, `ch`) and `harmon.vae_scale` describe the VAE. Types are checked here, values against the weights
+    later.
     """
-    kind, data = _load_json_or_preset(value)
+    kind, data = _load_json_or_preset(value, argument)
     if kind == "preset":
         settings = {key: val for key, val in copy.deepcopy(data).items() if key != "text_config"}
         settings["vae_config"] = copy.deepcopy(KL16_VAE_CONFIG)
         return settings
     if "mar" not in data:
-        raise ConversionError(f"--mar-config {value!r} has no 'mar' object with the MAR constructor arguments.")
+        raise ConversionError(f"{argument} {value!r} has no 'mar' object with the MAR constructor arguments.")
+    shown = f"{argument} {value!r}:"
+    for section in ("mar", "vae", "harmon"):
+        if section in data:
+            _check_json_type(data[section], shown, section, "object")
     mar = data["mar"]
+    for arg in (*_MAR_ARGUMENTS, "vae_stride", "vae_embed_dim"):
+        if mar.get(arg) is None:
+            continue
+        if arg == "num_sampling_steps" and isinstance(mar[arg], str) and mar[arg].isdigit():
+            continue  # the reference passes it as a string, e.g. '100'
+        _check_json_type(mar[arg], shown, f"mar.{arg}", "number" if arg in _MAR_NUMBER_ARGUMENTS else "integer")
+    vae = data.get("vae", {})
+    for field, kind in (("embed_dim", "integer"), ("ch", "integer"), ("ch_mult", "integer list"),
+                        ("groupnorm_groups", "integer")):  # fmt: skip
+        if vae.get(field) is not None:
+            _check_json_type(vae[field], shown, f"vae.{field}", kind)
+    if data.get("harmon", {}).get("vae_scale") is not None:
+        _check_json_type(data["harmon"]["vae_scale"], shown, "harmon.vae_scale", "number")
     settings = {field: mar[arg] for arg, field in _MAR_ARGUMENTS.items() if arg in mar}
     if "num_sampling_steps" in settings:
         settings["num_sampling_steps"] = int(settings["num_sampling_steps"])
     expected = {"vae_stride": mar.get("vae_stride"), "token_dim": mar.get("vae_embed_dim")}
-    vae = data.get("vae", {})
     scale = data.get("harmon", {}).get("vae_scale", KL16_VAE_CONFIG["scaling_factor"])
     settings["_vae_hints"] = {
         "embed_dim": vae.get("embed_dim", mar.get("vae_embed_dim")),
@@ -298,10 +392,29 @@ def build_config(harmon_state, vae_state, text_config, settings: dict) -> Harmon
     return HarmonConfig(text_config=text, vae_config=vae_config, **settings)
 
 
-def _prepare_tokenizer(tokenizer_dir: str):
+def _prepare_tokenizer(tokenizer_dir: str, argument: str = "--tokenizer"):
+    from huggingface_hub import constants
+    from huggingface_hub.utils import validate_repo_id
     from transformers import AutoTokenizer
 
-    plain = AutoTokenizer.from_pretrained(tokenizer_dir)
+    path = Path(tokenizer_dir)
+    if path.exists() and not path.is_dir():
+        raise ConversionError(f"{argument} {tokenizer_dir!r} is a file; give the tokenizer's folder.")
+    if not path.is_dir():
+        # transformers would answer a mistyped folder with a Hub rule ("Repo id must be ...").
+        try:
+            validate_repo_id(tokenizer_dir)
+            repo_id = True
+        except ValueError:
+            repo_id = False
+        if not repo_id or constants.HF_HUB_OFFLINE:
+            offline = " (Hub repo ids are not fetched: HF_HUB_OFFLINE is set)" if repo_id else ""
+            raise ConversionError(f"{argument} {tokenizer_dir!r}: no such folder{offline}.")
+    try:
+        plain = AutoTokenizer.from_pretrained(tokenizer_dir)
+    except (OSError, ValueError) as error:
+        what = "the folder" if path.is_dir() else "there is no such folder, nor a Hub repo of that id"
+        raise ConversionError(f"{argument} {tokenizer_dir!r}: cannot load a tokenizer ({what}: {error})") from None
     if "<image>" in plain.get_vocab():
         return _without_load_options(plain), plain.convert_tokens_to_ids("<image>")
     image_token_id = len(plain)
@@ -328,11 +441,13 @@ def convert_harmon_checkpoint(
     verbose: bool = True,
     finalize=None,
     image_size: int | None = None,
+    overwrite: bool = False,
 ):
     """Convert and save; returns the loaded `HarmonForConditionalGeneration` (fp32, eval mode).
 
     `vae_ckpt` may be None when the Harmon checkpoint carries `vae.*` tensors. The output folder is written
-    atomically (a temporary sibling folder renamed at the end). `finalize(folder, model, tokenizer)`, if given,
+    atomically (a temporary sibling folder renamed at the end); an existing one is replaced only if an earlier
+    harmon writer made it and `overwrite` is set, never if it holds an input (see `output_folders`). `finalize(folder, model, tokenizer)`, if given,
     adds files to the folder before that rename (`harmon convert` uses it to write the full Hub layout).
     `image_size` makes that size the checkpoint's default for generation (and for the exported processor); the
     default is the native size of the position embeddings.
@@ -341,6 +456,8 @@ def convert_harmon_checkpoint(
 
     from .modeling_harmon import HarmonForConditionalGeneration
 
+    inputs = [harmon_ckpt, vae_ckpt, tokenizer, llm_config, mar_config]
+    check_output_folder(output, overwrite, inputs)  # before the slow part
     harmon_state = load_legacy_state_dict(harmon_ckpt)
     vae_state = {key[len("vae.") :]: value for key, value in harmon_state.items() if key.startswith("vae.")}
     harmon_state = {key: value for key, value in harmon_state.items() if not key.startswith("vae.")}
@@ -395,7 +512,7 @@ def convert_harmon_checkpoint(
     generation.setdefault("pad_token_id", config.pad_token_id)
     model.generation_config = GenerationConfig(**generation)
 
-    with atomic_directory(output) as staging:
+    with replace_folder(output, "harmon convert", overwrite, inputs) as staging:
         model.save_pretrained(staging)
         tok.save_pretrained(staging)
         if finalize is not None:
@@ -414,7 +531,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder (Qwen2.5-Instruct)")
     parser.add_argument("--llm-config", required=True, help="folder with the Qwen2 config.json, or a preset name")
     parser.add_argument("--mar-config", required=True, help="JSON with a 'mar' object (MAR arguments), or a preset")
-    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--output", required=True, help="output folder (new, empty, or an earlier output with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --output if an earlier harmon command wrote it (other folders are never replaced)")
     parser.add_argument(
         "--image-size", type=int, default=None,
         help="default image side for generation and understanding (the reference scripts use 512; default: the "
@@ -429,9 +548,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         convert_harmon_checkpoint(
             args.harmon_ckpt, args.vae_ckpt, args.tokenizer, args.llm_config, args.mar_config, args.output,
-            image_size=args.image_size,
+            image_size=args.image_size, overwrite=args.overwrite,
         )
-    except ConversionError as error:
+    except ValueError as error:
         parser.exit(2, f"error: {error}\n")
 
 

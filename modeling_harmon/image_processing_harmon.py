@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import load_image
 from transformers.processing_utils import ImagesKwargs
@@ -40,6 +40,63 @@ def _describe(value: object) -> str:
     if isinstance(value, str):
         return f"the string {value[:80]!r}"
     return f"a {type(value).__name__}"
+
+
+def _high_bit_to_8bit(image: Image.Image, name: str) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grey PIL image as an 8-bit "L" image, scaled rather than clipped.
+
+    PIL's own `convert("RGB")` clips these modes to 255, so a mid-grey 16-bit PNG turns white. Which range the
+    values use is not recorded in the image, so it is guessed from the largest value:
+    - integer modes ("I;16*" and "I"): a maximum above 255 means the 16-bit range (x / 257); otherwise the image
+      holds 8-bit values (what PIL's own conversion of an 8-bit image to "I;16" or "I" gives) and they are kept.
+      Only a 16-bit image darker than 1/257 of full scale is guessed wrong (it comes out brighter).
+    - "F": a maximum of at most 1 means [0, 1] (x * 255), otherwise [0, 255].
+    Values outside those ranges (negative, above 65535 or above 255.0 for floats) and NaN/inf are refused, not clipped.
+    """
+    array = np.asarray(image)
+    if image.mode == "F":
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name} (a PIL image of mode F) contains NaN or infinite values.")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 255.0:
+            raise ValueError(
+                f"{name} (a PIL image of mode F) holds values in [{low:g}, {high:g}]; float images must lie in "
+                f"[0, 1] or [0, 255]."
+            )
+        scaled = array.astype(np.float64) * (255.0 if high <= 1.0 else 1.0)
+    else:
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 65535:
+            raise ValueError(
+                f"{name} (a PIL image of mode {image.mode}) holds integers in [{low}, {high}]; integer images must "
+                f"lie in [0, 255] (8-bit) or [0, 65535] (16-bit)."
+            )
+        scaled = array.astype(np.float64) / (257.0 if high > 255 else 1.0)
+    return Image.fromarray(np.round(scaled).astype(np.uint8))
+
+
+def _rgb_image(image: Image.Image, name: str) -> Image.Image:
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _high_bit_to_8bit(image, name)
+    try:
+        return image.convert("RGB")
+    except ValueError as error:
+        message = f"{name} is a PIL image of mode {image.mode}, which PIL cannot convert to RGB: {error}"
+        raise ValueError(message) from error
+
+
+def to_rgb_image(image: Image.Image) -> Image.Image:
+    """`image` as an 8-bit RGB PIL image.
+
+    16-bit ("I;16", "I;16B", ...), 32-bit integer ("I") and float ("F") images are scaled to 8 bits (see
+    `_high_bit_to_8bit` for how their range is guessed) instead of being clipped by PIL. Every other mode goes through
+    PIL's `convert("RGB")`: palettes are expanded, grey is repeated, CMYK is converted, and alpha (RGBA, LA, PA,
+    transparent palettes) is dropped, not composited, exactly as the reference preprocessing does, so that results
+    stay identical to it. Raises `ValueError` for a value range that cannot be an image.
+    """
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"image must be a PIL image, got {_describe(image)}.")
+    return _rgb_image(image, "image")
 
 
 def flatten_images(images: object) -> Iterator[object]:
@@ -157,8 +214,8 @@ class HarmonImageProcessor(BaseImageProcessor):
                 f"{name} must hold uint8 values in [0, 255] or floats in [0, 1], got dtype {array.dtype}."
             )
         if np.issubdtype(array.dtype, np.floating):
-            if np.isnan(array).any():
-                raise ValueError(f"{name} contains NaN values; images must be finite floats in [0, 1].")
+            if not np.isfinite(array).all():
+                raise ValueError(f"{name} contains NaN or infinite values; images must be finite floats in [0, 1].")
             low, high = float(array.min()), float(array.max())
             if low < 0.0 or high > 1.0:
                 raise ValueError(
@@ -184,6 +241,25 @@ class HarmonImageProcessor(BaseImageProcessor):
                 f"downscale it first or raise max_pixels."
             )
 
+    @classmethod
+    def _read_image(cls, source: str, name: str, max_pixels: int) -> Image.Image:
+        """The image of a URL (transformers' `load_image`), or of a file in its own mode, turned upright by its EXIF
+        orientation: `load_image` would convert a file to RGB itself, clipping 16-bit images. A file's size is
+        checked from its header, before its pixels are decoded."""
+        try:
+            if not os.path.isfile(source):
+                return load_image(source)
+            opened = Image.open(source)
+        except Exception as error:
+            raise ValueError(f"{name} ({_describe(source)}) could not be read as an image: {error}") from error
+        with opened:
+            cls._check_extent(opened.height, opened.width, name, max_pixels)
+            try:
+                opened.load()
+                return ImageOps.exif_transpose(opened)
+            except Exception as error:
+                raise ValueError(f"{name} ({_describe(source)}) could not be read as an image: {error}") from error
+
     def _to_rgb(self, image: object, name: str, max_pixels: int) -> Image.Image:
         """One input image as an RGB PIL image, with every check that can name the offending input."""
         if isinstance(image, os.PathLike):
@@ -194,10 +270,7 @@ class HarmonImageProcessor(BaseImageProcessor):
                     f"{name} is {_describe(image)}, which is neither an existing image file nor an http(s) or "
                     f"data:image URL."
                 )
-            try:
-                image = load_image(image)
-            except Exception as error:
-                raise ValueError(f"{name} ({_describe(image)}) could not be read as an image: {error}") from error
+            image = self._read_image(image, name, max_pixels)
         if isinstance(image, torch.Tensor):
             tensor = image.detach().cpu()
             if tensor.is_floating_point() and tensor.dtype not in (torch.float32, torch.float64):
@@ -212,7 +285,7 @@ class HarmonImageProcessor(BaseImageProcessor):
                 f"{name} must be a PIL image, a NumPy array, a torch tensor, an image path or URL, or a (nested) list "
                 f"of those; got {_describe(image)}."
             )
-        return image.convert("RGB")
+        return _rgb_image(image, name)
 
     @staticmethod
     def _pad_and_resize(image: Image.Image, height: int, width: int) -> np.ndarray:
@@ -240,8 +313,9 @@ class HarmonImageProcessor(BaseImageProcessor):
         """Turn one image or a batch (list, nested list, or 4-D array/tensor) into `pixel_values` (B, 3, H, W).
 
         Args:
-            images: PIL images (any mode), NumPy arrays or torch tensors of shape (H, W), (H, W, C) or (C, H, W) with
-                C in {1, 3, 4} (uint8 in [0, 255] or floats in [0, 1]), image paths or URLs.
+            images: PIL images (any mode: 16-bit, 32-bit and float ones are scaled to 8 bits, see `to_rgb_image`),
+                NumPy arrays or torch tensors of shape (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4} (uint8 in
+                [0, 255] or floats in [0, 1]), image paths or URLs.
             size: output size, overriding the processor's `size` for this call.
             max_pixels: input size limit, overriding the processor's `max_pixels` for this call.
             return_tensors: `"pt"`, `"np"` or `None` (a NumPy array).
@@ -303,4 +377,4 @@ class HarmonImageProcessor(BaseImageProcessor):
 
 HarmonImageProcessor.register_for_auto_class("AutoImageProcessor")
 
-__all__ = ["HarmonImageProcessor"]
+__all__ = ["HarmonImageProcessor", "to_rgb_image"]

@@ -16,12 +16,27 @@ from diffusers import AutoencoderKL
 from torch import nn
 from transformers import AutoModel, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_harmon import DEFAULT_IMAGE_GENERATION, HarmonConfig
 from .modeling_harmon_diffusion import HarmonDiffusionHead, HarmonGaussianDiffusion
 from .modeling_harmon_mar import HarmonMARDecoder, HarmonMAREncoder
 from .modeling_harmon_onednn import onednn_linears
+
+
+logger = logging.get_logger(__name__)
+
+# pixel_values may overshoot [-1, 1] by this much (float rounding of a rescale) before they are refused.
+PIXEL_RANGE_TOLERANCE = 1e-3
+
+
+def _is_int(value) -> bool:
+    """An int but not a bool: `isinstance(True, int)` holds, yet `num_iter=True` is a mistake, not 1."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -144,6 +159,11 @@ def _with_onednn_linears(method):
 def _as_generator_list(generator, batch_size: int) -> list | None:
     if generator is None or isinstance(generator, torch.Generator):
         return None
+    if not isinstance(generator, (list, tuple)) or not all(isinstance(item, torch.Generator) for item in generator):
+        kind = type(generator).__name__
+        if isinstance(generator, (list, tuple)):
+            kind += " holding " + ", ".join(sorted({type(item).__name__ for item in generator}))
+        raise ValueError(f"generator must be a torch.Generator or a list of them (one per image), got {kind}.")
     generators = list(generator)
     if len(generators) != batch_size:
         raise ValueError(
@@ -256,6 +276,49 @@ class HarmonModel(HarmonPreTrainedModel):
                 f"pixel_values height and width must be positive multiples of {stride} (the VAE stride times the "
                 f"patch size), got {tuple(pixel_values.shape[2:])}."
             )
+        # The VAE was trained on [-1, 1]; NaN or far-off values give garbage features without any error. The extremes
+        # (one device read) tell both: a NaN anywhere makes both NaN, an inf is one of them.
+        if pixel_values.numel() == 0:
+            return
+        low, high = torch.stack(torch.aminmax(pixel_values.detach())).tolist()
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError("pixel_values contain non-finite (NaN/inf) values; images must be finite, in [-1, 1].")
+        if low < -1.0 - PIXEL_RANGE_TOLERANCE or high > 1.0 + PIXEL_RANGE_TOLERANCE:
+            raise ValueError(
+                f"pixel_values hold values in [{low:g}, {high:g}], but must lie in [-1, 1] (map [0, 1] images with "
+                f"2 * x - 1, or use the image processor)."
+            )
+
+    def check_input_ids(self, input_ids: torch.Tensor, name: str = "input_ids") -> None:
+        """Refuse ids the embedding cannot look up (torch would raise a bare IndexError, or read garbage on a GPU)."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
+            kind = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"{name} must be an integer tensor (int64 or int32) of token ids, got {kind}.")
+        # Wrapped embeddings (adapters, quantisation) may not say their size; the config then does.
+        vocab_size = getattr(self.get_input_embeddings(), "num_embeddings", None) or self.config.text_config.vocab_size
+        image_token_id = self.config.image_token_id
+        outside = (input_ids < 0) | (input_ids >= vocab_size)
+        if image_token_id is not None:
+            outside &= input_ids != image_token_id
+        if bool(outside.any()):
+            bad = input_ids[outside]
+            raise ValueError(
+                f"{name} must hold token ids in [0, {vocab_size - 1}] (or the <image> id {image_token_id}), got "
+                f"ids from {int(bad.min())} to {int(bad.max())}."
+            )
+
+    def _warn_if_beyond_positions(self, length: int) -> None:
+        """Understanding inputs longer than the LLM's `max_position_embeddings` are warned about (once per model),
+        not refused: the rotary embeddings still run there, only outside what the LLM was trained on, and a
+        checkpoint with RoPE scaling may be used past that length on purpose."""
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
+        if limit is None or length <= limit or getattr(self, "_warned_positions", False):
+            return
+        self._warned_positions = True
+        logger.warning(
+            f"The input is {length} tokens long (prompt, image placeholders and cache), more than the language "
+            f"model's max_position_embeddings ({limit}); outputs past that length are unreliable."
+        )
 
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -373,7 +436,10 @@ class HarmonModel(HarmonPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
+            self.check_input_ids(input_ids)
             inputs_embeds = self.embed_tokens(input_ids)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        self._warn_if_beyond_positions(int(past_length) + inputs_embeds.shape[1])
         image_features = None
         if pixel_values is not None:
             if input_ids is None:
@@ -461,6 +527,10 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         `generation_targets=True` instead returns [`text_to_image_loss`] of prompts `input_ids` / `attention_mask`
         and target images `pixel_values` (or `latents=`, plus its other keyword arguments): the training step of
         text-to-image goes through `forward` so that DDP / FSDP wrappers see it.
+
+        Ids outside the vocabulary and pixel_values that are not finite or not in [-1, 1] raise `ValueError`. An input
+        longer than the LLM's `max_position_embeddings` (cache included) only logs a warning, once per model: the
+        rotary embeddings still work there, and RoPE-scaled checkpoints may go past it on purpose.
         """
         if generation_targets:
             return self.text_to_image_loss(input_ids, attention_mask, pixel_values=pixel_values, **kwargs)
@@ -512,16 +582,23 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
 
     # ------------------------------------------------------------------------------------------- text-to-image
     def _tokenizer(self, tokenizer):
+        """`tokenizer`, or the stock tokenizer saved next to the weights. Never with remote code: the caller did not
+        agree to run code from that folder (loading the model without `trust_remote_code` runs none of it)."""
         if tokenizer is not None:
             return tokenizer
         if getattr(self, "_harmon_tokenizer", None) is None:
             source = getattr(self.config, "_name_or_path", None)
             if not source:
-                raise ValueError("Text prompts need a tokenizer: pass tokenizer=... (or input_ids).")
+                raise ValueError("tokenizer is needed for text prompts: pass tokenizer=... (or input_ids).")
             from transformers import AutoTokenizer
 
-            # The model's own folder: its code already runs, so its (stock) tokenizer may be trusted too.
-            self._harmon_tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+            try:
+                self._harmon_tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+            except Exception as error:
+                raise ValueError(
+                    f"tokenizer could not be loaded from {source!r} without remote code ({type(error).__name__}: "
+                    f"{error}); load it yourself and pass tokenizer=... (or input_ids)."
+                ) from error
         return self._harmon_tokenizer
 
     def format_generation_prompt(self, prompt: str | None) -> str:
@@ -568,40 +645,56 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             settings[name] = fallback if settings[name] is None else settings[name]
         return settings
 
+    def _position_limit(self) -> int | None:
+        """Positions the LLM was built for; prompt + image tokens + buffers must fit (None: no limit known)."""
+        return getattr(self.config.text_config, "max_position_embeddings", None)
+
     def _check_image_generation_settings(self, settings: dict) -> None:
         stride = self.config.vae_stride * self.config.patch_size
         for name in ("height", "width"):
             value = settings[name]
-            if not isinstance(value, int) or value <= 0 or value % stride:
+            if not _is_int(value) or value <= 0 or value % stride:
                 raise ValueError(f"{name} must be a positive multiple of {stride} (VAE stride x patch size), got {value!r}.")
         seq_len = (settings["height"] // stride) * (settings["width"] // stride)
+        # Checked before anything is allocated: the image tokens, the buffers and a prompt (one token at least)
+        # share the LLM's positions.
+        limit = self._position_limit()
+        if limit is not None and seq_len + self.config.buffer_size + 1 > limit:
+            raise ValueError(
+                f"height and width ({settings['height']} x {settings['width']}) give {seq_len} image tokens, which "
+                f"with {self.config.buffer_size} buffers and a prompt do not fit in the language model's "
+                f"max_position_embeddings ({limit}); choose a smaller size."
+            )
         num_iter = settings["num_iter"]
-        if not isinstance(num_iter, int) or not 1 <= num_iter <= seq_len:
+        if not _is_int(num_iter) or not 1 <= num_iter <= seq_len:
             raise ValueError(f"num_iter must be an integer in [1, {seq_len}] (the number of image tokens), got {num_iter!r}.")
         scale = settings["guidance_scale"]
-        if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 1.0:
+        if not _is_number(scale) or not math.isfinite(scale) or scale < 1.0:
             raise ValueError(f"guidance_scale must be a finite number >= 1 (1 disables guidance), got {scale!r}.")
         if settings["cfg_schedule"] not in ("constant", "linear"):
             raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {settings['cfg_schedule']!r}.")
         temperature = settings["temperature"]
-        if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+        if not _is_number(temperature) or not math.isfinite(temperature) or temperature <= 0:
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}.")
         steps = settings["num_sampling_steps"]
-        if not isinstance(steps, int) or not 1 <= steps <= self.config.num_train_timesteps:
+        if not _is_int(steps) or not 1 <= steps <= self.config.num_train_timesteps:
             raise ValueError(
                 f"num_sampling_steps must be an integer in [1, {self.config.num_train_timesteps}], got {steps!r}."
             )
         clamp = settings["x0_clamp"]
-        if clamp is not None and (not isinstance(clamp, (int, float)) or not clamp > 0):
+        if clamp is not None and (not _is_number(clamp) or not clamp > 0):
             raise ValueError(f"x0_clamp must be None or a number > 0, got {clamp!r}.")
 
     def _prompt_batch(self, prompt, input_ids, attention_mask, tokenizer, what: str):
         if input_ids is not None:
+            self.model.check_input_ids(input_ids, f"{what}input_ids")
             if input_ids.ndim != 2 or input_ids.shape[0] == 0:
                 raise ValueError(f"{what}input_ids must have shape (batch, length) with batch >= 1, got {tuple(input_ids.shape)}.")
             input_ids = input_ids.to(self.device)
             mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device).long()
             return input_ids, mask
+        if prompt is not None and not isinstance(prompt, (str, list, tuple)):
+            raise ValueError(f"{what}prompt must be a string or a list of strings, got {type(prompt).__name__}.")
         prompts = [prompt] if isinstance(prompt, str) or prompt is None else list(prompt)
         if len(prompts) == 0:
             raise ValueError(f"{what}prompt must be a string or a non-empty list of strings, got an empty list.")
@@ -679,11 +772,15 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             height=height, width=width, num_iter=num_iter, guidance_scale=guidance_scale, cfg_schedule=cfg_schedule,
             temperature=temperature, num_sampling_steps=num_sampling_steps, x0_clamp=x0_clamp,
         )  # fmt: skip
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        if not _is_int(num_images_per_prompt) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}.")
         if input_ids is None and prompt is None:
             raise ValueError("Pass prompt (text) or input_ids (formatted prompt tokens).")
+        stride = self.config.vae_stride * self.config.patch_size
+        grid = (settings["height"] // stride, settings["width"] // stride)
+        seq_len = grid[0] * grid[1]
         cond_ids, cond_mask = self._prompt_batch(prompt, input_ids, attention_mask, tokenizer, "")
+        self._check_prompt_length(cond_mask, "prompt" if input_ids is None else "input_ids", seq_len, settings)
         num_prompts = cond_ids.shape[0]
         use_cfg = settings["guidance_scale"] != 1.0
         if use_cfg:
@@ -698,6 +795,8 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                 neg_ids, neg_mask = self._prompt_batch(None, negative_input_ids, negative_attention_mask, None, "negative_")
                 if neg_ids.shape[0] != num_prompts:
                     raise ValueError(f"negative_input_ids has {neg_ids.shape[0]} rows but there are {num_prompts} prompts.")
+            name = "negative_prompt" if negative_input_ids is None else "negative_input_ids"
+            self._check_prompt_length(neg_mask, name, seq_len, settings)
             length = max(cond_ids.shape[1], neg_ids.shape[1])
             pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
             cond_ids, cond_mask = self._pad_to(cond_ids, cond_mask, length, pad_id)
@@ -710,9 +809,6 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             prompt_mask = torch.cat([prompt_mask, neg_mask.repeat_interleave(repeat, dim=0)])
 
         batch = num_prompts * repeat
-        stride = self.config.vae_stride * self.config.patch_size
-        grid = (settings["height"] // stride, settings["width"] // stride)
-        seq_len = grid[0] * grid[1]
         generators = _as_generator_list(generator, batch)
         single_generator = generator if isinstance(generator, torch.Generator) else None
         device = self.device
@@ -794,14 +890,42 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                     break
 
         latents = model.tokens_to_latents(tokens.reshape(batch, grid[0], grid[1], -1))
+        self._check_finite(latents, "latents", settings)
         images = None
         if decode and use_cfg and not speedups.conditional_only_vae_decode:
             images = model.decode_latents(latents.repeat(2, 1, 1, 1))[:batch]  # the reference's work: both halves
         elif decode:
             images = model.decode_latents(latents)
+        if images is not None:
+            self._check_finite(images, "images", settings)
         if not return_dict:
             return images, latents
         return HarmonImageGenerationOutput(images=images, latents=latents)
+
+    def _check_prompt_length(self, mask: torch.Tensor, name: str, seq_len: int, settings: dict) -> None:
+        """The longest prompt (real tokens of `mask`), the image tokens and the buffers must fit the LLM's positions."""
+        limit = self._position_limit()
+        if limit is None:
+            return
+        prompt_length = int(mask.sum(1).max())
+        needed = prompt_length + seq_len + self.config.buffer_size
+        if needed > limit:
+            raise ValueError(
+                f"{name} is {prompt_length} tokens long; with the {seq_len} image tokens of "
+                f"{settings['height']} x {settings['width']} pixels and {self.config.buffer_size} buffers that is "
+                f"{needed} positions, more than the language model's max_position_embeddings ({limit}); shorten "
+                f"the prompt or choose a smaller height/width."
+            )
+
+    @staticmethod
+    def _check_finite(tensor: torch.Tensor, what: str, settings: dict) -> None:
+        """Non-finite samples would silently become a black image; say so and name the usual causes."""
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(
+                f"generate_images produced non-finite (NaN/inf) values in the {what}. Likely causes: corrupted or "
+                f"incompatible weights (check the checkpoint), or an extreme temperature ({settings['temperature']!r}) "
+                f"or guidance_scale ({settings['guidance_scale']!r})."
+            )
 
     @staticmethod
     def _check_orders(orders: torch.Tensor, batch: int, seq_len: int) -> torch.Tensor:

@@ -68,7 +68,9 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
         `DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)` instead, which reads the same files.
 
         Accepts `model=` / `tokenizer=` to reuse loaded components, `torch_dtype` (or `dtype`), `trust_remote_code`, and the Hub
-        arguments `revision`, `cache_dir`, `local_files_only`, `token`, `force_download`.
+        arguments `revision`, `cache_dir`, `local_files_only`, `token`, `force_download`. `trust_remote_code`
+        defaults to False (never None, which lets transformers prompt on a terminal) and applies to the model and
+        the tokenizer.
         """
         from transformers import AutoModel, AutoTokenizer
 
@@ -77,7 +79,9 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
         torch_dtype = kwargs.pop("torch_dtype", None)
         if "dtype" in kwargs:  # diffusers' newer name for torch_dtype
             torch_dtype = kwargs.pop("dtype")
-        trust_remote_code = kwargs.pop("trust_remote_code", None)
+        trust_remote_code = kwargs.pop("trust_remote_code", False)
+        if not isinstance(trust_remote_code, bool):
+            raise TypeError(f"trust_remote_code must be True or False, got {trust_remote_code!r}.")
         hub_names = ("revision", "cache_dir", "local_files_only", "token", "force_download")
         hub = {name: kwargs.pop(name) for name in hub_names if name in kwargs}
         if kwargs:
@@ -93,7 +97,9 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
             hub.pop("dtype", None)
         if tokenizer is None:
             # The model's config spares AutoTokenizer a look for `tokenizer/config.json`, which does not exist.
-            tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer", config=model.config, **hub)
+            tokenizer = AutoTokenizer.from_pretrained(
+                source, subfolder="tokenizer", config=model.config, trust_remote_code=trust_remote_code, **hub
+            )
         return cls(model=model.eval(), tokenizer=tokenizer)
 
     def model_index(self) -> dict:
@@ -183,7 +189,8 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
                     f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; give one, or one "
                     "per prompt."
                 )
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        count = num_images_per_prompt
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}.")
         if isinstance(generator, list):
             expected = len(prompts) * num_images_per_prompt
@@ -193,7 +200,8 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
                     f"({len(prompts)} prompts x {num_images_per_prompt} images = {expected})."
                 )
         elif generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}.")
+            kind = type(generator).__name__
+            raise ValueError(f"generator must be a torch.Generator or a list of them (one per image), got {kind}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if callback_on_step_end is not None and not callable(callback_on_step_end):

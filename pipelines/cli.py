@@ -14,15 +14,22 @@ generator, so the noise is the same on every device). An image therefore depends
 settings only, not on which other images share its batch, up to float rounding of batched matrix products; runs
 that batch the same images together give identical files.
 
+Limits: `generate` refuses image sides above `--max-side` (default 2048 px) and more than `--max-images` images
+per command (default 10000), before loading the model; raise the flags to go further. With a PROMPT, the images
+are drawn `--batch-size` at a time (default 8), which gives the same images as one call, up to float rounding.
+
 Without `--model`, the command runs the model packaged in `harmon_pipelines/default_model/`, or, while none is
-packaged, a tiny RANDOMLY INITIALISED Harmon (it says so on stderr). Mistakes in the arguments or inputs end the
-command with exit status 2 and a one-line message on stderr.
+packaged, a tiny RANDOMLY INITIALISED Harmon (it says so on stderr). Mistakes in the arguments or inputs (bad
+values, unreadable files, a model folder whose weights do not cover the model, a device this machine lacks, running
+out of memory while drawing) end the command with exit status 2 and a one-line message on stderr.
 """
 
 import argparse
 import json
 import os
+import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +37,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from modeling_harmon.convert_harmon_weights_to_hf import add_arguments, convert_harmon_checkpoint
+from modeling_harmon.convert_harmon_weights_to_hf import UnreadableCheckpointError, add_arguments, convert_harmon_checkpoint
+from modeling_harmon.image_processing_harmon import to_rgb_image
 from modeling_harmon.pipeline_harmon import HarmonText2ImagePipeline
 
 from modeling_harmon.atomic_files import write_json, write_png
@@ -48,8 +56,10 @@ JOBS_FORMAT = """\
 "prompt" is required; the other keys override the command-line settings of the same name for that line (size:
 "HxW", "N" or N). Line L (1-based, as editors count) with seed s gives images LLLLL_k.png (k = 0 .. n-1, drawn
 with seed s + k), each followed by LLLLL_k.json (prompt, seed s + k, settings, model, line, k). The JSON is
-written after the PNG, both atomically, so a JSON marks a finished image: a rerun skips finished images and
-redraws the others.
+written after the PNG, both atomically, so a JSON marks a finished image: a rerun skips the images whose JSON
+matches what it would draw now and redraws those without a readable JSON. An image whose JSON holds another
+prompt, seed, settings or model (the file or the flags changed) is refused, naming it, unless --overwrite, which
+redraws it.
 
 Batches of --batch-size consecutive lines with equal settings are formed from the whole file and dealt out to the
 processes of a torchrun / accelerate launch (batch i to rank i % WORLD_SIZE), so the files are the same whatever
@@ -67,6 +77,12 @@ PIPELINE_ARGUMENTS = {"height": "height", "width": "width", "num_iter": "num_inf
 JOB_KEYS = ("prompt", "seed", *SETTINGS)
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
 DTYPES = ("float32", "bfloat16", "float16")
+# Defaults of --max-side and --max-images: larger requests are mistakes far more often than intentions, and would
+# end in a multi-GB allocation or an aborted process instead of a message.
+MAX_SIDE = 2048
+MAX_IMAGES = 10_000
+IMAGES_PER_CALL = 8  # with a PROMPT and no --batch-size: images drawn per model call
+OUT_OF_MEMORY = ("out of memory", "not enough memory")  # torch's (CUDA, MPS, CPU allocator) and MemoryError's
 
 
 class CommandError(Exception):
@@ -140,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="PNG file to write (with -n N: STEM_0.png .. STEM_{N-1}.png)")
     generate.add_argument("--prompts", type=Path, metavar="FILE.jsonl", help="batch mode: one JSON object per line")
     generate.add_argument("--outdir", type=Path, metavar="DIR", help="batch mode: folder for the images")
-    generate.add_argument("--batch-size", type=_positive_int_argument, default=1, metavar="B",
-                          help="batch mode: prompt lines drawn together (B x N images per model call; default 1)")
+    generate.add_argument("--batch-size", type=_positive_int_argument, default=None, metavar="B",
+                          help="batch mode: prompt lines drawn together (B x N images per model call; default 1); "
+                          f"with a PROMPT: images per model call (default {IMAGES_PER_CALL})")
     generate.add_argument("-n", "--num-images", type=_positive_int_argument, default=1, metavar="N",
                           help="images per prompt (default 1)")
     generate.add_argument("--seed", type=_seed_argument, default=0,
@@ -152,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--size", type=_size_argument, metavar="HxW",
                           help="image size in pixels, HxW or N for a square")
     generate.add_argument("--temperature", type=float, metavar="T", help="scale of the diffusion head's noise (> 0)")
+    generate.add_argument("--overwrite", action="store_true",
+                          help="batch mode: redraw images whose JSON records another prompt, seed, settings or model "
+                          "(without it such images are refused)")
+    generate.add_argument("--max-side", type=_positive_int_argument, default=MAX_SIDE, metavar="PX",
+                          help=f"refuse image sides above PX pixels (default {MAX_SIDE})")
+    generate.add_argument("--max-images", type=_positive_int_argument, default=MAX_IMAGES, metavar="N",
+                          help=f"refuse commands that would draw more than N images in all (default {MAX_IMAGES})")
     _add_model_arguments(generate)
     generate.set_defaults(run=run_generate)
 
@@ -230,8 +254,56 @@ def _launch() -> dict[str, int]:
     return values
 
 
+def check_device(value: str | None) -> None:
+    """Refuse a `--device` that is not a torch device or that this machine lacks, before the model loads."""
+    if value is None:
+        return
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise CommandError(f"--device {value!r} is not a torch device; use e.g. cpu, cuda, cuda:1 or mps") from None
+    if device.type in ("cpu", "meta"):
+        return
+    if device.type == "mps":
+        available, count = torch.backends.mps.is_available(), 1
+    else:
+        backend = getattr(torch, device.type, None)  # torch.cuda, torch.xpu, ...
+        available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
+        count = backend.device_count() if available and hasattr(backend, "device_count") else 1
+    if not available:
+        raise CommandError(f"--device {value!r}: this machine has no {device.type} device; use --device cpu")
+    if device.index is not None and device.index >= count:
+        raise CommandError(f"--device {value!r}: this machine has {count} {device.type} device(s), numbered from 0")
+
+
+def regular_file(path: Path, shown: str) -> Path:
+    """`path` if it is a regular file; else a [`CommandError`] that says what it is (`shown`: e.g. "IMAGE 'x'").
+    A FIFO would block the reader forever, a folder fail with an unrelated message."""
+    if not path.exists():
+        raise CommandError(f"{shown}: no such file")
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise CommandError(f"{shown} is {what}; give a file")
+    return path
+
+
+def check_writable_folder(folder: Path, shown: str) -> None:
+    """Refuse `folder` (created later if missing) unless its first existing ancestor is a writable folder, so that
+    a bad output path is found before the model loads and draws, not after."""
+    existing = next((path for path in (folder, *folder.parents) if path.exists()), Path("."))
+    if not existing.is_dir():
+        raise CommandError(f"{shown}: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CommandError(f"{shown}: cannot write in the folder {str(existing)!r} (permission denied)")
+
+
+def _reason(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
 def _load(args):
-    """(model, tokenizer) for `--model`, `--device` and `--dtype`, with torch's threads set for this process."""
+    """(model, tokenizer) for `--model`, `--device` (checked by the caller: [`check_device`]) and `--dtype`, with
+    torch's threads set for this process."""
     launch = _launch()
     if "OMP_NUM_THREADS" not in os.environ:
         # torch would give every process all cores; processes launched together would oversubscribe them.
@@ -243,11 +315,11 @@ def _load(args):
         device = f"cuda:{launch['LOCAL_RANK'] % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
     try:
         return load_model_and_tokenizer(args.model, device=device, dtype=getattr(torch, args.dtype))
-    except (OSError, ValueError) as error:
-        if args.model is None:
+    except Exception as error:  # a damaged folder fails in torch, safetensors, transformers or the config class
+        if args.model is None or isinstance(error, MemoryError):
             raise
         what = "the Harmon folder" if Path(args.model).is_dir() else "a Hub repo id (there is no such folder)"
-        raise CommandError(f"--model {args.model!r}: cannot load it as {what}: {error}") from None
+        raise CommandError(f"--model {args.model!r}: cannot load it as {what}: {_reason(error)}") from None
 
 
 def _model_name(model) -> str:
@@ -268,9 +340,13 @@ def resolve_settings(model, options: dict, describe: Callable[[str], str]) -> di
     try:
         resolved = model.resolve_image_generation_settings(**given, cfg_schedule=None, x0_clamp=None)
     except ValueError as error:
-        # The model's messages start with the name of the setting they reject.
+        # The model's messages start with the name of the setting they reject; one about several settings (e.g. a
+        # size with more tokens than the LLM has positions) names them inside.
         name = str(error).split(" ", 1)[0]
         key = next((key for key, names in SETTINGS.items() if name in names), None)
+        if key is None:
+            words = set(re.findall(r"\w+", str(error)))
+            key = next((key for key, names in SETTINGS.items() if words & {key, *names}), None)
         raise CommandError(f"{describe(key)}: {error}" if key else str(error)) from None
     return {PIPELINE_ARGUMENTS[name]: resolved[name] for name in PIPELINE_ARGUMENTS}
 
@@ -282,9 +358,17 @@ def image_metadata(prompt: str, seed: int, settings: dict, model_name: str) -> d
 
 
 def draw(pipe, prompts: list[str], seeds: list[int], settings: dict) -> list:
-    """PIL images, image i drawn from `prompts[i]` with its own generator seeded `seeds[i]`."""
+    """PIL images, image i drawn from `prompts[i]` with its own generator seeded `seeds[i]`. Running out of
+    memory is a [`CommandError`] that says what to shrink."""
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    return pipe(prompt=prompts, generator=generators, output_type="pil", **settings).images
+    try:
+        return pipe(prompt=prompts, generator=generators, output_type="pil", **settings).images
+    except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
+        if not any(text in str(error).lower() for text in OUT_OF_MEMORY) and not isinstance(error, MemoryError):
+            raise
+        size = f"{settings['height']}x{settings['width']}"
+        raise CommandError(f"out of memory drawing {len(prompts)} image(s) of {size} at once on "
+                           f"{pipe.model.device}; use a smaller --size or --batch-size") from None  # fmt: skip
 
 
 def save(image, path: Path, metadata: dict) -> None:
@@ -298,11 +382,24 @@ def _settings_options(args) -> dict:
 
 
 def _show(key: str, value) -> str:
-    """A setting as the user typed it (a size as HxW)."""
-    return f"{value[0]}x{value[1]}" if key == "size" and isinstance(value, tuple) else str(value)
+    """A setting as the user typed it (a size as HxW; a JSON value as JSON), or the model's default if not given."""
+    if value is None:
+        return "(the model's default)"
+    if key == "size" and isinstance(value, tuple):
+        return f"{value[0]}x{value[1]}"
+    return json.dumps(value) if isinstance(value, (bool, str)) else str(value)
+
+
+def check_size(size: tuple[int, int] | None, max_side: int, shown: str) -> None:
+    """Refuse a size with a side above `max_side` (`--max-side`) before the model loads: the model would try to
+    allocate it."""
+    if size is not None and max(size) > max_side:
+        raise CommandError(f"{shown}: sides above --max-side {max_side} px are refused; pass a larger --max-side "
+                           "to allow them")  # fmt: skip
 
 
 def run_generate(args) -> None:
+    check_device(args.device)
     batch_mode = args.prompts is not None
     if batch_mode:
         if args.prompt is not None or args.output is not None:
@@ -316,30 +413,49 @@ def run_generate(args) -> None:
         raise CommandError("PROMPT needs -o/--output FILE.png")
     if args.outdir is not None:
         raise CommandError("--outdir belongs to batch mode (--prompts); with a PROMPT, use -o/--output FILE.png")
+    if args.overwrite:
+        raise CommandError("--overwrite belongs to batch mode (--prompts); with a PROMPT, -o/--output is replaced")
     if args.output.suffix.lower() != ".png":
         raise CommandError(f"-o/--output must name a .png file, got {str(args.output)!r}")
     if not args.prompt.strip():
         raise CommandError("PROMPT must not be empty")
     n = args.num_images
+    if n > args.max_images:
+        raise CommandError(f"-n {n}: more than --max-images {args.max_images} images are refused; pass a larger "
+                           "--max-images to allow them")  # fmt: skip
     if args.seed + n - 1 > MAX_SEED:
         raise CommandError(f"--seed {args.seed} with -n {n}: the seeds seed .. seed + n - 1 must stay <= 2**64 - 1")
+    check_size(args.size, args.max_side, f"--size {_show('size', args.size)}")
+    paths = [args.output] if n == 1 else [args.output.with_name(f"{args.output.stem}_{k}.png") for k in range(n)]
+    for path in paths:
+        if path.is_dir():
+            raise CommandError(f"-o/--output {str(args.output)!r}: {str(path)!r} is a folder; give a new file name")
+    check_writable_folder(args.output.parent, f"-o/--output {str(args.output)!r}")
 
     model, tokenizer = _load(args)
     options = _settings_options(args)
     settings = resolve_settings(model, options, lambda key: f"--{key.replace('_', '-')} {_show(key, options[key])}")
-    paths = [args.output] if n == 1 else [args.output.with_name(f"{args.output.stem}_{k}.png") for k in range(n)]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+    default = (settings["height"], settings["width"])
+    check_size(default, args.max_side, f"--size (the model's default, {_show('size', default)})")
 
-    seeds = [args.seed + k for k in range(n)]
-    images = draw(HarmonText2ImagePipeline(model=model, tokenizer=tokenizer), [args.prompt] * n, seeds, settings)
-    for image, seed, path in zip(images, seeds, paths):
-        save(image, path, image_metadata(args.prompt, seed, settings, _model_name(model)))
-        print(path)
+    pipe = HarmonText2ImagePipeline(model=model, tokenizer=tokenizer)
+    chunk = args.batch_size or IMAGES_PER_CALL  # bounded memory however large -n is; seeds stay seed + k
+    pipe.set_progress_bar_config(disable=n > chunk)  # several calls: one bar over images below
+    with tqdm(total=n, unit="image", disable=n <= chunk) as progress:
+        for start in range(0, n, chunk):
+            seeds = [args.seed + k for k in range(start, min(n, start + chunk))]
+            images = draw(pipe, [args.prompt] * len(seeds), seeds, settings)
+            args.output.parent.mkdir(parents=True, exist_ok=True)  # only once there is something to write
+            for image, seed, path in zip(images, seeds, paths[start:]):
+                save(image, path, image_metadata(args.prompt, seed, settings, _model_name(model)))
+                print(path)
+                progress.update()
 
 
-def read_jobs(path: Path, model, args) -> list[dict]:
-    """The prompt lines of the JSONL file `path`, validated, as {line, prompt, seed, settings}; `args` gives the
-    defaults (--seed, --size, ...). Errors name the file and line."""
+def read_jobs(path: Path, args) -> list[dict]:
+    """The prompt lines of the JSONL file `path`, checked as far as possible without the model, as {line, prompt,
+    seed, options} (options: the settings as `SETTINGS` keys, None for the model's default); `args` gives the
+    defaults (--seed, --size, ...). Errors name the file and line. See [`resolve_jobs`] for the rest."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as error:
@@ -366,17 +482,34 @@ def read_jobs(path: Path, model, args) -> list[dict]:
         seed = entry.get("seed", args.seed)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - args.num_images + 1:
             raise CommandError(f'{where}: "seed" must be an integer in [0, 2**64 - n], got {seed!r}')
+        for key in SETTINGS:
+            if isinstance(entry.get(key), bool):  # JSON true is no step count (Python would take it for 1)
+                kind = '"HxW" or a number' if key == "size" else "a number"
+                raise CommandError(f'{where}: "{key}" must be {kind}, got {json.dumps(entry[key])}')
         options = {key: entry.get(key, defaults[key]) for key in SETTINGS}
         if "size" in entry:
             try:
                 options["size"] = _size(entry["size"])
             except ValueError as error:
                 raise CommandError(f"{where}: {error}") from None
-        settings = resolve_settings(model, options, lambda key: f'{where}: "{key}" {_show(key, options[key])}')
-        jobs.append({"line": number, "prompt": prompt, "seed": seed, "settings": settings})
+        check_size(options["size"], args.max_side, f'{where}: "size" {_show("size", options["size"])}')
+        jobs.append({"line": number, "prompt": prompt, "seed": seed, "options": options})
     if not jobs:
         raise CommandError(f"--prompts {str(path)!r} holds no prompts")
     return jobs
+
+
+def resolve_jobs(jobs: list[dict], model, args) -> list[dict]:
+    """`jobs` of [`read_jobs`] as {line, prompt, seed, settings}: every setting filled in from the model and
+    validated by it; errors name the file, line and key."""
+    resolved = []
+    for job in jobs:
+        where, options = f"{args.prompts} line {job['line']}", job["options"]
+        settings = resolve_settings(model, options, lambda key: f'{where}: "{key}" {_show(key, options[key])}')
+        size = (settings["height"], settings["width"])
+        check_size(size, args.max_side, f'{where}: "size" (the model\'s default, {_show("size", size)})')
+        resolved.append({"line": job["line"], "prompt": job["prompt"], "seed": job["seed"], "settings": settings})
+    return resolved
 
 
 def plan_batches(jobs: list[dict], batch_size: int) -> list[list[dict]]:
@@ -391,22 +524,84 @@ def plan_batches(jobs: list[dict], batch_size: int) -> list[list[dict]]:
     return batches
 
 
+def _sidecar(path: Path) -> dict | None:
+    """The record of a sidecar JSON, or None where it is missing or unreadable (its image counts as unfinished)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, not UTF-8, not JSON
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _first_difference(record: dict, expected: dict) -> str | None:
+    """The first field (e.g. "prompt", "settings.guidance_scale") where a sidecar `record` differs from the
+    `expected` one, or None where they agree."""
+    expected = json.loads(json.dumps(expected))  # as the sidecar stores it (floats, lists)
+    for key, value in expected.items():
+        stored = record.get(key)
+        if key == "settings" and isinstance(stored, dict) and isinstance(value, dict):
+            name = next((name for name in {**value, **stored} if stored.get(name) != value.get(name)), None)
+            if name is not None:
+                return f"settings.{name}"
+        elif stored != value:
+            return key
+    return None
+
+
+def _clip(value, width: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _generate_jobs(args) -> None:
-    if not args.prompts.is_file():
-        raise CommandError(f"--prompts {str(args.prompts)!r}: no such file")
+    regular_file(args.prompts, f"--prompts {str(args.prompts)!r}")
+    if args.outdir.exists() and not args.outdir.is_dir():
+        raise CommandError(f"--outdir {str(args.outdir)!r} is a file; give a folder")
+    check_writable_folder(args.outdir, f"--outdir {str(args.outdir)!r}")
+    jobs = read_jobs(args.prompts, args)
+    n = args.num_images
+    if len(jobs) * n > args.max_images:
+        raise CommandError(f"--prompts {str(args.prompts)!r} with -n {n} asks for {len(jobs) * n} images; more than "
+                           f"--max-images {args.max_images} are refused; pass a larger --max-images to allow them")  # fmt: skip
     launch = _launch()
     rank, world = launch["RANK"], launch["WORLD_SIZE"]
     model, tokenizer = _load(args)
-    jobs = read_jobs(args.prompts, model, args)
-    n = args.num_images
-    mine = plan_batches(jobs, args.batch_size)[rank::world]
-    args.outdir.mkdir(parents=True, exist_ok=True)
+    jobs = resolve_jobs(jobs, model, args)
+    model_name = _model_name(model)
+    batches = plan_batches(jobs, args.batch_size or 1)
+    mine = batches[rank::world]
 
     def stem(job, k):
         return args.outdir / f"{job['line']:05d}_{k}"
 
+    def record(job, k):
+        metadata = image_metadata(job["prompt"], job["seed"] + k, job["settings"], model_name)
+        return {**metadata, "line": job["line"], "image": k}
+
+    # An image is finished when its PNG is there and its JSON records what would be drawn now. Every rank checks
+    # the whole file, so all of them refuse (or redraw) the same changed images.
+    done, changed = set(), []
+    for job in jobs:
+        for k in range(n):
+            stored = _sidecar(stem(job, k).with_suffix(".json")) if stem(job, k).with_suffix(".png").is_file() else None
+            difference = None if stored is None else _first_difference(stored, record(job, k))
+            if stored is not None and difference is None:
+                done.add((job["line"], k))
+            elif difference is not None:
+                changed.append((job, k, stored, difference))
+    if changed and not args.overwrite:
+        job, k, stored, field = changed[0]
+        now = record(job, k)
+        old, new = (stored.get("settings", {}), now["settings"]) if field.startswith("settings.") else (stored, now)
+        name = field.removeprefix("settings.")
+        raise CommandError(
+            f"--outdir {str(args.outdir)!r}: {len(changed)} image(s) were drawn with other inputs than they would be "
+            f"now (first: {stem(job, k).name}.png, {field} {_clip(old.get(name))} then, {_clip(new.get(name))} now); "
+            "pass --overwrite to redraw them, or use another --outdir"
+        )
+
     def finished(job, k):
-        return stem(job, k).with_suffix(".png").is_file() and stem(job, k).with_suffix(".json").is_file()
+        return (job["line"], k) in done
 
     todo = [batch for batch in mine if not all(finished(job, k) for job in batch for k in range(n))]
     missing = sum(not finished(job, k) for batch in todo for job in batch for k in range(n))
@@ -416,18 +611,20 @@ def _generate_jobs(args) -> None:
 
     pipe = HarmonText2ImagePipeline(model=model, tokenizer=tokenizer)
     pipe.set_progress_bar_config(disable=True)  # one bar over images below, not one per batch
-    model_name = _model_name(model)
     with tqdm(total=missing, desc=f"rank {rank}/{world}", unit="image") as progress:
         for batch in todo:
             prompts = [job["prompt"] for job in batch for _ in range(n)]
             seeds = [job["seed"] + k for job in batch for k in range(n)]
             images = iter(draw(pipe, prompts, seeds, batch[0]["settings"]))
+            args.outdir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
             for job in batch:
                 for k in range(n):
                     image = next(images)
                     if finished(job, k):
                         continue
                     metadata = image_metadata(job["prompt"], job["seed"] + k, job["settings"], model_name)
+                    # The old JSON goes first: killed in between, the image counts as unfinished, not as changed.
+                    stem(job, k).with_suffix(".json").unlink(missing_ok=True)
                     save(image, stem(job, k).with_suffix(".png"), metadata)
                     write_json({**metadata, "line": job["line"], "image": k}, stem(job, k).with_suffix(".json"))
                     progress.update()
@@ -436,17 +633,22 @@ def _generate_jobs(args) -> None:
 
 # ------------------------------------------------------------------------------------------------------- ask
 def read_image(path: Path):
-    """The image at `path` as an RGB PIL image; a missing or unreadable file is a [`CommandError`]."""
-    if not path.is_file():
-        raise CommandError(f"IMAGE {str(path)!r}: no such file")
+    """The image at `path` as an RGB PIL image; a missing or unreadable file, or one too large to decode safely
+    (PIL's decompression-bomb limit, whose warning is treated as the error), is a [`CommandError`]."""
+    regular_file(path, f"IMAGE {str(path)!r}")
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, Image.DecompressionBombError) as error:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return to_rgb_image(image)
+    except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise CommandError(f"IMAGE {str(path)!r} is not an image PIL can read ({error})") from None
 
 
 def run_ask(args) -> None:
+    check_device(args.device)
+    if not args.question.strip():
+        raise CommandError("QUESTION must not be empty")
     image = read_image(args.image)
     model, tokenizer = _load(args)
     processor = load_processor(args.model, model, tokenizer)
@@ -460,14 +662,19 @@ def run_ask(args) -> None:
 
 # --------------------------------------------------------------------------------------------- convert, push
 def run_convert(args) -> None:
-    for flag, value in (("--harmon-ckpt", args.harmon_ckpt), ("--vae-ckpt", args.vae_ckpt)):
-        if value is not None and not Path(value).is_file():
-            raise CommandError(f"{flag} {value!r}: no such file")
-    convert_harmon_checkpoint(
-        args.harmon_ckpt, args.vae_ckpt, args.tokenizer, args.llm_config, args.mar_config, args.output,
-        finalize=write_hub_files,  # called as (folder, model, tokenizer) before the folder is renamed into place
-        image_size=args.image_size,
-    )  # fmt: skip
+    checkpoints = {"--harmon-ckpt": args.harmon_ckpt, "--vae-ckpt": args.vae_ckpt}
+    for flag, value in checkpoints.items():
+        if value is not None:
+            regular_file(Path(value), f"{flag} {value!r}")
+    try:
+        convert_harmon_checkpoint(
+            args.harmon_ckpt, args.vae_ckpt, args.tokenizer, args.llm_config, args.mar_config, args.output,
+            finalize=write_hub_files,  # called as (folder, model, tokenizer) before the folder is renamed into place
+            image_size=args.image_size, overwrite=args.overwrite,
+        )  # fmt: skip
+    except UnreadableCheckpointError as error:
+        flags = [flag for flag, value in checkpoints.items() if value is not None and Path(value) == error.path]
+        raise CommandError(" ".join([*flags[:1], str(error)])) from None
 
 
 def run_push(args) -> None:
@@ -485,6 +692,7 @@ def run_eval(args) -> None:
     # Imported here: it loads `evaluate`, which takes seconds that the other subcommands need not spend.
     from harmon_training.shapes.evaluation import evaluate_shapes, format_table, generation_settings
 
+    check_device(args.device)
     if args.skip_generation and args.skip_vqa:
         raise CommandError("--skip-generation with --skip-vqa leaves nothing to evaluate")
     if args.json is not None and args.json.is_dir():

@@ -6,13 +6,16 @@ Harmon of `modeling_harmon.demo`: it exercises the whole path in seconds but dra
 which the command says on stderr every time it is used.
 """
 
+import json
 import sys
 from pathlib import Path
 
 import torch
 from transformers import AutoModel, AutoProcessor, AutoTokenizer
 from transformers.utils import cached_file
+from transformers.utils import logging as transformers_logging
 
+from modeling_harmon.configuration_harmon import HarmonConfig
 from modeling_harmon.demo import build_random_model
 
 from modeling_harmon.processing_harmon import HarmonProcessor
@@ -50,8 +53,74 @@ def load_model_and_tokenizer(
     """
     if model is None:
         return load_default_model(device=device, dtype=dtype)
-    loaded = AutoModel.from_pretrained(model, dtype=dtype).to(device).eval()
-    return loaded, AutoTokenizer.from_pretrained(model)
+    check_config_file(model)
+    # transformers logs a multi-line load report and re-initialises what the weights lack; the report is checked
+    # here instead, so a folder whose weights do not cover the model is refused rather than run half random.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        loaded, info = AutoModel.from_pretrained(model, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    check_loading_info(loaded, info)
+    return loaded.to(device).eval(), AutoTokenizer.from_pretrained(model)
+
+
+def _kind(value) -> str:
+    return "a boolean" if isinstance(value, bool) else "an integer" if isinstance(value, int) else (
+        "a number" if isinstance(value, float) else "a string")  # fmt: skip
+
+
+def check_config_file(model: str) -> None:
+    """Refuse a local folder whose `config.json` is not JSON or gives a Harmon setting the wrong type (e.g.
+    `"encoder_hidden_size": "big"`): the config class would fail later with a message that names neither."""
+    path = Path(model) / "config.json"
+    if not path.is_file():
+        return  # a Hub id, or a folder without config.json: transformers says what is missing
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    if data.get("model_type") != HarmonConfig.model_type:
+        return
+    for key, default in HarmonConfig().to_dict().items():
+        value = data.get(key)
+        if key.startswith("_") or value is None or default is None or isinstance(default, (dict, list)):
+            continue
+        if isinstance(default, bool):
+            fits = isinstance(value, bool)
+        elif isinstance(default, int):
+            fits = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            fits = isinstance(value, type(default))
+        if not fits:
+            raise ValueError(f'{path}: "{key}" must be {_kind(default)}, got {json.dumps(value)}')
+
+
+def check_loading_info(model, info: dict) -> None:
+    """Refuse weights that do not cover the model: missing tensors (other than ones tied to another tensor, e.g.
+    lm_head.weight with tied embeddings), unexpected tensors, or tensors of another shape."""
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    missing = sorted(set(info.get("missing_keys", ())) - tied)
+    unexpected = sorted(info.get("unexpected_keys", ()))
+    mismatched = sorted(info.get("mismatched_keys", ()), key=lambda item: item[0])
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s) (e.g. {', '.join(unexpected[:3])})")
+    if mismatched:
+        key, stored, expected = mismatched[0]
+        problems.append(f"{len(mismatched)} tensor(s) of another shape than the config gives (e.g. {key}: "
+                        f"{tuple(stored)} in the weights, {tuple(expected)} in the model)")  # fmt: skip
+    if problems:
+        raise ValueError(f"its weights do not fit its config.json: {'; '.join(problems)}")
 
 
 def load_processor(model: str | None, loaded_model, tokenizer):

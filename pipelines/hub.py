@@ -15,6 +15,7 @@ Layout (docs/adr-0001-hub-repo-layout.md explains the choices):
 The Hub and the local cache store a file once per content hash, so the component copies cost no storage.
 """
 
+import fnmatch
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harmon_model_cards import REPO_PLACEHOLDER, write_model_card
-from modeling_harmon.atomic_files import atomic_directory
+from modeling_harmon.output_folders import MARKER, replace_folder
 from modeling_harmon.pipeline_harmon import HarmonText2ImagePipeline
 from modeling_harmon.pipeline_text_to_image_harmon import HarmonTextToImagePipeline
 from modeling_harmon.processing_harmon import HarmonProcessor
@@ -100,10 +101,11 @@ def write_hub_files(
     return folder
 
 
-def save_hub_folder(folder: str | os.PathLike, model, tokenizer, **kwargs) -> Path:
+def save_hub_folder(folder: str | os.PathLike, model, tokenizer, overwrite: bool = False, **kwargs) -> Path:
     """[`write_hub_files`] into a temporary sibling folder renamed at the end: an interrupted export never leaves a
-    half-written `folder`. An existing `folder` is replaced."""
-    with atomic_directory(folder) as staging:
+    half-written `folder`. An existing `folder` is replaced only if a harmon writer made it and `overwrite` is set
+    (`modeling_harmon.output_folders`)."""
+    with replace_folder(folder, "harmon save_hub_folder", overwrite, argument="folder") as staging:
         write_hub_files(staging, model, tokenizer, **kwargs)
     return Path(folder)
 
@@ -153,9 +155,9 @@ def _is_compact(folder: Path, problems: list[str]) -> bool:
     )
 
 
-def complete_hub_folder(folder: str | os.PathLike, output: str | os.PathLike) -> Path:
-    """Write the full layout of `folder`, a compact folder (see [`is_compact_folder`]), into `output` (replaced if it
-    exists, atomically). The files `folder` has are kept byte for byte, its model card included; `folder` itself
+def complete_hub_folder(folder: str | os.PathLike, output: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write the full layout of `folder`, a compact folder (see [`is_compact_folder`]), into `output`, atomically (an
+    existing `output` is replaced only if a harmon writer made it and `overwrite` is set). The files `folder` has are kept byte for byte, its model card included; `folder` itself
     is not changed. Raises `ValueError` for a folder that is not compact."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -164,20 +166,20 @@ def complete_hub_folder(folder: str | os.PathLike, output: str | os.PathLike) ->
         problems = "; ".join(check_hub_folder(folder)) or "nothing is missing"
         raise ValueError(f"folder {str(folder)!r} is not a compact Harmon folder to complete ({problems}).")
     # `dtype="auto"`: the weights are saved again in the dtype they were stored in, so they keep their bytes.
-    model = AutoModel.from_pretrained(folder, dtype="auto")
+    model = AutoModel.from_pretrained(folder, dtype="auto", trust_remote_code=False)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    processor = HarmonProcessor.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    processor = HarmonProcessor.from_pretrained(folder, trust_remote_code=False)
 
     def keep_card(staging: Path) -> None:
         shutil.copyfile(folder / "README.md", staging / "README.md")
 
-    with atomic_directory(output) as staging:
+    with replace_folder(output, "harmon complete_hub_folder", overwrite, [folder], argument="output") as staging:
         write_hub_files(staging, model, tokenizer, processor=processor, card_writer=keep_card)
         # Saving again may format a file differently (a newer library version, say); what the folder has wins, and
         # the components are linked again so that they stay copies of the root.
         for path in folder.iterdir():
-            if path.is_file():
+            if path.is_file() and path.name != MARKER:  # the marker names the writer of this folder
                 shutil.copyfile(path, staging / path.name)
         for component in (MODEL_COMPONENT, TOKENIZER_COMPONENT):
             for path in (staging / component).iterdir():
@@ -187,6 +189,31 @@ def complete_hub_folder(folder: str | os.PathLike, output: str | os.PathLike) ->
         if problems:
             raise ValueError(f"completing {str(folder)!r} left problems: {'; '.join(problems)}.")
     return Path(output)
+
+
+# Never published: pickles (a training folder's `training_args.bin`, optimizer and RNG states; loading a pickle can run
+# code) and harmon's own output marker.
+PUSH_IGNORE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", MARKER]
+
+
+def _ignored(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for pattern in PUSH_IGNORE_PATTERNS)
+
+
+def _staging_copy(folder: Path, staging: Path) -> Path:
+    """`folder`'s publishable files under `staging`: hard links where the filesystem allows it (no copy of the
+    weights), copies otherwise; the card is a real copy, since it may be rewritten."""
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if any(_ignored(part) for part in relative.parts) or path.is_dir():
+            continue
+        target = staging / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if relative == Path("README.md"):
+            shutil.copyfile(path, target)
+        else:
+            _link_or_copy(path, target)
+    return staging
 
 
 def push_hub_folder(
@@ -200,36 +227,55 @@ def push_hub_folder(
 ):
     """Create `repo_id` (if needed) and upload `folder` to it with `huggingface_hub`; returns the commit info.
 
-    A compact folder (the embedded Shapes model, see [`is_compact_folder`]) is completed in a temporary copy first
-    ([`complete_hub_folder`]), so every loader works from the repo. Any other folder without the full layout is
-    refused, so a half-exported folder is never published.
+    Everything is checked before anything is written or sent: the repo id, then the folder's layout. `folder` itself
+    is never changed: the upload is made from a temporary copy (hard links), where the card gets the real repo id
+    and a compact folder (the embedded Shapes model, see [`is_compact_folder`]) is completed first
+    ([`complete_hub_folder`]). Any other folder without the full layout is refused, so a half-exported folder is
+    never published. Pickles (`training_args.bin`, optimizer states) and harmon's marker file are not uploaded.
     """
     import tempfile
 
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+        if "/" not in repo_id:
+            raise HFValidationError("it needs a namespace")
+    except HFValidationError as error:
+        raise ValueError(f"repo_id must look like ORG/NAME (letters, digits, '-', '_', '.'), got {repo_id!r}: "
+                         f"{error}") from None  # fmt: skip
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"folder must be an exported Harmon folder, got {str(folder)!r} (not a directory).")
     problems = check_hub_folder(folder)
-    if _is_compact(folder, problems):
-        with tempfile.TemporaryDirectory(prefix="harmon-push-") as scratch:
-            completed = complete_hub_folder(folder, Path(scratch) / folder.name)
-            return push_hub_folder(completed, repo_id, private, revision, token, commit_message, api)
-    if problems:
+    compact = _is_compact(folder, problems)
+    if problems and not compact:
         raise ValueError(f"{folder} is not a complete Harmon Hub folder: {'; '.join(problems)}.")
-    from huggingface_hub import HfApi
+    with tempfile.TemporaryDirectory(prefix="harmon-push-") as scratch:
+        staging = Path(scratch) / folder.name
+        if compact:
+            complete_hub_folder(folder, staging)
+        else:
+            _staging_copy(folder, staging)
+        for path in staging.rglob("*"):
+            if _ignored(path.name):
+                path.unlink()
+        readme = staging / "README.md"
+        if REPO_PLACEHOLDER in readme.read_text(encoding="utf-8"):
+            # An exported card does not know its repo yet; give its snippets the real id before publishing.
+            write_model_card(staging, repo_id=repo_id)
+        if api is None:
+            from huggingface_hub import HfApi
 
-    readme = folder / "README.md"
-    if REPO_PLACEHOLDER in readme.read_text(encoding="utf-8"):
-        # An exported card does not know its repo yet; give its snippets the real id before publishing.
-        write_model_card(folder, repo_id=repo_id)
-    api = api or HfApi(token=token)
-    api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
-    if revision is not None:
-        api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True)
-    return api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        revision=revision,
-        commit_message=commit_message or "Upload Harmon checkpoint",
-        repo_type="model",
-    )
+            api = HfApi(token=token)
+        api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision is not None:
+            api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True)
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(staging),
+            revision=revision,
+            commit_message=commit_message or "Upload Harmon checkpoint",
+            repo_type="model",
+            ignore_patterns=PUSH_IGNORE_PATTERNS,
+        )

@@ -42,3 +42,12 @@ def tiny_model(tiny):
 @pytest.fixture(scope="session")
 def tokenizer(tiny):
     return tiny[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tiny_model, tokenizer):
+    """A folder holding the tiny model and its tokenizer (`save_pretrained`); tests must not modify it."""
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    tiny_model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

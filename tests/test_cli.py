@@ -22,7 +22,7 @@ from harmon_pipelines import HarmonText2ImagePipeline, default_model
 from modeling_harmon.atomic_files import write_png
 from harmon_pipelines.cli import main
 from harmon_pipelines.default_model import DEFAULT_MODEL_DIR
-from harmon_pipelines.hub import check_hub_folder
+from harmon_pipelines.hub import PUSH_IGNORE_PATTERNS, check_hub_folder
 from modeling_harmon import HarmonProcessor
 from modeling_harmon.demo import answer
 
@@ -304,12 +304,14 @@ def test_push_uploads_through_the_hub_api(converted, capsys, monkeypatch):
                           "--token", "hf_secret")  # fmt: skip
     assert code == 0, err
     assert out == "https://huggingface.co/org/name/commit/abc\n"
+    upload = calls[-1][1]
+    assert Path(upload.pop("folder_path")).name == Path(converted).name  # a temporary copy: the folder is not edited
     assert calls == [
         ("init", {"token": "hf_secret"}),
         ("create_repo", {"repo_id": "org/name", "private": True, "exist_ok": True, "repo_type": "model"}),
         ("create_branch", {"repo_id": "org/name", "branch": "dev", "exist_ok": True}),
-        ("upload_folder", {"repo_id": "org/name", "folder_path": str(converted), "revision": "dev",
-                           "commit_message": "Upload Harmon checkpoint", "repo_type": "model"}),
+        ("upload_folder", {"repo_id": "org/name", "revision": "dev", "commit_message": "Upload Harmon checkpoint",
+                           "repo_type": "model", "ignore_patterns": PUSH_IGNORE_PATTERNS}),
     ]  # fmt: skip
 
 

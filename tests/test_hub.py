@@ -5,6 +5,7 @@ the `HfApi` boundary."""
 
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from harmon_pipelines.hub import (
     check_hub_folder, complete_hub_folder, is_compact_folder, push_hub_folder, save_hub_folder
 )  # fmt: skip
 from modeling_harmon import HarmonProcessor
+from modeling_harmon.output_folders import MARKER
 
 from .hub_utils import child_env, interpreters, make_offline_cache, run_python
 
@@ -244,19 +246,51 @@ class RecordingApi:
         return "commit-info"
 
 
+class SnapshotApi(RecordingApi):
+    """Also records what the uploaded folder held (it is a temporary copy, gone after the call)."""
+
+    def upload_folder(self, **kwargs):
+        root = Path(kwargs["folder_path"])
+        kwargs["files"] = {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()}
+        return super().upload_folder(**kwargs)
+
+
+def _tree(folder) -> dict:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in Path(folder).rglob("*") if path.is_file()}
+
+
 def test_push_calls_hfapi(exported, tmp_path):
     import shutil
 
     folder = shutil.copytree(exported[0], tmp_path / "tiny-harmon")
-    api = RecordingApi()
+    torch.save({"not": "published"}, folder / "training_args.bin")  # a training folder's pickle
+    before = _tree(folder)
+    api = SnapshotApi()
     result = push_hub_folder(folder, "me/harmon-tiny", private=True, revision="v1", api=api)
     assert result == "commit-info"
     assert [name for name, _ in api.calls] == ["create_repo", "create_branch", "upload_folder"]
     assert api.calls[0][1] == {"repo_id": "me/harmon-tiny", "private": True, "exist_ok": True, "repo_type": "model"}
     assert api.calls[1][1] == {"repo_id": "me/harmon-tiny", "branch": "v1", "exist_ok": True}
     upload = api.calls[2][1]
-    assert "me/harmon-tiny" in (folder / "README.md").read_text()  # the card's snippets name the real repo
-    assert upload["folder_path"] == str(folder) and upload["revision"] == "v1" and upload["repo_id"] == "me/harmon-tiny"
+    assert "me/harmon-tiny" in upload["files"]["README.md"].decode()  # the card's snippets name the real repo
+    assert _tree(folder) == before  # the folder itself is never edited
+    assert "training_args.bin" not in upload["files"] and "*.bin" in upload["ignore_patterns"]
+    assert {name: data for name, data in upload["files"].items() if name != "README.md"} == {
+        name: data for name, data in before.items() if name not in ("README.md", "training_args.bin", MARKER)
+    }
+    assert upload["folder_path"] != str(folder) and upload["revision"] == "v1" and upload["repo_id"] == "me/harmon-tiny"
+
+
+@pytest.mark.parametrize("repo_id", ["not a repo", "me/", "x" * 200 + "/y", "me/harmon--tiny..", "harmon-tiny", ""])
+def test_push_validates_the_repo_id_before_touching_anything(exported, tmp_path, repo_id):
+    import shutil
+
+    folder = shutil.copytree(exported[0], tmp_path / "tiny-harmon")
+    before = _tree(folder)
+    api = RecordingApi()
+    with pytest.raises(ValueError, match="repo_id"):
+        push_hub_folder(folder, repo_id, api=api)
+    assert api.calls == [] and _tree(folder) == before
 
 
 def test_push_refuses_incomplete_folder(tmp_path):
@@ -282,7 +316,8 @@ def _compact_copy(folder, target):
 
 
 def _files(folder) -> dict:
-    return {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    """The folder's files, without harmon's output marker (each writer marks its own folder)."""
+    return {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file() and path.name != MARKER}
 
 
 def test_compact_folder_is_completed_and_every_entry_point_works(exported, expected, tmp_path):
@@ -295,7 +330,7 @@ def test_compact_folder_is_completed_and_every_entry_point_works(exported, expec
     assert _files(compact) == before  # the compact folder is not touched
     after = _files(completed)
     assert {name: after[name] for name in before} == before  # its files are kept byte for byte, the card included
-    assert set(after) - set(before) == {path.name for path in folder.iterdir() if path.is_file()} - set(before)
+    assert set(after) - set(before) == set(_files(folder)) - set(before)
     output = tmp_path / "out.npz"
     arguments = [str(completed), str(image_path), str(output)]
     stdout = run_python(interpreters()[0], REMOTE_CHILD, tmp_path, child_env(tmp_path), arguments)

@@ -23,14 +23,6 @@ COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_model, tokenizer):
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    tiny_model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """Four tiny sources: captions and text-to-image pairs (jsonl), LLaVA VQA (jsonl), text chat (jsonl)."""
     root = tmp_path_factory.mktemp("data")

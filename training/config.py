@@ -118,8 +118,15 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
+def _yaml(text: str, where: str):
+    """`text` parsed as YAML; a syntax error is a [`ConfigError`] naming `where` and the position."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError(f"{where} is not valid YAML ({problem}{at}).") from None
 
 
 class ConfigError(ValueError):
@@ -145,7 +152,7 @@ def set_value(config: dict, assignment: str) -> dict:
         raise ConfigError(f"--set expects key.path=value, got {assignment!r}.")
     path, raw = assignment.split("=", 1)
     keys = path.strip().split(".")
-    value = _yaml(raw) if raw.strip() else None
+    value = _yaml(raw, f"--set {path.strip()}: the value {raw!r}") if raw.strip() else None
     node, checked = config, DEFAULTS
     for depth, key in enumerate(keys[:-1]):
         prefix = ".".join(keys[: depth + 1])
@@ -170,7 +177,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"--config {str(path)!r}: no such file.")
-        loaded = _yaml(path.read_text(encoding="utf-8")) or {}
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"--config {str(path)!r} cannot be read as UTF-8 text ({error}).") from None
+        loaded = _yaml(text, f"--config {str(path)!r}") or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"--config {str(path)!r} must hold a mapping at the top level.")
         config = _merge(config, loaded)

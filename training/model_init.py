@@ -13,9 +13,10 @@ from modeling_harmon import HARMON_PRESETS, HarmonConfig, HarmonForConditionalGe
 
 
 def _tokenizer_with_image_token(path: str):
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    # trust_remote_code=False throughout: a checkpoint's own code runs only where the user asked for it.
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if getattr(tokenizer, "image_token", None) is None:
-        tokenizer = AutoTokenizer.from_pretrained(path, extra_special_tokens={"image_token": "<image>"})
+        tokenizer = AutoTokenizer.from_pretrained(path, extra_special_tokens={"image_token": "<image>"}, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -36,7 +37,7 @@ def build_new_model(settings: dict) -> tuple[HarmonForConditionalGeneration, obj
     spec = dict(spec)
     llm = None
     if settings.get("llm"):
-        llm = AutoModel.from_pretrained(settings["llm"])
+        llm = AutoModel.from_pretrained(settings["llm"], trust_remote_code=False)
         spec["text_config"] = llm.config.to_dict()
     vae = None
     if settings.get("vae"):
@@ -71,7 +72,7 @@ def _config_overrides(settings: dict) -> dict:
         raise ConfigError(
             f"model.config with init: pretrained must be a mapping of config attributes to change, got {overrides!r}."
         )
-    config = AutoConfig.from_pretrained(settings["path"])
+    config = AutoConfig.from_pretrained(settings["path"], trust_remote_code=False)
     unknown = sorted(name for name in overrides if not hasattr(config, name))
     if unknown:
         raise ConfigError(f"model.config: {unknown} are not attributes of the checkpoint's {type(config).__name__}.")
@@ -87,7 +88,7 @@ def load_model(settings: dict, dtype: str = "float32") -> tuple[HarmonForConditi
     else:
         if not settings.get("path"):
             raise ConfigError("model.init=pretrained needs --model PATH_OR_REPO (or model.path in the config).")
-        model = AutoModel.from_pretrained(settings["path"], **_config_overrides(settings))
+        model = AutoModel.from_pretrained(settings["path"], trust_remote_code=False, **_config_overrides(settings))
         if not isinstance(model, HarmonForConditionalGeneration):
             raise ConfigError(f"--model {settings['path']!r} is a {type(model).__name__}, not a Harmon checkpoint.")
         tokenizer = _tokenizer_with_image_token(settings["path"])

@@ -1,7 +1,8 @@
 """Train Harmon: the paper's three stages, fine-tuning, decoder-only and LoRA runs from one script.
 
     python -m training.train --config training/configs/stage1_alignment.yaml --model harmon-0.5b-hf/ \\
-        --output-dir runs/stage1 [--max-steps N] [--resume] [--data KIND=FORMAT:PATH ...] [--set key=value ...] [--lora]
+        --output-dir runs/stage1 [--max-steps N] [--resume | --overwrite] [--data KIND=FORMAT:PATH ...] \\
+        [--set key=value ...] [--lora]
 
 KIND is caption, vqa, text or t2i; FORMAT is reference_folder, llava_json, jsonl or hf; options follow a `?`
 (`caption=jsonl:data/caps.jsonl?weight=2`). `--data` replaces the config's sources of that kind and keeps the
@@ -11,11 +12,17 @@ Several processes: `torchrun --nproc_per_node N -m training.train ...` (CPU: glo
 `accelerate launch --num_processes N -m training.train ...` on GPUs (`accelerate launch --cpu --num_processes N`
 silently runs ONE process: use torchrun on CPUs). DeepSpeed ZeRO-2 / FSDP: `--set train.deepspeed=...` is not a
 key; pass the files in training/configs/ to `accelerate launch --config_file`.
+
+A fresh run needs a new or empty `--output-dir`; one that holds files needs `--resume` or `--overwrite`
+(training/run_folder.py). Mistakes in the arguments, the config or the data paths end the command before the model
+loads, with exit status 2 and one line. The samples skipped as unusable are printed at the end and saved in
+`--output-dir/data_skips.json`.
 """
 
 import argparse
 import json
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -24,12 +31,14 @@ from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from modeling_harmon import HarmonProcessor
+from modeling_harmon.output_folders import OutputFolderError, replace_folder
 
 from .config import ConfigError, load_config, replace_sources, resolve_bf16
 from .data import LatentsCache, MicroBatchStream, SourceSpec
 from .ema import EmaCallback
 from .lora import apply_lora, merge_adapter
 from .model_init import load_model
+from .run_folder import input_paths, prepare_run_folder
 from .trainer import HarmonTrainer, apply_trainable, micro_batches_per_step
 
 
@@ -42,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default=None, help="run folder (checkpoints, final model)")
     parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train into a non-empty --output-dir again (harmon's checkpoints there are removed first)")
     parser.add_argument("--data", action="append", default=[], metavar="KIND=FORMAT:PATH[?opts]")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     parser.add_argument("--lora", action="store_true", help="same as --set lora.enabled=true")
@@ -67,7 +78,24 @@ def resolve_config(args) -> dict:
         config = replace_sources(config, specs)
     if not config["data"]["sources"]:
         raise ConfigError("no data: give data.sources in the config or --data KIND=FORMAT:PATH.")
+    check_data_paths(config)
     return config
+
+
+def check_data_paths(config: dict) -> None:
+    """Refuse a bad data source, or one whose local file or folder is missing, now rather than after the model has
+    loaded. (`hf` paths may be Hub dataset ids, which only the datasets library can resolve.)"""
+    for number, source in enumerate(config["data"]["sources"]):
+        try:
+            spec = SourceSpec.from_dict(source)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"data.sources[{number}]: {error}") from None
+        where = f"data source {spec.kind}={spec.format}:{spec.path}"
+        paths = [("path", spec.path)] if spec.format != "hf" else []
+        paths += [(name, getattr(spec, name)) for name in ("image_folder", "annotation_folder") if getattr(spec, name)]
+        for name, path in paths:
+            if not os.path.exists(path):
+                raise ConfigError(f"{where}: {name} {path!r}: no such file or folder.")
 
 
 def training_arguments(config: dict, world_size: int) -> TrainingArguments:
@@ -118,6 +146,9 @@ def checkpoint_writer(tokenizer, processor, lora_enabled: bool):
 
 def run(args) -> Path:
     config = resolve_config(args)
+    inputs = input_paths(config, args.config)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    prepare_run_folder(config["train"]["output_dir"], args.resume, args.overwrite, inputs, is_main)
     set_seed(config["train"]["seed"])
     model, tokenizer = load_model(config["model"], config["model"]["dtype"])
     processor = HarmonProcessor.from_model_config(model.config, tokenizer, image_size=config["image_size"])
@@ -147,6 +178,7 @@ def run(args) -> Path:
             world_size=world,
             start=start,
             latents_cache=LatentsCache(data["latents_cache"]) if data["latents_cache"] else None,
+            report_skips=True,
         )
 
     ema = None
@@ -182,26 +214,62 @@ def run(args) -> Path:
         # `seed + rank`: with the Trainer's one seed, the micro-batches of all ranks at a step would share their noise.
         # Rank 0 keeps the seed, so a one-process run is unchanged; a resumed run restores each rank's RNG state.
         set_seed(config["train"]["seed"] + rank)
-        trainer.train(resume_from_checkpoint=checkpoint)
+        try:
+            trainer.train(resume_from_checkpoint=checkpoint)
+        except pickle.UnpicklingError:
+            if checkpoint is None:
+                raise
+            # torch.load(weights_only=True) refused a state file (optimizer, scheduler, RNG): it holds more than
+            # tensors. torch's own message suggests loading it unsafely; this one does not.
+            raise ConfigError(
+                f"--resume: {checkpoint!r} holds a state file that is not plain tensors (a pickle that would build "
+                "Python objects); it was refused, not loaded. Resume from another checkpoint, or start again with "
+                "--overwrite."
+            ) from None
 
-    final = Path(config["train"]["output_dir"]) / "final"
+    output_dir = Path(config["train"]["output_dir"])
+    final = output_dir / "final"
     if ema is not None:
         ema.copy_to_model()  # the final model is the average (checkpoints keep the raw weights for --resume)
-    trainer.save_model(str(final))
-    if config["lora"]["enabled"] and config["lora"]["merge_at_end"] and trainer.args.should_save:
-        from harmon_pipelines.hub import save_hub_folder
-
-        base, _ = load_model(config["model"], config["model"]["dtype"])
-        save_hub_folder(final / "merged", merge_adapter(base, str(final)), tokenizer, processor=processor)
+    save_final(trainer, final, inputs, config, tokenizer, processor)
+    report_skips(trainer.skipped_samples_all_ranks(), output_dir, trainer.args.should_save)
     return final
+
+
+def save_final(trainer, final: Path, inputs: list[str], config: dict, tokenizer, processor) -> None:
+    """`final/` (and `final/merged/` for a merged LoRA run) staged and swapped in like a checkpoint, so a kill while
+    saving never leaves weights without their tokenizer and processor."""
+    if not trainer.args.should_save:
+        trainer.save_model(str(final))  # a collective on some backends; this rank writes nothing
+        return
+    with replace_folder(final, "training.train", overwrite=True, inputs=inputs, argument="--output-dir final/") as staging:
+        trainer.save_model(str(staging))
+        if config["lora"]["enabled"] and config["lora"]["merge_at_end"]:
+            from harmon_pipelines.hub import write_hub_files
+
+            base, _ = load_model(config["model"], config["model"]["dtype"])
+            write_hub_files(staging / "merged", merge_adapter(base, str(staging)), tokenizer, processor=processor)
+
+
+def report_skips(counts: dict[str, int], output_dir: Path, is_main: bool) -> None:
+    """Print the samples skipped as unusable (by reason, all ranks) and save them in `data_skips.json`."""
+    if not is_main:
+        return
+    from modeling_harmon.atomic_files import write_json
+
+    total = sum(counts.values())
+    shown = ", ".join(f"{reason} {count}" for reason, count in counts.items()) or "none"
+    print(f"data: {total} samples skipped as unusable ({shown}); see {output_dir / 'data_skips.json'}", file=sys.stderr)
+    write_json({"skipped": counts, "total": total, "note": "counted by this process run (since its start or resume)"},
+               output_dir / "data_skips.json")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ConfigError, OutputFolderError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

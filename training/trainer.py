@@ -11,17 +11,20 @@ What the stock Trainer does not know and this subclass adds:
 """
 
 import math
-import os
 import re
 import shutil
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
+
+from modeling_harmon.output_folders import (
+    clean_stale_siblings, is_marked, staging_name, swap_in_folder, usual_permissions, write_marker, writer_id,
+)  # fmt: skip
 
 
 TASKS = ("text", "image2text", "text2image")
@@ -120,6 +123,7 @@ class HarmonTrainer(Trainer):
         self._task_batches = defaultdict(int)
         self._samples = 0
         self._last_log_time = time.time()
+        self.skipped_samples = Counter()  # this rank's data skips by reason (the stream reports them per batch)
 
     # ------------------------------------------------------------------------------------------------ data
     def get_train_dataloader(self) -> DataLoader:
@@ -162,6 +166,8 @@ class HarmonTrainer(Trainer):
         """Forward and backward of ONE single-task micro-batch: loss weight, 1/accumulation scaling and, if
         configured, clipping of this task's own gradient contribution before it joins the accumulated gradient."""
         model.train()
+        inputs = dict(inputs)
+        self.skipped_samples.update(inputs.pop("skipped", None) or {})
         task = inputs["task"]
         samples = int(inputs["input_ids"].shape[0])
         inputs = self._prepare_inputs(inputs)
@@ -192,6 +198,18 @@ class HarmonTrainer(Trainer):
         self._task_batches[task] += 1
         self._samples += samples
         return weighted.detach()
+
+    def skipped_samples_all_ranks(self) -> dict[str, int]:
+        """Skipped samples by reason, summed over the ranks (a collective: every rank must call it)."""
+        reasons = sorted(self.skipped_samples)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            from accelerate.utils import gather_object
+
+            merged = Counter()
+            for counts in gather_object([dict(self.skipped_samples)]):
+                merged.update(counts)
+            return dict(sorted(merged.items()))
+        return {reason: self.skipped_samples[reason] for reason in reasons}
 
     # ------------------------------------------------------------------------------------------------ logs
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -224,14 +242,17 @@ class HarmonTrainer(Trainer):
         torch.save(self.args, output_dir / "training_args.bin")
 
     def _save_checkpoint(self, model, trial) -> None:
-        """Write `checkpoint-N` into a hidden staging folder and rename it into place when complete, so a crash
-        never leaves a half-written checkpoint that `--resume` would pick."""
+        """Write `checkpoint-N` into a hidden staging folder and swap it into place when complete, so a crash never
+        leaves a half-written checkpoint that `--resume` would pick, nor loses an existing one. The staging name
+        carries rank 0's host and PID (every rank writes its RNG state there), so a later run removes it only once
+        this run is gone (`output_folders.clean_stale_siblings`)."""
         run_dir = Path(self._get_output_dir(trial=trial))
         name = f"checkpoint-{self.state.global_step}"
-        staging_root = run_dir / f".staging-{name}"
         final = run_dir / name
+        staging_root = run_dir / staging_name(final, self._writer_id())
         if self.args.should_save:
-            shutil.rmtree(staging_root, ignore_errors=True)
+            clean_stale_siblings(final)
+            shutil.rmtree(staging_root, ignore_errors=True)  # this run's own, from an interrupted save
         self.accelerator.wait_for_everyone()
         output_dir = self.args.output_dir
         limit = self.args.save_total_limit
@@ -244,12 +265,23 @@ class HarmonTrainer(Trainer):
             self.ema.save(staging_root / name)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(staging_root / name, final)
+            write_marker(staging_root / name, "training.train")
+            usual_permissions(staging_root / name)
+            swap_in_folder(staging_root / name, final)
             shutil.rmtree(staging_root, ignore_errors=True)
             _keep_newest_checkpoints(run_dir, self.args.save_total_limit)
         self.accelerator.wait_for_everyone()
+
+    def _writer_id(self) -> str:
+        """Rank 0's "HOST.PID", the same on every rank."""
+        if getattr(self, "_harmon_writer_id", None) is None:
+            from accelerate.utils import broadcast_object_list
+
+            value = [writer_id()]
+            if self.accelerator.num_processes > 1:
+                broadcast_object_list(value, from_process=0)
+            self._harmon_writer_id = value[0]
+        return self._harmon_writer_id
 
 
 def average_gradients_across_ranks(parameters: list[torch.nn.Parameter]) -> None:
@@ -280,7 +312,10 @@ def _keep_newest_checkpoints(run_dir: Path, limit: int | None) -> None:
     rotation helper moved between transformers releases; this rule is the same on all of them.)"""
     if not limit or limit < 1:
         return
-    steps = sorted(int(path.name.split("-")[1]) for path in run_dir.glob("checkpoint-*") if path.name.split("-")[1].isdigit())
+    steps = sorted(
+        int(path.name.split("-")[1]) for path in run_dir.glob("checkpoint-*")
+        if path.name.split("-")[1].isdigit() and is_marked(path)  # only the checkpoints harmon wrote
+    )  # fmt: skip
     for step in steps[:-limit]:
         shutil.rmtree(run_dir / f"checkpoint-{step}", ignore_errors=True)
 

@@ -286,9 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> SFTTrainer:
     """Train and save the adapter and processor to `args.output_dir`; returns the trainer."""
     # float32 weights, as TRL loads them; `bf16` autocasts the computation.
-    model = AutoModel.from_pretrained(args.model, dtype=torch.float32)
+    model = AutoModel.from_pretrained(args.model, dtype=torch.float32, trust_remote_code=False)
     processor = HarmonProcessor.from_model_config(
-        model.config, AutoTokenizer.from_pretrained(args.model), image_size=args.image_size
+        model.config, AutoTokenizer.from_pretrained(args.model, trust_remote_code=False), image_size=args.image_size
     )
     dataset = load_llava_dataset(args.data, args.image_folder, every_turn=not args.last_turn_only)
     lora = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout}

@@ -82,6 +82,8 @@ class MicroBatchStream(IterableDataset):
         start (`int`): the first position `__iter__` yields (the number of micro-batches already trained on).
         latents_cache (`LatentsCache`, *optional*): precomputed latents for text-to-image sources.
         caption_prompts (`tuple[str]`): instructions for caption samples (default: `DENSE_CAPTION_PROMPTS`).
+        report_skips (`bool`): each batch `__iter__` yields also carries `"skipped"`, the samples skipped while
+            building it by reason (nonzero ones only), so a consumer in another process can count them.
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class MicroBatchStream(IterableDataset):
         start: int = 0,
         latents_cache=None,
         caption_prompts: tuple[str, ...] = DENSE_CAPTION_PROMPTS,
+        report_skips: bool = False,
     ) -> None:
         self.seed = _check_int("seed", seed, 0)
         self.world_size = _check_int("world_size", world_size, 1)
@@ -175,6 +178,7 @@ class MicroBatchStream(IterableDataset):
             for task, entries in self._entries.items()
         }
         self.stats = dict.fromkeys(SKIP_REASONS, 0)
+        self.report_skips = report_skips
         self._num_readers = 1  # data-loader workers sharing this rank's streaming sources
         self._readers, self._last_streamed = {}, {}
 
@@ -266,9 +270,13 @@ class MicroBatchStream(IterableDataset):
         self._readers, self._last_streamed = {}, {}
         position = self.start + worker
         while True:
+            before = dict(self.stats)
             batch = self.batch_at(position)
             position += self._num_readers
             self.position = position
+            if self.report_skips:
+                # The consumer may be in another process (DataLoader workers), so the counts travel with the batch.
+                batch["skipped"] = {key: count - before[key] for key, count in self.stats.items() if count > before[key]}
             yield batch
 
     def __getstate__(self) -> dict:

@@ -27,7 +27,7 @@ python -m training.train --config training/configs/shapes/stage1_alignment.yaml
 python -m training.train --config training/configs/shapes/stage2_joint.yaml
 python -m training.train --config training/configs/shapes/stage3_high_quality.yaml
 python -m training.shapes.export_default --model runs/shapes/stage3/final --output pipelines/default_model \\
-    --temperature 0.05 --guidance-scale 1.25 --num-iter 6                                # bf16, sampling defaults
+    --overwrite --temperature 0.05 --guidance-scale 1.25 --num-iter 6                    # bf16, sampling defaults
 python -m training.shapes.write_floor --folder pipelines/default_model                  # CI regression floor
 harmon eval shapes --n 540 --json shapes_eval.json"""
 

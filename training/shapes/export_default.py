@@ -14,19 +14,22 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from modeling_harmon.atomic_files import atomic_directory
+from modeling_harmon.output_folders import OutputFolderError, check_output_folder, replace_folder
 
 
 # Sampling settings of the demo model (stored as its `generation_config.image_generation`).
 DEMO_IMAGE_GENERATION = {"num_iter": 16, "guidance_scale": 3.0, "temperature": 1.0, "num_sampling_steps": 50}
 
 
-def export(model_dir: str, output: Path, x0_clamp: float | None, **sampling) -> Path:
-    """Write the bf16 folder; `sampling` overrides entries of DEMO_IMAGE_GENERATION (e.g. temperature=0.8)."""
+def export(model_dir: str, output: Path, x0_clamp: float | None, overwrite: bool = False, **sampling) -> Path:
+    """Write the bf16 folder; `sampling` overrides entries of DEMO_IMAGE_GENERATION (e.g. temperature=0.8). An
+    existing `output` is replaced only if a harmon writer made it and `overwrite` is set."""
     from harmon_pipelines.hub import write_hub_files
 
-    model = AutoModel.from_pretrained(model_dir).eval().to(torch.bfloat16)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    check_output_folder(output, overwrite, [model_dir])
+
+    model = AutoModel.from_pretrained(model_dir, trust_remote_code=False).eval().to(torch.bfloat16)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     settings = dict(getattr(model.generation_config, "image_generation", None) or {})
     unknown = sorted(set(sampling) - set(DEMO_IMAGE_GENERATION))
     if unknown:
@@ -38,7 +41,7 @@ def export(model_dir: str, output: Path, x0_clamp: float | None, **sampling) -> 
     # transformers replaces a generation config marked as derived from the model config when it loads one, which
     # would drop these settings.
     model.generation_config._from_model_config = False
-    with atomic_directory(output) as staging:
+    with replace_folder(output, "training.shapes.export_default", overwrite, [model_dir]) as staging:
         write_hub_files(staging, model, tokenizer)
         for path in list(staging.glob("*.py")) + [staging / "model", staging / "tokenizer", staging / "model_index.json"]:
             if path.is_dir():
@@ -54,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if a harmon writer made it")
     parser.add_argument(
         "--x0-clamp", type=float, default=7.0,
         help="clamp of the head's x0 prediction, in scaled latents (the Shapes VAE's latents reach |z| ~ 6.9)",
@@ -63,8 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-iter", type=int, default=None, help="default: 16")
     parser.add_argument("--head-steps", type=int, default=None, help="diffusion-head steps (default: 50)")
     args = parser.parse_args(argv)
-    export(args.model, args.output, args.x0_clamp, temperature=args.temperature, guidance_scale=args.guidance_scale,
-           num_iter=args.num_iter, num_sampling_steps=args.head_steps)  # fmt: skip
+    try:
+        export(args.model, args.output, args.x0_clamp, args.overwrite, temperature=args.temperature,
+               guidance_scale=args.guidance_scale, num_iter=args.num_iter, num_sampling_steps=args.head_steps)
+    except (OutputFolderError, ValueError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import json
 import random
 from pathlib import Path
 
-from modeling_harmon.atomic_files import atomic_directory
+from modeling_harmon.output_folders import OutputFolderError, replace_folder
 from .world import render, questions, sample_scene, vocabulary
 
 
@@ -48,8 +48,10 @@ def build_tokenizer():
     )
 
 
-def write_data(output: Path, scenes: int, seed: int) -> None:
-    with atomic_directory(output) as staging:
+def write_data(output: Path, scenes: int, seed: int, overwrite: bool = False) -> None:
+    """Write the data folder atomically; an existing one is replaced only if a harmon writer made it and `overwrite`
+    is set."""
+    with replace_folder(output, "training.shapes.make_data", overwrite) as staging:
         (staging / "images").mkdir()
         rng = random.Random(seed)
         with open(staging / "captions.jsonl", "w") as captions, open(staging / "vqa.jsonl", "w") as vqa:
@@ -73,8 +75,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--scenes", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if a harmon writer made it")
     args = parser.parse_args(argv)
-    write_data(args.output, args.scenes, args.seed)
+    try:
+        write_data(args.output, args.scenes, args.seed, args.overwrite)
+    except OutputFolderError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
 if __name__ == "__main__":

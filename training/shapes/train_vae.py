@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from modeling_harmon.atomic_files import atomic_directory, atomic_path
+from modeling_harmon.atomic_files import atomic_path
+from modeling_harmon.output_folders import OutputFolderError, check_output_folder, replace_folder
 from .world import IMAGE_SIZE, render, sample_scene
 
 
@@ -51,7 +52,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(4.0 / max(mse, 1e-12))
 
 
-def train(output: Path, steps: int, batch_size: int, lr: float, kl_weight: float, seed: int, resume: bool) -> dict:
+def train(output: Path, steps: int, batch_size: int, lr: float, kl_weight: float, seed: int, resume: bool,
+          overwrite: bool = False) -> dict:
+    check_output_folder(output, overwrite)  # before the training, not after it
     torch.manual_seed(seed)
     vae = AutoencoderKL(**VAE_CONFIG)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
@@ -96,7 +99,7 @@ def train(output: Path, steps: int, batch_size: int, lr: float, kl_weight: float
         scaling = 1.0 / float(means.std())
         reconstruction = vae.decode(means).sample
     vae.register_to_config(scaling_factor=scaling)
-    with atomic_directory(output) as staging:
+    with replace_folder(output, "training.shapes.train_vae", overwrite) as staging:
         vae.save_pretrained(staging)
     state_path.unlink(missing_ok=True)
     report = {"steps": steps, "psnr_db": round(psnr(reconstruction, pixels), 2), "scaling_factor": scaling,
@@ -114,8 +117,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kl-weight", type=float, default=1e-6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if a harmon writer made it")
     args = parser.parse_args(argv)
-    train(args.output, args.steps, args.batch_size, args.lr, args.kl_weight, args.seed, args.resume)
+    try:
+        train(args.output, args.steps, args.batch_size, args.lr, args.kl_weight, args.seed, args.resume, args.overwrite)
+    except OutputFolderError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
 if __name__ == "__main__":
