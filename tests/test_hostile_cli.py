@@ -364,3 +364,30 @@ def test_convert_writes_files_with_the_usual_permissions(tmp_path, capsys):
              for path in (tmp_path / "out").rglob("*") if path.is_file()}  # fmt: skip
     assert modes["out/model.safetensors"] == "0o644"
     assert set(modes.values()) == {"0o644"}, modes
+
+
+def test_batch_interrupted_between_image_and_sidecar_resumes_to_the_same_files(root, tmp_path, capsys, monkeypatch):
+    """A kill after an image's PNG but before its JSON (each written atomically) leaves an unfinished image, which the
+    rerun redraws: the folder ends as an uninterrupted run's, byte for byte."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a red circle"}\n{"prompt": "a blue square", "seed": 7}\n{"prompt": "a tree"}\n')
+    arguments = ["generate", "--prompts", prompts, "--model", root / "model", *FAST, "-n", "2"]
+    assert _generate(capsys, *arguments, "--outdir", tmp_path / "whole")[0] == 0
+    written = []
+    write_json = cli.write_json
+
+    def killed_at_the_fourth(data, path):
+        if len(written) == 3:
+            raise KeyboardInterrupt  # stands in for kill -9: nothing after this point runs
+        written.append(path)
+        write_json(data, path)
+
+    monkeypatch.setattr(cli, "write_json", killed_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        main([str(item) for item in [*arguments, "--outdir", tmp_path / "killed"]])
+    monkeypatch.setattr(cli, "write_json", write_json)
+    assert sorted(path.name for path in (tmp_path / "killed").glob("*.json")) == sorted(p.name for p in written)
+    code, err = _generate(capsys, *arguments, "--outdir", tmp_path / "killed")
+    assert code == 0 and "3 already written, 3 to draw" in err, err
+    contents = [{name: entry[2] for name, entry in snapshot(tmp_path / run).items()} for run in ("killed", "whole")]
+    assert contents[0] == contents[1]

@@ -135,3 +135,29 @@ def test_a_malicious_pickle_in_a_checkpoint_runs_no_code_on_resume(tmp_path, cap
     last = err.strip().splitlines()[-1]  # after the model loaded (its progress lines come first)
     assert status == 2 and last.startswith("error: --resume") and "checkpoint-1" in last, err
     assert "weights_only=False" not in err and "Traceback" not in err
+
+
+def test_a_checkpoint_save_killed_midway_leaves_the_last_one_whole_and_resume_cleans_up(
+    tmp_path, capsys, tiny_dir, captions, monkeypatch
+):
+    import training.trainer as trainer_module
+
+    output = tmp_path / "run"
+    arguments = train_arguments(tiny_dir, captions, output, "--set", "train.save_steps=1")
+    swap = trainer_module.swap_in_folder
+
+    def killed_at_step_2(staging, path):
+        if Path(path).name == "checkpoint-2":
+            raise KeyboardInterrupt  # stands in for kill -9 with the checkpoint complete in staging
+        swap(staging, path)
+
+    monkeypatch.setattr(trainer_module, "swap_in_folder", killed_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(arguments, capsys)
+    monkeypatch.setattr(trainer_module, "swap_in_folder", swap)
+    assert is_marked(output / "checkpoint-1") and not (output / "checkpoint-2").exists()
+    assert len(hidden_siblings(output / "checkpoint-2")) == 1  # the staged copy, left by the "killed" run
+    status, err = run_training([*arguments, "--resume"], capsys)
+    assert status == 0, err
+    assert is_marked(output / "checkpoint-2") and is_marked(output / "final")
+    assert [path.name for path in output.iterdir() if path.name.startswith(".") and path.name != MARKER] == []
