@@ -1,11 +1,20 @@
 """Harmon for transformers and diffusers: unified image understanding and generation."""
 
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 
 # The repository's folders `pipelines/`, `training/` and `model_cards/` are installed under names that cannot clash
 # with other distributions' top-level packages.
 RENAMED = {"harmon_pipelines": "pipelines", "harmon_training": "training", "harmon_model_cards": "model_cards"}
+
+
+def _version() -> str:
+    """`modeling_harmon.__version__`, read from the file: importing the package would import torch."""
+    text = (Path(__file__).parent / "modeling_harmon" / "__init__.py").read_text(encoding="utf-8")
+    return re.search(r'^__version__ = "([^"]+)"', text, re.MULTILINE).group(1)
 
 
 def _packages() -> list[str]:
@@ -30,12 +39,13 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     "train": ["peft>=0.20,<0.22", "datasets>=3.0", "trl>=1.0", "evaluate>=0.4", "pyyaml>=6.0"],
     "test": ["pytest>=8.0"],
+    "lint": ["ruff==0.17.6"],  # pinned: the formatter's output changes between releases
 }
 EXTRAS["dev"] = sorted({requirement for group in EXTRAS.values() for requirement in group})
 
 setup(
     name="harmon-hf",
-    version="0.1.0",
+    version=_version(),
     description=__doc__,
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -14,7 +14,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from modeling_harmon import HarmonConfig, HarmonSamplingSpeedups
-from modeling_harmon.modeling_harmon import _masked_counts
+from modeling_harmon.modeling_harmon_sampler import masked_counts
 from modeling_harmon.modeling_harmon_diffusion import _MODULATION_CHUNK_BYTES, respaced_timesteps
 
 from .common import meta_model, parameter_count
@@ -64,7 +64,7 @@ def seq_len(config: HarmonConfig, shape: GenerationShape) -> int:
 def schedule(seq_len: int, num_iter: int) -> list[tuple[int, int]]:
     """(visible tokens fed to the encoder and LLM, tokens predicted) of each MAR iteration."""
     steps, masked_before = [], seq_len
-    for masked_after in _masked_counts(seq_len, num_iter):
+    for masked_after in masked_counts(seq_len, num_iter):
         steps.append((seq_len - masked_before, masked_before - masked_after))
         masked_before = masked_after
     return steps

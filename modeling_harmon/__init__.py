@@ -5,6 +5,8 @@ Importing the package registers Harmon with the transformers Auto classes, so pi
 imports are also the Hub remote code: they only use single-dot sibling imports.
 """
 
+__version__ = "0.2.0.dev0"  # the one place the version is defined; setup.py reads it without importing the package
+
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 from .configuration_harmon import HARMON_PRESETS, HarmonConfig
@@ -16,6 +18,7 @@ from .modeling_harmon import (
     HarmonPreTrainedModel,
     HarmonSamplingSpeedups,
 )
+from .modeling_harmon_settings import HarmonImageGenerationSettings, HarmonSettingError
 from .processing_harmon import HarmonProcessor
 
 
@@ -34,9 +37,12 @@ __all__ = [
     "HarmonConfig",
     "HarmonForConditionalGeneration",
     "HarmonImageGenerationOutput",
+    "HarmonImageGenerationSettings",
     "HarmonImageProcessor",
     "HarmonModel",
     "HarmonPreTrainedModel",
     "HarmonProcessor",
     "HarmonSamplingSpeedups",
+    "HarmonSettingError",
+    "__version__",
 ]

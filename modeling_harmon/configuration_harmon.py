@@ -5,6 +5,10 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
+# Defaults read only by image generation (never by text generation), stored in `generation_config.image_generation`:
+# the reference scripts' defaults, declared once with the settings themselves.
+from .modeling_harmon_settings import DEFAULT_IMAGE_GENERATION
+
 
 # The reference's chat template (xtuner `qwen_chat` INSTRUCTION) with no system prompt.
 DEFAULT_PROMPT_TEMPLATE = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
@@ -25,20 +29,6 @@ KL16_VAE_CONFIG = {
     "sample_size": 256,
     "scaling_factor": 0.2325,
 }
-
-# Defaults read only by image generation (never by text generation), stored in
-# `generation_config.image_generation`. The reference scripts' defaults.
-DEFAULT_IMAGE_GENERATION = {
-    "num_iter": 64,
-    "guidance_scale": 3.0,
-    "cfg_schedule": "constant",
-    "temperature": 1.0,
-    "num_sampling_steps": None,
-    "x0_clamp": None,
-    "height": None,
-    "width": None,
-}
-
 
 def _qwen25_text_config(hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int) -> dict:
     return {

@@ -14,11 +14,18 @@ from dataclasses import dataclass
 import torch
 from diffusers import AutoencoderKL
 from torch import nn
-from transformers import AutoModel, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_harmon import DEFAULT_IMAGE_GENERATION, HarmonConfig
+from .modeling_harmon_sampler import HarmonMARSampler, PromptBatch, SamplerState
+from .modeling_harmon_settings import (
+    HarmonImageGenerationSettings,
+    HarmonSettingError,
+    _is_int,
+    resolve_image_generation_settings,
+)
 from .modeling_harmon_diffusion import HarmonDiffusionHead, HarmonGaussianDiffusion
 from .modeling_harmon_mar import HarmonMARDecoder, HarmonMAREncoder
 from .modeling_harmon_onednn import onednn_linears
@@ -28,15 +35,6 @@ logger = logging.get_logger(__name__)
 
 # pixel_values may overshoot [-1, 1] by this much (float rounding of a rescale) before they are refused.
 PIXEL_RANGE_TOLERANCE = 1e-3
-
-
-def _is_int(value) -> bool:
-    """An int but not a bool: `isinstance(True, int)` holds, yet `num_iter=True` is a mistake, not 1."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -179,20 +177,10 @@ def _randn(shape, generator: torch.Generator | None, device: torch.device) -> to
     return torch.randn(shape, generator=generator, device=generator.device).to(device)
 
 
-def _masked_counts(seq_len: int, num_iter: int) -> list[int]:
-    """Tokens still masked after each MAR iteration: floor(L cos(pi/2 (k+1)/K)), clipped to [1, masked-1]; 0 at the end."""
-    counts, masked = [], seq_len
-    for step in range(num_iter):
-        if step == num_iter - 1:
-            masked = 0
-        else:
-            target = math.floor(seq_len * math.cos(math.pi / 2.0 * (step + 1) / num_iter))
-            masked = max(1, min(masked - 1, target))
-        counts.append(masked)
-    return counts
-
-
 class HarmonPreTrainedModel(PreTrainedModel):
+    """Base of the Harmon models. `attn_implementation` selects the attention of the LLM (Qwen2: eager, sdpa or
+    flash_attention_2); the MAR encoder and decoder blocks always use torch SDPA, whatever is selected."""
+
     config: HarmonConfig
     config_class = HarmonConfig
     base_model_prefix = "model"
@@ -200,6 +188,8 @@ class HarmonPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["HarmonMARBlock", "HarmonDiffusionResBlock"]
     _skip_keys_device_placement = ["past_key_values"]
+    # `attn_implementation` selects the LLM's attention (Qwen2 supports eager, sdpa and flash attention). The MAR
+    # blocks always run torch SDPA (unmasked, bidirectional: SDPA picks fused kernels itself); see modeling_harmon_mar.py.
     _supports_sdpa = True
     _supports_flash_attn = True
 
@@ -601,17 +591,39 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                 ) from error
         return self._harmon_tokenizer
 
-    def format_generation_prompt(self, prompt: str | None) -> str:
-        """Chat-formatted text-to-image prompt; `None` gives the unconditional prompt."""
-        instruction = (
-            self.config.unconditional_prompt
-            if prompt is None
-            else self.config.generation_prompt.format(prompt=prompt.strip())
-        )
-        return self.config.prompt_template.format(input=instruction)
+    def _prompt_processor(self, tokenizer=None, processor=None):
+        """The processor that formats text-to-image prompts: `processor`, or one made from this model's config around
+        `tokenizer` (or the tokenizer saved with the model). Training formats its prompts with the same processor
+        method (`HarmonProcessor.format_text_to_image_prompt`), so both give the same token ids."""
+        if processor is not None:
+            return processor
+        tokenizer = self._tokenizer(tokenizer)
+        cached = getattr(self, "_harmon_prompt_processor", None)
+        if cached is None or cached.tokenizer is not tokenizer:
+            # The processor's own import, named here too: diffusers copies only the direct relative imports of a local
+            # component's module (model/modeling_harmon.py) into its module cache.
+            from .image_processing_harmon import HarmonImageProcessor  # noqa: F401
+            from .processing_harmon import HarmonProcessor
 
-    def _tokenize_prompts(self, texts: list[str], tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = [tokenizer(text, add_special_tokens=True)["input_ids"] for text in texts]
+            try:
+                cached = HarmonProcessor.from_model_config(self.config, tokenizer)
+            except ValueError as error:
+                raise ValueError(f"tokenizer cannot format Harmon prompts: {error}") from None
+            self._harmon_prompt_processor = cached
+        return cached
+
+    def format_generation_prompt(self, prompt: str | None, tokenizer=None, processor=None) -> str:
+        """Chat-formatted text-to-image prompt (`None`: the unconditional one), by the processor's chat template."""
+        return self._prompt_processor(tokenizer, processor).format_text_to_image_prompt(prompt)
+
+    def tokenize_generation_prompts(
+        self, prompts: list[str | None], tokenizer=None, processor=None
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """Right-padded `input_ids` and `attention_mask` (len(prompts), length) of the chat-formatted text-to-image
+        prompts (`None`: unconditional), on the model's device."""
+        processor = self._prompt_processor(tokenizer, processor)
+        tokenizer = processor.tokenizer
+        ids = [tokenizer(processor.format_text_to_image_prompt(prompt))["input_ids"] for prompt in prompts]
         length = max(len(row) for row in ids)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         input_ids = torch.full((len(ids), length), pad, dtype=torch.long)
@@ -621,75 +633,38 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             attention_mask[row, : len(tokens)] = 1
         return input_ids.to(self.device), attention_mask.to(self.device)
 
-    def resolve_image_generation_settings(self, **given) -> dict:
-        """Image-generation settings with every `None` filled from `generation_config.image_generation` (then the
-        config), validated: a bad value raises `ValueError` naming it. Pipelines call this to check their inputs."""
-        settings = self._image_generation_settings(**given)
-        self._check_image_generation_settings(settings)
-        return settings
+    def image_generation_settings(self, preset: str | None = None, **given) -> HarmonImageGenerationSettings:
+        """The validated [`HarmonImageGenerationSettings`] for `given` (keyword arguments, `None` = not given,
+        aliases such as `num_inference_steps` accepted) over this checkpoint's stored defaults
+        (`generation_config.image_generation`) and its named `preset` (`generation_config.image_generation_presets`).
+        A bad value raises [`HarmonSettingError`] (a `ValueError`) whose `field` names the setting."""
+        return resolve_image_generation_settings(
+            self.config,
+            stored=getattr(self.generation_config, "image_generation", None),
+            presets=getattr(self.generation_config, "image_generation_presets", None),
+            preset=preset,
+            **given,
+        )
 
-    _IMAGE_GENERATION_SETTINGS = (
-        "height", "width", "num_iter", "guidance_scale", "cfg_schedule", "temperature", "num_sampling_steps", "x0_clamp",
-    )  # fmt: skip
+    @staticmethod
+    def image_generation_argument_names() -> tuple[str, ...]:
+        """Every settings keyword `generate_images` and the pipelines take: the settings, their aliases (diffusers'
+        `num_inference_steps`) and `preset`."""
+        settings = HarmonImageGenerationSettings
+        return (*settings.names(), *settings.aliases(), "preset")
 
-    def _image_generation_settings(self, **given) -> dict:
-        unknown = sorted(set(given) - set(self._IMAGE_GENERATION_SETTINGS))
-        if unknown:
-            raise TypeError(f"unknown image-generation settings {unknown}; known: {list(self._IMAGE_GENERATION_SETTINGS)}.")
-        given = {name: given.get(name) for name in self._IMAGE_GENERATION_SETTINGS}
-        stored = dict(DEFAULT_IMAGE_GENERATION)
-        stored.update(getattr(self.generation_config, "image_generation", None) or {})
-        settings = {key: (stored.get(key) if value is None else value) for key, value in given.items()}
-        for name, fallback in (("height", self.config.image_size), ("width", self.config.image_size),
-                               ("num_sampling_steps", self.config.num_sampling_steps)):  # fmt: skip
-            settings[name] = fallback if settings[name] is None else settings[name]
-        return settings
+    def resolve_image_generation_settings(self, preset: str | None = None, **given) -> dict:
+        """[`image_generation_settings`] as a dict of `generate_images` keyword arguments."""
+        return self.image_generation_settings(preset, **given).to_dict()
 
-    def _position_limit(self) -> int | None:
-        """Positions the LLM was built for; prompt + image tokens + buffers must fit (None: no limit known)."""
-        return getattr(self.config.text_config, "max_position_embeddings", None)
-
-    def _check_image_generation_settings(self, settings: dict) -> None:
-        stride = self.config.vae_stride * self.config.patch_size
-        for name in ("height", "width"):
-            value = settings[name]
-            if not _is_int(value) or value <= 0 or value % stride:
-                raise ValueError(f"{name} must be a positive multiple of {stride} (VAE stride x patch size), got {value!r}.")
-        seq_len = (settings["height"] // stride) * (settings["width"] // stride)
-        # Checked before anything is allocated: the image tokens, the buffers and a prompt (one token at least)
-        # share the LLM's positions.
-        limit = self._position_limit()
-        if limit is not None and seq_len + self.config.buffer_size + 1 > limit:
-            raise ValueError(
-                f"height and width ({settings['height']} x {settings['width']}) give {seq_len} image tokens, which "
-                f"with {self.config.buffer_size} buffers and a prompt do not fit in the language model's "
-                f"max_position_embeddings ({limit}); choose a smaller size."
-            )
-        num_iter = settings["num_iter"]
-        if not _is_int(num_iter) or not 1 <= num_iter <= seq_len:
-            raise ValueError(f"num_iter must be an integer in [1, {seq_len}] (the number of image tokens), got {num_iter!r}.")
-        scale = settings["guidance_scale"]
-        if not _is_number(scale) or not math.isfinite(scale) or scale < 1.0:
-            raise ValueError(f"guidance_scale must be a finite number >= 1 (1 disables guidance), got {scale!r}.")
-        if settings["cfg_schedule"] not in ("constant", "linear"):
-            raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {settings['cfg_schedule']!r}.")
-        temperature = settings["temperature"]
-        if not _is_number(temperature) or not math.isfinite(temperature) or temperature <= 0:
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}.")
-        steps = settings["num_sampling_steps"]
-        if not _is_int(steps) or not 1 <= steps <= self.config.num_train_timesteps:
-            raise ValueError(
-                f"num_sampling_steps must be an integer in [1, {self.config.num_train_timesteps}], got {steps!r}."
-            )
-        clamp = settings["x0_clamp"]
-        if clamp is not None and (not _is_number(clamp) or not clamp > 0):
-            raise ValueError(f"x0_clamp must be None or a number > 0, got {clamp!r}.")
-
-    def _prompt_batch(self, prompt, input_ids, attention_mask, tokenizer, what: str):
+    def _prompt_rows(self, prompt, input_ids, attention_mask, tokenizer, processor, what: str):
+        """(ids, mask) of one prompt batch: given token ids, or text (None: unconditional) formatted and tokenised."""
         if input_ids is not None:
             self.model.check_input_ids(input_ids, f"{what}input_ids")
             if input_ids.ndim != 2 or input_ids.shape[0] == 0:
-                raise ValueError(f"{what}input_ids must have shape (batch, length) with batch >= 1, got {tuple(input_ids.shape)}.")
+                raise ValueError(
+                    f"{what}input_ids must have shape (batch, length) with batch >= 1, got {tuple(input_ids.shape)}."
+                )
             input_ids = input_ids.to(self.device)
             mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device).long()
             return input_ids, mask
@@ -701,8 +676,38 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         for item in prompts:
             if item is not None and not isinstance(item, str):
                 raise ValueError(f"{what}prompt must hold strings, got {type(item).__name__}.")
-        texts = [self.format_generation_prompt(item) for item in prompts]
-        return self._tokenize_prompts(texts, self._tokenizer(tokenizer))
+        return self.tokenize_generation_prompts(prompts, tokenizer, processor)
+
+    def _prompt_batch(self, conditional: dict, negative: dict, settings, num_images_per_prompt: int) -> PromptBatch:
+        """Phase 1: the LLM's prompt rows, each prompt repeated per image; with guidance, the negative (or
+        unconditional) rows after them, padded to one length."""
+        seq_len = (settings.height // self._token_stride()) * (settings.width // self._token_stride())
+        cond_ids, cond_mask = self._prompt_rows(**conditional, what="")
+        self._check_prompt_length(cond_mask, "input_ids" if conditional["input_ids"] is not None else "prompt", seq_len, settings)
+        num_prompts = cond_ids.shape[0]
+        guided = settings.guidance_scale != 1.0
+        if guided:
+            if negative["input_ids"] is None:
+                negatives = negative["prompt"]
+                negatives = negatives if isinstance(negatives, list) else [negatives] * num_prompts
+                if len(negatives) != num_prompts:
+                    raise ValueError(f"negative_prompt has {len(negatives)} entries but there are {num_prompts} prompts.")
+                negative = {**negative, "prompt": negatives}
+            neg_ids, neg_mask = self._prompt_rows(**negative, what="negative_")
+            if neg_ids.shape[0] != num_prompts:
+                raise ValueError(f"negative_input_ids has {neg_ids.shape[0]} rows but there are {num_prompts} prompts.")
+            name = "negative_prompt" if negative["input_ids"] is None else "negative_input_ids"
+            self._check_prompt_length(neg_mask, name, seq_len, settings)
+            length = max(cond_ids.shape[1], neg_ids.shape[1])
+            pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+            cond_ids, cond_mask = self._pad_to(cond_ids, cond_mask, length, pad_id)
+            neg_ids, neg_mask = self._pad_to(neg_ids, neg_mask, length, pad_id)
+        repeat = num_images_per_prompt
+        ids, mask = cond_ids.repeat_interleave(repeat, dim=0), cond_mask.repeat_interleave(repeat, dim=0)
+        if guided:
+            ids = torch.cat([ids, neg_ids.repeat_interleave(repeat, dim=0)])
+            mask = torch.cat([mask, neg_mask.repeat_interleave(repeat, dim=0)])
+        return PromptBatch(ids, mask, num_prompts * repeat, guided)
 
     @staticmethod
     def _pad_to(ids: torch.Tensor, mask: torch.Tensor, length: int, pad_id: int):
@@ -713,6 +718,32 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             torch.cat([ids, ids.new_full((ids.shape[0], extra), pad_id)], dim=1),
             torch.cat([mask, mask.new_zeros((mask.shape[0], extra))], dim=1),
         )
+
+    def _token_stride(self) -> int:
+        """Pixels per image token along each side (VAE stride x MAR patch size)."""
+        return self.config.vae_stride * self.config.patch_size
+
+    def _randomness(self, generator, batch: int, seq_len: int, orders, noise_fn):
+        """Phase 2: the generation orders (B, L) and the diffusion head's noise source, both from `generator` (one,
+        or one per image) unless given."""
+        generators = _as_generator_list(generator, batch)
+        single = generator if isinstance(generator, torch.Generator) else None
+        device = self.device
+        if orders is None:
+            if generators is None:
+                orders = torch.stack([torch.randperm(seq_len, generator=single) for _ in range(batch)])
+            else:
+                orders = torch.stack([torch.randperm(seq_len, generator=g, device=g.device).cpu() for g in generators])
+        orders = self._check_orders(orders, batch, seq_len).to(device)
+        if noise_fn is None:
+
+            def noise_fn(shape):
+                if generators is None:
+                    return _randn(shape, single, device)
+                rows = shape[0] // batch  # each image's rows are contiguous: its own generator draws them
+                return torch.cat([_randn((rows, *shape[1:]), g, device) for g in generators], dim=0)
+
+        return orders, noise_fn
 
     @torch.no_grad()
     @_with_onednn_linears
@@ -740,21 +771,31 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         tokenizer=None,
         decode: bool = True,
         return_dict: bool = True,
+        processor=None,
+        preset: str | None = None,
+        num_inference_steps: int | None = None,
+        strength: float | None = None,
+        image_guidance_scale: float | None = None,
     ) -> HarmonImageGenerationOutput | tuple:
         r"""
         Text-to-image generation by masked autoregression in MAR token space.
 
         Args:
-            prompt: text(s) to draw; formatted as `Generate an image: {prompt}` in the chat template. Needs a
-                tokenizer (`tokenizer=` or the one saved with the model). Alternatively `input_ids` /
-                `attention_mask` of already formatted prompts (any padding side).
+            prompt: text(s) to draw; formatted as `Generate an image: {prompt}` by the processor's chat template (the
+                one training uses). Needs `processor=` or `tokenizer=` (or the tokenizer saved with the model).
+                Alternatively `input_ids` / `attention_mask` of already formatted prompts (any padding side).
             negative_prompt: replaces the unconditional prompt of classifier-free guidance with
                 `Generate an image: {negative_prompt}` (one string, or one per prompt). Or `negative_input_ids`.
             height, width: image size in pixels, multiples of the VAE stride (default: `config.image_size`).
-            num_iter: MAR iterations (1..number of tokens). guidance_scale: CFG scale (>= 1; 1 turns CFG off).
+            num_iter (or diffusers' `num_inference_steps`): MAR iterations (1..number of tokens).
+            guidance_scale: CFG scale (>= 1; 1 turns CFG off).
             cfg_schedule: `"constant"` or `"linear"` (ramps from 1 as tokens get revealed). temperature: scales
                 the diffusion head's sampling noise. num_sampling_steps: diffusion steps per iteration.
             x0_clamp: clamp the head's x0 prediction to [-x0_clamp, x0_clamp] (None: no clamp, as the reference).
+            preset: a named preset of the checkpoint (`generation_config.image_generation_presets`), under the
+                settings given here.
+            strength, image_guidance_scale: settings of image-conditioned generation (an init image, context
+                images); text-to-image takes them at 1 only.
             num_images_per_prompt: images generated for each prompt.
             generator: one `torch.Generator`, or one per image: drives the token orders and all noise.
             callback: `callback(step, num_iter, tokens, mask)` after each iteration, with tokens (B, L, D) and
@@ -762,149 +803,52 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             orders: (B, L) generation orders (permutations of range(L)); tokens are revealed from each order's end.
             noise_fn: `noise_fn(shape)` returning every Gaussian draw of the head in call order (for replay).
             decode: `False` skips the VAE decode (`images` is then `None`), for callers that only need latents.
-            Every `None` setting comes from `generation_config.image_generation`.
+            Every `None` setting comes from `generation_config.image_generation` (see [`image_generation_settings`]).
 
         Returns:
             [`HarmonImageGenerationOutput`] with `images` (B, 3, H, W) float32 in about [-1, 1] and `latents`
             (B, C, H/stride, W/stride) in scaled VAE space.
         """
-        settings = self.resolve_image_generation_settings(
-            height=height, width=width, num_iter=num_iter, guidance_scale=guidance_scale, cfg_schedule=cfg_schedule,
-            temperature=temperature, num_sampling_steps=num_sampling_steps, x0_clamp=x0_clamp,
+        settings = self.image_generation_settings(
+            preset, height=height, width=width, num_iter=num_iter, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, cfg_schedule=cfg_schedule, temperature=temperature,
+            num_sampling_steps=num_sampling_steps, x0_clamp=x0_clamp, strength=strength,
+            image_guidance_scale=image_guidance_scale,
         )  # fmt: skip
+        for name in ("strength", "image_guidance_scale"):
+            if getattr(settings, name) != 1.0:
+                raise HarmonSettingError(name, "applies to an init image or context images, which text-to-image "
+                                         f"generation does not take; use 1 (got {getattr(settings, name)!r}).")  # fmt: skip
         if not _is_int(num_images_per_prompt) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}.")
         if input_ids is None and prompt is None:
             raise ValueError("Pass prompt (text) or input_ids (formatted prompt tokens).")
-        stride = self.config.vae_stride * self.config.patch_size
-        grid = (settings["height"] // stride, settings["width"] // stride)
-        seq_len = grid[0] * grid[1]
-        cond_ids, cond_mask = self._prompt_batch(prompt, input_ids, attention_mask, tokenizer, "")
-        self._check_prompt_length(cond_mask, "prompt" if input_ids is None else "input_ids", seq_len, settings)
-        num_prompts = cond_ids.shape[0]
-        use_cfg = settings["guidance_scale"] != 1.0
-        if use_cfg:
-            if negative_input_ids is None:
-                negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt] * num_prompts
-                if len(negatives) != num_prompts:
-                    raise ValueError(
-                        f"negative_prompt has {len(negatives)} entries but there are {num_prompts} prompts."
-                    )
-                neg_ids, neg_mask = self._prompt_batch(negatives, None, None, tokenizer, "negative_")
-            else:
-                neg_ids, neg_mask = self._prompt_batch(None, negative_input_ids, negative_attention_mask, None, "negative_")
-                if neg_ids.shape[0] != num_prompts:
-                    raise ValueError(f"negative_input_ids has {neg_ids.shape[0]} rows but there are {num_prompts} prompts.")
-            name = "negative_prompt" if negative_input_ids is None else "negative_input_ids"
-            self._check_prompt_length(neg_mask, name, seq_len, settings)
-            length = max(cond_ids.shape[1], neg_ids.shape[1])
-            pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
-            cond_ids, cond_mask = self._pad_to(cond_ids, cond_mask, length, pad_id)
-            neg_ids, neg_mask = self._pad_to(neg_ids, neg_mask, length, pad_id)
-        repeat = num_images_per_prompt
-        prompt_ids = cond_ids.repeat_interleave(repeat, dim=0)
-        prompt_mask = cond_mask.repeat_interleave(repeat, dim=0)
-        if use_cfg:
-            prompt_ids = torch.cat([prompt_ids, neg_ids.repeat_interleave(repeat, dim=0)])
-            prompt_mask = torch.cat([prompt_mask, neg_mask.repeat_interleave(repeat, dim=0)])
+        texts = {"tokenizer": tokenizer, "processor": processor}
+        prompts = self._prompt_batch(
+            {"prompt": prompt, "input_ids": input_ids, "attention_mask": attention_mask, **texts},
+            {"prompt": negative_prompt, "input_ids": negative_input_ids, "attention_mask": negative_attention_mask,
+             **texts},
+            settings, num_images_per_prompt,
+        )  # fmt: skip
+        grid = (settings.height // self._token_stride(), settings.width // self._token_stride())
+        orders, noise_fn = self._randomness(generator, prompts.num_images, grid[0] * grid[1], orders, noise_fn)
 
-        batch = num_prompts * repeat
-        generators = _as_generator_list(generator, batch)
-        single_generator = generator if isinstance(generator, torch.Generator) else None
-        device = self.device
+        sampler = HarmonMARSampler(self.model, settings, grid, self.sampling_speedups, noise_fn)
+        cache = sampler.encode_prompts(prompts)
+        state = SamplerState.start(orders, self.config.token_dim, self.dtype)
+        state = sampler.run(state, prompts, cache, callback)
+        latents, images = sampler.decode(state.tokens, prompts.guided, decode)
 
-        if orders is None:
-            if generators is None:
-                orders = torch.stack([torch.randperm(seq_len, generator=single_generator) for _ in range(batch)])
-            else:
-                orders = torch.stack([torch.randperm(seq_len, generator=g, device=g.device).cpu() for g in generators])
-        orders = self._check_orders(orders, batch, seq_len).to(device)
-
-        if noise_fn is None:
-
-            def noise_fn(shape):
-                if generators is None:
-                    return _randn(shape, single_generator, device)
-                rows = shape[0] // batch
-                return torch.cat([_randn((rows, *shape[1:]), g, device) for g in generators], dim=0)
-
-        model = self.model
-        cache = DynamicCache(config=self.config.text_config)
-        prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-        model.run_language_model(model.embed_tokens(prompt_ids), prompt_mask, prompt_positions, cache=cache)
-
-        tokens = torch.zeros(batch, seq_len, self.config.token_dim, device=device, dtype=self.dtype)
-        mask = torch.ones(batch, seq_len, dtype=torch.bool, device=device)
-        ranks = torch.empty_like(orders).scatter_(1, orders, torch.arange(seq_len, device=device).expand(batch, -1))
-        scale = settings["guidance_scale"]
-        speedups = self.sampling_speedups
-        masked_before = seq_len
-        for step, num_masked in enumerate(_masked_counts(seq_len, settings["num_iter"])):
-            decoder_mask = mask.repeat(2, 1) if use_cfg else mask
-            if use_cfg and speedups.share_cfg_encoder:
-                # Both CFG halves share tokens and mask, so the MAR encoder runs once for them.
-                encoded = model.mar_encoder(tokens, mask, grid).repeat(2, 1, 1)
-            else:
-                encoded = model.mar_encoder(tokens.repeat(2, 1, 1) if use_cfg else tokens, decoder_mask, grid)
-            encoded = model.bridge(encoded, prompt_mask, cache=cache)
-            next_mask = ranks < num_masked
-            to_predict = mask & ~next_mask
-            # Every row predicts the same number of tokens; their positions in raster order, found without a
-            # device -> host read (the order matches boolean indexing with `to_predict`).
-            num_predicted = masked_before - num_masked
-            predicted_index = torch.argsort((~to_predict).to(torch.int8), dim=1, stable=True)[:, :num_predicted]
-            if speedups.decoder_selected_positions:
-                select = to_predict.repeat(2, 1) if use_cfg else to_predict
-                condition = model.mar_decoder(encoded, decoder_mask, grid, select=select, num_selected=num_predicted)
-                condition = condition.reshape(-1, batch * condition.shape[1], condition.shape[-1])
-                cond_rows, uncond_rows = condition[0], condition[1] if use_cfg else None
-            else:
-                condition = model.mar_decoder(encoded, decoder_mask, grid)
-                cond_rows = condition[:batch][to_predict]
-                uncond_rows = condition[batch:][to_predict] if use_cfg else None
-            if settings["cfg_schedule"] == "linear":
-                step_scale = 1 + (scale - 1) * (seq_len - max(num_masked, 1)) / seq_len
-            else:
-                step_scale = scale
-            sampled = model.diffusion.sample(
-                model.diffusion_head,
-                cond_rows,
-                noise_fn,
-                unconditional=uncond_rows,
-                guidance_scale=step_scale,
-                temperature=settings["temperature"],
-                num_steps=settings["num_sampling_steps"],
-                x0_clamp=settings["x0_clamp"],
-                precompute_modulations=speedups.precompute_head_modulations,
-            )
-            tokens = tokens.scatter(
-                1, predicted_index[..., None].expand(-1, -1, tokens.shape[-1]),
-                sampled.to(tokens.dtype).reshape(batch, num_predicted, -1),
-            )  # fmt: skip
-            mask, masked_before = next_mask, num_masked
-            if callback is not None:
-                result = callback(step, settings["num_iter"], tokens, mask) or {}
-                if result.get("tokens") is not None:
-                    tokens = result["tokens"].to(device=device, dtype=tokens.dtype)
-                if result.get("interrupt"):
-                    break
-
-        latents = model.tokens_to_latents(tokens.reshape(batch, grid[0], grid[1], -1))
         self._check_finite(latents, "latents", settings)
-        images = None
-        if decode and use_cfg and not speedups.conditional_only_vae_decode:
-            images = model.decode_latents(latents.repeat(2, 1, 1, 1))[:batch]  # the reference's work: both halves
-        elif decode:
-            images = model.decode_latents(latents)
         if images is not None:
             self._check_finite(images, "images", settings)
         if not return_dict:
             return images, latents
         return HarmonImageGenerationOutput(images=images, latents=latents)
 
-    def _check_prompt_length(self, mask: torch.Tensor, name: str, seq_len: int, settings: dict) -> None:
+    def _check_prompt_length(self, mask: torch.Tensor, name: str, seq_len: int, settings) -> None:
         """The longest prompt (real tokens of `mask`), the image tokens and the buffers must fit the LLM's positions."""
-        limit = self._position_limit()
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
         if limit is None:
             return
         prompt_length = int(mask.sum(1).max())
@@ -912,19 +856,19 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         if needed > limit:
             raise ValueError(
                 f"{name} is {prompt_length} tokens long; with the {seq_len} image tokens of "
-                f"{settings['height']} x {settings['width']} pixels and {self.config.buffer_size} buffers that is "
+                f"{settings.height} x {settings.width} pixels and {self.config.buffer_size} buffers that is "
                 f"{needed} positions, more than the language model's max_position_embeddings ({limit}); shorten "
                 f"the prompt or choose a smaller height/width."
             )
 
     @staticmethod
-    def _check_finite(tensor: torch.Tensor, what: str, settings: dict) -> None:
+    def _check_finite(tensor: torch.Tensor, what: str, settings) -> None:
         """Non-finite samples would silently become a black image; say so and name the usual causes."""
         if not bool(torch.isfinite(tensor).all()):
             raise ValueError(
                 f"generate_images produced non-finite (NaN/inf) values in the {what}. Likely causes: corrupted or "
-                f"incompatible weights (check the checkpoint), or an extreme temperature ({settings['temperature']!r}) "
-                f"or guidance_scale ({settings['guidance_scale']!r})."
+                f"incompatible weights (check the checkpoint), or an extreme temperature ({settings.temperature!r}) "
+                f"or guidance_scale ({settings.guidance_scale!r})."
             )
 
     @staticmethod

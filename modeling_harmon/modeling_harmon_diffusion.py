@@ -94,17 +94,16 @@ class HarmonDiffusionHead(nn.Module):
             [HarmonDiffusionResBlock(width, config.layer_norm_eps) for _ in range(config.diffusion_head_depth)]
         )
         self.final_layer = HarmonDiffusionFinalLayer(width, self.out_channels, config.layer_norm_eps)
-        self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         dtype = self.input_proj.weight.dtype
         hidden = self.input_proj(x.to(dtype))
         condition = self.time_embed(timesteps) + self.cond_embed(condition.to(dtype))
+        # No checkpoint call here: each block is a `GradientCheckpointingLayer` and checkpoints itself once
+        # `gradient_checkpointing_enable` is on (with its kwargs and `every_n_layers`). Wrapping the blocks again
+        # would recompute them twice in the backward. Both arguments stay positional, as reentrant checkpointing needs.
         for block in self.res_blocks:
-            if self.gradient_checkpointing and self.training:
-                hidden = torch.utils.checkpoint.checkpoint(block, hidden, condition, use_reentrant=False)
-            else:
-                hidden = block(hidden, condition)
+            hidden = block(hidden, condition)
         return self.final_layer(hidden, condition)
 
     # Sampling calls the head ~100 times on the same few rows, with the same conditions and timesteps shared by all

@@ -2,6 +2,15 @@
 
 Written here rather than taken from timm: the blocks are plain pre-norm ViT blocks, but they must go through
 torch SDPA, support transformers' gradient checkpointing, and keep the reference's state-dict layout.
+
+Attention: the MAR blocks always call torch SDPA, whatever `attn_implementation` the model was loaded with (that
+setting selects the LLM's attention only). Their attention is bidirectional and unmasked, so SDPA already picks a
+fused kernel (flash or memory-efficient on CUDA, its flash kernel on CPU) without any extra package, and the
+numerics stay those of the reference, which calls SDPA too.
+
+Gradient checkpointing: each `HarmonMARBlock` is a `GradientCheckpointingLayer`, so `gradient_checkpointing_enable`
+checkpoints every block by itself; the encoder and decoder loops call the blocks plainly (a checkpoint call there
+would recompute each block twice in the backward).
 """
 
 import torch
@@ -30,7 +39,10 @@ def _buffered_position_embedding(position_embed, buffer_size: int, source_grid, 
 
 
 class HarmonMARAttention(nn.Module):
-    """Bidirectional multi-head self-attention with a fused qkv projection (timm layout), run by torch SDPA."""
+    """Bidirectional multi-head self-attention with a fused qkv projection (timm layout), run by torch SDPA.
+
+    Always SDPA: `config._attn_implementation` (eager / sdpa / flash_attention_2) is not read here; it selects the
+    attention of the LLM. See the module docstring for why."""
 
     def __init__(self, hidden_size: int, num_heads: int, attention_dropout: float, hidden_dropout: float):
         super().__init__()

@@ -29,9 +29,9 @@ EXAMPLE_DOC_STRING = """
     Examples:
         ```py
         >>> import torch
-        >>> from harmon_pipelines import HarmonText2ImagePipeline  # Hub users: DiffusionPipeline + trust_remote_code
+        >>> from harmon_pipelines import HarmonPipeline  # Hub users: DiffusionPipeline + trust_remote_code
 
-        >>> pipe = HarmonText2ImagePipeline.from_pretrained("path/or/repo")
+        >>> pipe = HarmonPipeline.from_pretrained("path/or/repo")
         >>> image = pipe("a red circle on the left", generator=torch.Generator().manual_seed(0)).images[0]
         >>> image.save("harmon.png")
         ```
@@ -40,9 +40,13 @@ EXAMPLE_DOC_STRING = """
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
-class HarmonText2ImagePipeline(DiffusionPipeline):
+class HarmonPipeline(DiffusionPipeline):
     r"""
-    Text-to-image generation with Harmon (masked autoregression in MAR token space + a diffusion-MLP head).
+    Text-to-image generation with Harmon (masked autoregression in MAR token space + a diffusion-MLP head): the
+    diffusers pipeline, named as diffusers names a model's text-to-image pipeline (`FluxPipeline`). The pipelines of
+    image-conditioned generation follow the same scheme: `HarmonInpaintPipeline`, `HarmonImg2ImgPipeline`
+    (variations) and `HarmonEditPipeline` (instruction editing); see docs/adr-0003-image-inputs.md for the names of
+    their image inputs.
 
     Args:
         model ([`HarmonForConditionalGeneration`]): the Harmon model; its `vae` decodes the latents.
@@ -59,7 +63,7 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> "HarmonText2ImagePipeline":
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> "HarmonPipeline":
         """Load `model/` and `tokenizer/` of a pipeline folder or Hub repo with this class.
 
         diffusers would route any repo whose `model_index.json` names a custom pipeline file through remote code,
@@ -160,10 +164,9 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
         Returns right-padded `input_ids` and `attention_mask`, both (num_prompts, length).
         """
         prompts = [prompt] if prompt is None or isinstance(prompt, str) else list(prompt)
-        texts = [self.model.format_generation_prompt(item) for item in prompts]
-        encoded = self.tokenizer(texts, padding=True, padding_side="right", return_tensors="pt")
+        input_ids, attention_mask = self.model.tokenize_generation_prompts(prompts, tokenizer=self.tokenizer)
         device = device or self._execution_device
-        return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+        return input_ids.to(device), attention_mask.to(device)
 
     def check_inputs(
         self,
@@ -176,7 +179,8 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs,
         **settings,
     ) -> dict:
-        """Validate every argument; returns the resolved image-generation settings (defaults filled in)."""
+        """Validate every argument; returns the resolved [`HarmonImageGenerationSettings`] (defaults filled in; a
+        bad one raises `HarmonSettingError`, a `ValueError` naming the argument as it was passed here)."""
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(item, str) for item in prompts):
             raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}.")
@@ -211,14 +215,7 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
             raise ValueError(
                 f"callback_on_step_end_tensor_inputs must be in {self._callback_tensor_inputs}, got unknown {unknown}."
             )
-        try:
-            return self.model.resolve_image_generation_settings(**settings)
-        except ValueError as error:
-            # The model names its own arguments; say which pipeline argument was wrong.
-            message = str(error)
-            if message.startswith("num_iter "):
-                message = "num_inference_steps (MAR iterations) " + message[len("num_iter ") :]
-            raise ValueError(message) from None
+        return self.model.image_generation_settings(**settings)
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -236,6 +233,7 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
         x0_clamp: float | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        preset: str | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
@@ -268,6 +266,8 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
             x0_clamp (`float`, *optional*): clamps the head's predicted clean latent to [-x0_clamp, x0_clamp] at every
                 diffusion step (None for the released models: the reference sampler does not clamp).
             num_images_per_prompt (`int`, defaults to 1): images per prompt.
+            preset (`str`, *optional*): a named preset of the checkpoint (`generation_config.image_generation_presets`,
+                e.g. a fast one); the arguments given here override it.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one generator, or one per image
                 (prompt-major: image `i * num_images_per_prompt + k`); with a list, each image depends only on its
                 own generator, so it is the same alone or in any batch.
@@ -292,19 +292,19 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         settings = self.check_inputs(
             prompt, negative_prompt, num_images_per_prompt, generator, output_type, callback_on_step_end,
-            callback_on_step_end_tensor_inputs, height=height, width=width, num_iter=num_inference_steps,
-            guidance_scale=guidance_scale, cfg_schedule=cfg_schedule, temperature=temperature,
-            num_sampling_steps=num_sampling_steps, x0_clamp=x0_clamp,
+            callback_on_step_end_tensor_inputs, preset=preset, height=height, width=width,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, cfg_schedule=cfg_schedule,
+            temperature=temperature, num_sampling_steps=num_sampling_steps, x0_clamp=x0_clamp,
         )  # fmt: skip
-        self._guidance_scale = settings["guidance_scale"]
-        self._num_timesteps = settings["num_iter"]
+        self._guidance_scale = settings.guidance_scale
+        self._num_timesteps = settings.num_iter
         self._interrupt = False
         device = self._execution_device
 
         # 1. Prompts -> token ids (conditional and, for guidance, negative / unconditional).
         input_ids, attention_mask = self.encode_prompt(prompt, device)
         negative_ids = negative_mask = None
-        if settings["guidance_scale"] != 1.0:
+        if settings.guidance_scale != 1.0:
             negatives = negative_prompt
             if negatives is None or isinstance(negatives, str) or len(negatives) == 1:
                 single = negatives if negatives is None or isinstance(negatives, str) else negatives[0]
@@ -312,10 +312,10 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
             negative_ids, negative_mask = self.encode_prompt(negatives, device)
 
         # 2. Masked-autoregressive loop, one progress-bar tick and one callback per MAR iteration.
-        grid = (settings["height"] // self.vae_scale_factor, settings["width"] // self.vae_scale_factor)
+        grid = (settings.height // self.vae_scale_factor, settings.width // self.vae_scale_factor)
         inner = self.model.model
 
-        with self.progress_bar(total=settings["num_iter"]) as progress_bar:
+        with self.progress_bar(total=settings.num_iter) as progress_bar:
 
             def on_iteration(step, num_iter, tokens, mask):
                 progress_bar.update()
@@ -333,11 +333,7 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
             generated = self.model.generate_images(
                 input_ids=input_ids, attention_mask=attention_mask,
                 negative_input_ids=negative_ids, negative_attention_mask=negative_mask,
-                height=settings["height"], width=settings["width"], num_iter=settings["num_iter"],
-                guidance_scale=settings["guidance_scale"], cfg_schedule=settings["cfg_schedule"],
-                temperature=settings["temperature"], num_sampling_steps=settings["num_sampling_steps"],
-                x0_clamp=settings["x0_clamp"],
-                num_images_per_prompt=num_images_per_prompt, generator=generator, callback=on_iteration,
+                **settings.to_dict(), num_images_per_prompt=num_images_per_prompt, generator=generator, callback=on_iteration,
                 decode=output_type != "latent",
             )  # fmt: skip
 
@@ -350,3 +346,17 @@ class HarmonText2ImagePipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+
+class HarmonText2ImagePipeline(HarmonPipeline):
+    """Deprecated name of [`HarmonPipeline`], kept so that code and exported folders that name it keep working."""
+
+    def __init__(self, *args, **kwargs):
+        import warnings
+
+        warnings.warn(
+            "HarmonText2ImagePipeline is deprecated and will be removed; use HarmonPipeline (the same class).",
+            FutureWarning,
+            stacklevel=2,
+        )
+        super().__init__(*args, **kwargs)

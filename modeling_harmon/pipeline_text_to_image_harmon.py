@@ -15,20 +15,19 @@ from PIL import Image
 from transformers import Pipeline
 
 
-# Generation arguments passed through to `HarmonForConditionalGeneration.generate_images`.
-GENERATION_ARGUMENTS = (
-    "negative_prompt", "height", "width", "num_iter", "guidance_scale", "cfg_schedule", "temperature",
-    "num_sampling_steps", "x0_clamp", "num_images_per_prompt", "generator",
-)  # fmt: skip
+# Arguments passed to `HarmonForConditionalGeneration.generate_images` besides its image-generation settings (which
+# the model lists: `image_generation_argument_names`).
+GENERATION_ARGUMENTS = ("negative_prompt", "num_images_per_prompt", "generator")
 
 
 class HarmonTextToImagePipeline(Pipeline):
     """Text -> list of PIL images (one per `num_images_per_prompt`), for each prompt.
 
-    Call with a prompt or a list of prompts and any of the `generate_images` arguments
-    (`num_iter`, `guidance_scale`, `cfg_schedule`, `temperature`, `num_sampling_steps`, `height`, `width`,
-    `num_images_per_prompt`, `negative_prompt`, `generator`, `x0_clamp`); every unset one comes from the
-    checkpoint's `generation_config.image_generation`.
+    Call with a prompt or a list of prompts and any of the `generate_images` arguments: the image-generation
+    settings under their names or diffusers' (`num_inference_steps` or `num_iter`, `guidance_scale`, `height`,
+    `width`, `cfg_schedule`, `temperature`, `num_sampling_steps`, `x0_clamp`), `preset`, `num_images_per_prompt`,
+    `negative_prompt` and `generator`; every unset setting comes from the checkpoint's
+    `generation_config.image_generation`.
     """
 
     _load_processor = False
@@ -49,11 +48,10 @@ class HarmonTextToImagePipeline(Pipeline):
         }
 
     def _sanitize_parameters(self, **kwargs):
-        unknown = sorted(set(kwargs) - set(GENERATION_ARGUMENTS))
+        allowed = (*self.model.image_generation_argument_names(), *GENERATION_ARGUMENTS)
+        unknown = sorted(set(kwargs) - set(allowed))
         if unknown:
-            raise ValueError(
-                f"Unknown text-to-image argument(s) {unknown}; allowed: {', '.join(GENERATION_ARGUMENTS)}."
-            )
+            raise ValueError(f"Unknown text-to-image argument(s) {unknown}; allowed: {', '.join(allowed)}.")
         return {}, dict(kwargs), {}
 
     def preprocess(self, prompt):

@@ -7,10 +7,13 @@ placeholder tokens that the model fills with visual features, exactly as the ref
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from transformers.utils import logging
 
 from .configuration_harmon import DEFAULT_GENERATION_PROMPT, DEFAULT_UNCONDITIONAL_PROMPT
 from .image_processing_harmon import HarmonImageProcessor, HarmonImageProcessorKwargs, flatten_images
 
+
+logger = logging.get_logger(__name__)
 
 # The reference's Qwen chat format with no default system prompt: a turn is `<|im_start|>{role}\n{content}<|im_end|>\n`
 # and the items of a list content (`<image>` for an image) are joined by newlines, so an image and a question give
@@ -152,6 +155,8 @@ class HarmonProcessor(ProcessorMixin):
             return BatchFeature(dict(image_inputs), tensor_type=images_kwargs.get("return_tensors"))
         num_images = len(image_inputs["pixel_values"]) if images is not None else 0
         counts = [sample.count(self.image_token) for sample in texts]
+        if num_images == len(texts) and not any(counts):
+            texts, counts = self._with_image_placeholders(texts), [1] * len(texts)
         self._check_image_counts(images, texts, counts, num_images)
 
         per_image = 0
@@ -171,6 +176,21 @@ class HarmonProcessor(ProcessorMixin):
                     f"{per_image}; truncation (max_length) must not cut an image."
                 )
         return BatchFeature({**text_inputs, **image_inputs}, tensor_type=text_kwargs.get("return_tensors"))
+
+    def _with_image_placeholders(self, texts: list[str]) -> list[str]:
+        """One image per text and no placeholder anywhere (transformers' image-text-to-text pipeline passes a plain
+        question so): put the image before each text's question, where the chat template puts it (after the user
+        turn's header when the text is chat-formatted), and say so once."""
+        logger.warning_once(
+            f"HarmonProcessor: the text holds no {self.image_token} placeholder for its image; one was put before "
+            f"the question. Use apply_chat_template with {{'type': 'image'}} items to place it yourself."
+        )
+        header = "<|im_start|>user\n"  # the user turn's opening in Harmon's chat template
+        placed = []
+        for sample in texts:
+            at = sample.find(header) + len(header) if header in sample else 0
+            placed.append(f"{sample[:at]}{self.image_token}\n{sample[at:]}")
+        return placed
 
     @staticmethod
     def _check_text(text: object) -> list[str]:

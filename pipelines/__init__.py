@@ -9,7 +9,7 @@ and registers the transformers `text-to-image` task.
 from transformers import AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from modeling_harmon.pipeline_harmon import HarmonText2ImagePipeline
+from modeling_harmon.pipeline_harmon import HarmonPipeline, HarmonText2ImagePipeline
 from modeling_harmon.pipeline_text_to_image_harmon import HarmonTextToImagePipeline
 
 
@@ -20,4 +20,4 @@ if "text-to-image" not in PIPELINE_REGISTRY.get_supported_tasks():
     PIPELINE_REGISTRY.register_pipeline("text-to-image", pipeline_class=HarmonTextToImagePipeline, pt_model=AutoModel, type="multimodal")
 
 
-__all__ = ["HarmonText2ImagePipeline", "HarmonTextToImagePipeline"]
+__all__ = ["HarmonPipeline", "HarmonText2ImagePipeline", "HarmonTextToImagePipeline"]

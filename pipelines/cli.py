@@ -25,9 +25,9 @@ out of memory while drawing) end the command with exit status 2 and a one-line m
 """
 
 import argparse
+import dataclasses
 import json
 import os
-import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 
 from modeling_harmon.convert_harmon_weights_to_hf import UnreadableCheckpointError, add_arguments, convert_harmon_checkpoint
 from modeling_harmon.image_processing_harmon import to_rgb_image
-from modeling_harmon.pipeline_harmon import HarmonText2ImagePipeline
+from modeling_harmon.modeling_harmon_settings import HarmonImageGenerationSettings, HarmonSettingError
+from modeling_harmon.pipeline_harmon import HarmonPipeline
 
 from modeling_harmon.atomic_files import write_json, write_png
 from .default_model import RANDOM_MODEL_NAME, load_model_and_tokenizer, load_processor
@@ -67,13 +68,26 @@ the number of processes. A batch with any image missing is drawn again in full a
 written, so a resumed job gives the same files as an uninterrupted one.
 """
 
-# Per-line JSONL key (and command-line flag, `_` -> `-`) of each setting -> the model's image-generation settings.
-SETTINGS = {"size": ("height", "width"), "steps": ("num_iter",), "head_steps": ("num_sampling_steps",),
-            "cfg": ("guidance_scale",), "temperature": ("temperature",)}  # fmt: skip
-# `HarmonForConditionalGeneration.resolve_image_generation_settings` name -> `HarmonText2ImagePipeline` argument.
-PIPELINE_ARGUMENTS = {"height": "height", "width": "width", "num_iter": "num_inference_steps",
-                      "num_sampling_steps": "num_sampling_steps", "guidance_scale": "guidance_scale",
-                      "cfg_schedule": "cfg_schedule", "temperature": "temperature"}  # fmt: skip
+# The image-generation settings (fields of `HarmonImageGenerationSettings`) that `harmon generate` takes as flags and
+# JSONL keys; the others keep the model's defaults. Flags, help and the pipeline's names come from the fields.
+GENERATE_FIELDS = ("height", "width", "num_iter", "num_sampling_steps", "guidance_scale", "temperature")
+# The settings an image is drawn with and recorded by (its JSON sidecar), under the pipeline's argument names.
+DRAWN_FIELDS = (*GENERATE_FIELDS, "cfg_schedule")
+# `harmon eval shapes`'s setting flags.
+EVAL_FIELDS = ("num_iter", "guidance_scale", "temperature", "num_sampling_steps", "x0_clamp")
+
+
+def _setting_keys(fields: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Flag as a JSONL / argparse key (`--head-steps` -> `head_steps`) -> the fields it sets (`--size`: two)."""
+    keys = {}
+    for field in fields:
+        key = HarmonImageGenerationSettings.flags()[field][2:].replace("-", "_")
+        keys[key] = keys.get(key, ()) + (field,)
+    return keys
+
+
+SETTINGS = _setting_keys(GENERATE_FIELDS)
+PIPELINE_NAMES = {field: alias for alias, field in HarmonImageGenerationSettings.aliases().items()}
 JOB_KEYS = ("prompt", "seed", *SETTINGS)
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
 DTYPES = ("float32", "bfloat16", "float16")
@@ -141,6 +155,24 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="weight precision (default: float32)")
 
 
+def _add_setting_arguments(parser: argparse.ArgumentParser, fields: tuple[str, ...]) -> None:
+    """The flags of `fields` (their type and help from `HarmonImageGenerationSettings`), plus `--preset`; left
+    out, a setting is the model's own."""
+    types = {field.name: field.type for field in dataclasses.fields(HarmonImageGenerationSettings)}
+    helps = {field.name: field.metadata["help"] for field in dataclasses.fields(HarmonImageGenerationSettings)}
+    for key, names in _setting_keys(fields).items():
+        flag = "--" + key.replace("_", "-")
+        if names == ("height", "width"):
+            parser.add_argument(flag, type=_size_argument, metavar="HxW", dest=key,
+                                help="image size in pixels, HxW or N for a square (default: the model's)")  # fmt: skip
+            continue
+        kind = int if "int" in str(types[names[0]]) else float
+        parser.add_argument(flag, type=kind, metavar="N" if kind is int else "X", dest=key,
+                            help=f"{helps[names[0]]} (default: the model's)")  # fmt: skip
+    parser.add_argument("--preset", metavar="NAME", help="a named preset of the model's sampling settings, under the "
+                        "flags given (generation_config.image_generation_presets)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `harmon` argument parser with its five subcommands."""
     parser = _Parser(prog="harmon", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -163,12 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="images per prompt (default 1)")
     generate.add_argument("--seed", type=_seed_argument, default=0,
                           help="seed of image 0; image k uses seed + k (default 0)")
-    generate.add_argument("--steps", type=int, metavar="N", help="MAR iterations (1 .. number of image tokens)")
-    generate.add_argument("--head-steps", type=int, metavar="N", help="diffusion-head sampling steps per token")
-    generate.add_argument("--cfg", type=float, metavar="SCALE", help="classifier-free guidance scale (>= 1; 1 = off)")
-    generate.add_argument("--size", type=_size_argument, metavar="HxW",
-                          help="image size in pixels, HxW or N for a square")
-    generate.add_argument("--temperature", type=float, metavar="T", help="scale of the diffusion head's noise (> 0)")
+    _add_setting_arguments(generate, GENERATE_FIELDS)
     generate.add_argument("--overwrite", action="store_true",
                           help="batch mode: redraw images whose JSON records another prompt, seed, settings or model "
                           "(without it such images are refused)")
@@ -220,14 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="generation prompts, and VQA questions (default 180)")
     evaluation.add_argument("--seed", type=_seed_argument, default=0,
                             help="picks the prompts and questions; image i is drawn with seed + i (default 0)")
-    evaluation.add_argument("--steps", type=int, metavar="N", help="MAR iterations (default: the model's)")
-    evaluation.add_argument("--cfg", type=float, metavar="SCALE", help="classifier-free guidance scale (default: the model's)")
-    evaluation.add_argument("--temperature", type=float, metavar="T",
-                            help="scale of the diffusion head's noise (default: the model's)")
-    evaluation.add_argument("--head-steps", type=int, metavar="N",
-                            help="diffusion-head sampling steps per token (default: the model's)")
-    evaluation.add_argument("--x0-clamp", type=float, metavar="C",
-                            help="clamp the head's x0 prediction to [-C, C] (default: the model's)")
+    _add_setting_arguments(evaluation, EVAL_FIELDS)
     evaluation.add_argument("--batch-size", type=_positive_int_argument, default=16, metavar="B",
                             help="prompts (questions) per model call (default 16)")
     evaluation.add_argument("--json", type=Path, metavar="OUT.json", help="also write the scores as JSON")
@@ -327,8 +347,8 @@ def _model_name(model) -> str:
 
 
 # -------------------------------------------------------------------------------------------------- generate
-def resolve_settings(model, options: dict, describe: Callable[[str], str]) -> dict:
-    """`HarmonText2ImagePipeline` arguments (every setting filled in and validated) for `options`, which maps the
+def resolve_settings(model, options: dict, describe: Callable[[str], str], preset: str | None = None) -> dict:
+    """`HarmonPipeline` arguments (every drawn setting filled in and validated) for `options`, which maps the
     keys of `SETTINGS` to a value or None (None: the model's default); `size` is a (height, width) pair.
 
     A bad value raises [`CommandError`] with the model's message, prefixed by `describe(key)` (e.g. `--steps 0`).
@@ -338,21 +358,17 @@ def resolve_settings(model, options: dict, describe: Callable[[str], str]) -> di
         value = options.get(key)
         given.update(zip(names, value) if key == "size" and value is not None else dict.fromkeys(names, value))
     try:
-        resolved = model.resolve_image_generation_settings(**given, cfg_schedule=None, x0_clamp=None)
-    except ValueError as error:
-        # The model's messages start with the name of the setting they reject; one about several settings (e.g. a
-        # size with more tokens than the LLM has positions) names them inside.
-        name = str(error).split(" ", 1)[0]
-        key = next((key for key, names in SETTINGS.items() if name in names), None)
-        if key is None:
-            words = set(re.findall(r"\w+", str(error)))
-            key = next((key for key, names in SETTINGS.items() if words & {key, *names}), None)
+        resolved = model.image_generation_settings(preset, **given).to_dict()
+    except HarmonSettingError as error:
+        if error.field == "preset":
+            raise CommandError(f"--preset {preset}: {error}") from None
+        key = next((key for key, names in SETTINGS.items() if error.field in names), None)
         raise CommandError(f"{describe(key)}: {error}" if key else str(error)) from None
-    return {PIPELINE_ARGUMENTS[name]: resolved[name] for name in PIPELINE_ARGUMENTS}
+    return {PIPELINE_NAMES.get(name, name): resolved[name] for name in DRAWN_FIELDS}
 
 
 def image_metadata(prompt: str, seed: int, settings: dict, model_name: str) -> dict:
-    """What reproduces an image: `HarmonText2ImagePipeline(prompt, **settings,
+    """What reproduces an image: `HarmonPipeline(prompt, **settings,
     generator=torch.Generator().manual_seed(seed))` with `model_name`."""
     return {"prompt": prompt, "seed": seed, "settings": settings, "model": model_name}
 
@@ -434,11 +450,13 @@ def run_generate(args) -> None:
 
     model, tokenizer = _load(args)
     options = _settings_options(args)
-    settings = resolve_settings(model, options, lambda key: f"--{key.replace('_', '-')} {_show(key, options[key])}")
+    settings = resolve_settings(
+        model, options, lambda key: f"--{key.replace('_', '-')} {_show(key, options[key])}", args.preset
+    )
     default = (settings["height"], settings["width"])
     check_size(default, args.max_side, f"--size (the model's default, {_show('size', default)})")
 
-    pipe = HarmonText2ImagePipeline(model=model, tokenizer=tokenizer)
+    pipe = HarmonPipeline(model=model, tokenizer=tokenizer)
     chunk = args.batch_size or IMAGES_PER_CALL  # bounded memory however large -n is; seeds stay seed + k
     pipe.set_progress_bar_config(disable=n > chunk)  # several calls: one bar over images below
     with tqdm(total=n, unit="image", disable=n <= chunk) as progress:
@@ -505,7 +523,7 @@ def resolve_jobs(jobs: list[dict], model, args) -> list[dict]:
     resolved = []
     for job in jobs:
         where, options = f"{args.prompts} line {job['line']}", job["options"]
-        settings = resolve_settings(model, options, lambda key: f'{where}: "{key}" {_show(key, options[key])}')
+        settings = resolve_settings(model, options, lambda key: f'{where}: "{key}" {_show(key, options[key])}', args.preset)
         size = (settings["height"], settings["width"])
         check_size(size, args.max_side, f'{where}: "size" (the model\'s default, {_show("size", size)})')
         resolved.append({"line": job["line"], "prompt": job["prompt"], "seed": job["seed"], "settings": settings})
@@ -609,7 +627,7 @@ def _generate_jobs(args) -> None:
     print(f"rank {rank}/{world}: {total} images in {len(mine)} batches; {total - missing} already written, "
           f"{missing} to draw", file=sys.stderr)  # fmt: skip
 
-    pipe = HarmonText2ImagePipeline(model=model, tokenizer=tokenizer)
+    pipe = HarmonPipeline(model=model, tokenizer=tokenizer)
     pipe.set_progress_bar_config(disable=True)  # one bar over images below, not one per batch
     with tqdm(total=missing, desc=f"rank {rank}/{world}", unit="image") as progress:
         for batch in todo:
@@ -683,11 +701,6 @@ def run_push(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ eval
-# `generation_settings` argument -> the flag that sets it.
-EVAL_FLAGS = {"num_iter": "--steps", "guidance_scale": "--cfg", "temperature": "--temperature",
-              "num_sampling_steps": "--head-steps", "x0_clamp": "--x0-clamp"}  # fmt: skip
-
-
 def run_eval(args) -> None:
     # Imported here: it loads `evaluate`, which takes seconds that the other subcommands need not spend.
     from harmon_training.shapes.evaluation import evaluate_shapes, format_table, generation_settings
@@ -698,15 +711,15 @@ def run_eval(args) -> None:
     if args.json is not None and args.json.is_dir():
         raise CommandError(f"--json {str(args.json)!r} is a folder; give a file name")
     model, tokenizer = _load(args)
-    given = {"num_iter": args.steps, "guidance_scale": args.cfg, "temperature": args.temperature,
-             "num_sampling_steps": args.head_steps, "x0_clamp": args.x0_clamp}  # fmt: skip
+    flags = HarmonImageGenerationSettings.flags()
+    given = {field: getattr(args, flags[field][2:].replace("-", "_")) for field in EVAL_FIELDS}
     try:
-        settings = generation_settings(model, **given)
-    except ValueError as error:
-        # The model's messages start with the name of the setting they reject.
-        name = str(error).split(" ", 1)[0]
-        flagged = given.get(name) is not None  # else the default (ShapesEval's or the model's) is at fault
-        raise CommandError(f"{EVAL_FLAGS[name]} {given[name]}: {error}" if flagged else str(error)) from None
+        settings = generation_settings(model, preset=args.preset, **given)
+    except HarmonSettingError as error:
+        if error.field == "preset":
+            raise CommandError(f"--preset {args.preset}: {error}") from None
+        flagged = given.get(error.field) is not None  # else the default (ShapesEval's or the model's) is at fault
+        raise CommandError(f"{flags[error.field]} {given[error.field]}: {error}" if flagged else str(error)) from None
     processor = load_processor(args.model, model, tokenizer)
     results = evaluate_shapes(
         model, tokenizer, processor, n=args.n, seed=args.seed, settings=settings, batch_size=args.batch_size,

@@ -25,17 +25,18 @@ from pathlib import Path
 
 from harmon_model_cards import REPO_PLACEHOLDER, write_model_card
 from modeling_harmon.output_folders import MARKER, replace_folder
-from modeling_harmon.pipeline_harmon import HarmonText2ImagePipeline
+from modeling_harmon.pipeline_harmon import HarmonPipeline
 from modeling_harmon.pipeline_text_to_image_harmon import HarmonTextToImagePipeline
 from modeling_harmon.processing_harmon import HarmonProcessor
 
 
 MODEL_COMPONENT = "model"
 TOKENIZER_COMPONENT = "tokenizer"
-# What `model.save_pretrained` writes (weights, possibly sharded, config, generation config, model code); the
-# diffusers `model/` component needs exactly these.
+# What `model.save_pretrained` writes (weights, possibly sharded, config, generation config, model code with the
+# files it imports: the processor formats text-to-image prompts); the diffusers `model/` component needs these.
 MODEL_FILE_PATTERNS = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
-                       "configuration_harmon.py", "modeling_harmon*.py")  # fmt: skip
+                       "configuration_harmon.py", "modeling_harmon*.py", "processing_harmon.py",
+                       "image_processing_harmon.py")  # fmt: skip
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -79,7 +80,7 @@ def write_hub_files(
         size = defaults.get("height") if defaults.get("height") == defaults.get("width") else None
         processor = HarmonProcessor.from_model_config(model.config, tokenizer, image_size=size)
     processor.save_pretrained(folder)
-    for module in (HarmonTextToImagePipeline, HarmonText2ImagePipeline):
+    for module in (HarmonTextToImagePipeline, HarmonPipeline):
         source = Path(sys.modules[module.__module__].__file__)
         shutil.copyfile(source, folder / source.name)
 
@@ -93,7 +94,7 @@ def write_hub_files(
     for path in tokenizer_dir.iterdir():
         if (folder / path.name).is_file():
             _link_or_copy(folder / path.name, path)
-    pipeline = HarmonText2ImagePipeline(model=model, tokenizer=tokenizer)
+    pipeline = HarmonPipeline(model=model, tokenizer=tokenizer)
     index = pipeline.model_index()
     (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 

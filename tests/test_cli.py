@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from harmon_pipelines import HarmonText2ImagePipeline, default_model
+from harmon_pipelines import HarmonPipeline, default_model
 from modeling_harmon.atomic_files import write_png
 from harmon_pipelines.cli import main
 from harmon_pipelines.default_model import DEFAULT_MODEL_DIR
@@ -281,7 +281,7 @@ def test_convert_writes_a_hub_folder(converted):
 
 
 def test_converted_folder_loads_as_a_diffusers_pipeline(converted):
-    pipe = HarmonText2ImagePipeline.from_pretrained(converted)
+    pipe = HarmonPipeline.from_pretrained(converted)
     assert pipe.model.config.model_type == "harmon"
 
 

@@ -30,3 +30,27 @@ def test_shipped_model_stays_above_its_measured_floor():
     for path, measured in floor["scores"].items():
         value = score_at(results, path)
         assert value >= measured - TOLERANCE, f"{path}: {value:.3f} < shipped {measured:.3f} - {TOLERANCE}"
+
+
+def test_every_entry_point_draws_with_the_models_own_defaults(tmp_path, capsys):
+    """No settings given: the diffusers pipeline, the transformers `pipeline("text-to-image")` and `harmon generate`
+    all draw with the model's stored defaults, so the same prompt and seed give the same pixels."""
+    import numpy as np
+    from PIL import Image
+    from transformers import pipeline
+
+    from harmon_pipelines import HarmonPipeline
+    from harmon_pipelines.cli import main
+    from harmon_pipelines.default_model import load_default_model
+
+    prompt, seed = "a red circle on the left", 3
+    assert main(["generate", prompt, "-o", str(tmp_path / "cli.png"), "--seed", str(seed)]) == 0, capsys.readouterr()
+    drawn = {"harmon generate": np.asarray(Image.open(tmp_path / "cli.png").convert("RGB"))}
+    model, tokenizer = load_default_model(dtype=torch.float32)
+    diffusers_pipe = HarmonPipeline(model=model, tokenizer=tokenizer)
+    diffusers_pipe.set_progress_bar_config(disable=True)
+    drawn["HarmonPipeline"] = np.asarray(diffusers_pipe(prompt, generator=torch.Generator().manual_seed(seed)).images[0])
+    text_to_image = pipeline("text-to-image", model=model, tokenizer=tokenizer)
+    drawn["pipeline(text-to-image)"] = np.asarray(text_to_image(prompt, generator=torch.Generator().manual_seed(seed))[0])
+    for name, pixels in drawn.items():
+        np.testing.assert_array_equal(pixels, drawn["harmon generate"], err_msg=name)

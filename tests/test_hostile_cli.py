@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 from harmon_pipelines import cli
 from harmon_pipelines.cli import main
 from modeling_harmon.modeling_harmon import HarmonForConditionalGeneration
-from modeling_harmon.pipeline_harmon import HarmonText2ImagePipeline
+from modeling_harmon.modeling_harmon_settings import HarmonSettingError
+from modeling_harmon.pipeline_harmon import HarmonPipeline
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -262,7 +263,7 @@ def test_out_of_memory_while_drawing(error, root, capsys, monkeypatch):
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(HarmonText2ImagePipeline, "__call__", fail)
+    monkeypatch.setattr(HarmonPipeline, "__call__", fail)
     line = refused(capsys, ["generate", "x", "-o", root / "out" / "x.png", "--model", root / "model", *FAST],
                    ["out of memory drawing 1 image(s) of 16x16", "--size", "--batch-size"], root)  # fmt: skip
     assert "Tried to allocate" not in line
@@ -279,12 +280,13 @@ def test_size_beyond_the_llm_positions_names_size(root, capsys, monkeypatch, tin
         refused(capsys, ["generate", "x", "-o", root / "out" / "x.png", "--model", root / "model", "--size", "2048"],
                 ["--size 2048x2048"], root)  # fmt: skip
 
-    def too_many_tokens(self, **given):
-        raise ValueError("an image of height 2048 x width 2048 has 262144 tokens, more than the 32768 positions")
+    # The flag is found from the error's `field` (data), whatever its message says.
+    def too_many_tokens(self, preset=None, **given):
+        raise HarmonSettingError("width", "and height hold more tokens than the 32768 positions", "the size")
 
-    monkeypatch.setattr(HarmonForConditionalGeneration, "resolve_image_generation_settings", too_many_tokens)
+    monkeypatch.setattr(HarmonForConditionalGeneration, "image_generation_settings", too_many_tokens)
     refused(capsys, ["generate", "x", "-o", root / "out" / "x.png", "--model", root / "model", "--size", "2048"],
-            ["--size 2048x2048: an image of height 2048"], root)  # fmt: skip
+            ["--size 2048x2048: the size and height hold more tokens"], root)  # fmt: skip
 
 
 def _generate(capsys, *argv) -> tuple[int, str]:

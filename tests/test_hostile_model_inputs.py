@@ -17,7 +17,7 @@ from transformers import AutoModel
 import modeling_harmon.modeling_harmon as modeling
 from modeling_harmon import HarmonImageProcessor
 from modeling_harmon.image_processing_harmon import to_rgb_image
-from modeling_harmon.pipeline_harmon import HarmonText2ImagePipeline
+from modeling_harmon.pipeline_harmon import HarmonPipeline
 
 
 # 8 x 8 pixels are 2 x 2 tokens of the tiny model: every generation below takes milliseconds.
@@ -76,17 +76,17 @@ def test_generate_images_never_runs_the_tokenizer_folder_code(tiny_dir, tmp_path
 
 
 def test_pipeline_from_pretrained_never_runs_the_tokenizer_folder_code(tiny_model, tokenizer, tmp_path):
-    HarmonText2ImagePipeline(model=tiny_model, tokenizer=tokenizer).save_pretrained(tmp_path)
+    HarmonPipeline(model=tiny_model, tokenizer=tokenizer).save_pretrained(tmp_path)
     sentinel = _plant_evil_tokenizer(tmp_path / "tokenizer", evil_class=True)
     shutil.copyfile(tmp_path / "tokenizer" / "evil_tokenizer.py", tmp_path / "evil_tokenizer.py")  # where it is looked up
     # trust_remote_code defaults to False, not None (with which transformers asks on the terminal, and a "y" runs
     # the folder's code): transformers refuses without asking.
     with mock.patch("builtins.input", return_value="y") as asked:
         with pytest.raises(ValueError, match="trust_remote_code=True"):
-            HarmonText2ImagePipeline.from_pretrained(tmp_path, model=tiny_model)
+            HarmonPipeline.from_pretrained(tmp_path, model=tiny_model)
     assert not asked.called
     with pytest.raises(TypeError, match=_starts_with("trust_remote_code")):
-        HarmonText2ImagePipeline.from_pretrained(tmp_path, model=tiny_model, trust_remote_code="yes")
+        HarmonPipeline.from_pretrained(tmp_path, model=tiny_model, trust_remote_code="yes")
     assert not sentinel.exists()
 
 
@@ -351,6 +351,6 @@ def test_booleans_are_not_numbers(tiny_model, tokenizer, name, value):
 def test_num_images_per_prompt_must_be_a_positive_int(tiny_model, tokenizer, value):
     with pytest.raises(ValueError, match=r"^num_images_per_prompt must be an integer >= 1"):
         tiny_model.generate_images("a red circle", tokenizer=tokenizer, num_images_per_prompt=value, **FAST)
-    pipe = HarmonText2ImagePipeline(model=tiny_model, tokenizer=tokenizer)
+    pipe = HarmonPipeline(model=tiny_model, tokenizer=tokenizer)
     with pytest.raises(ValueError, match=r"^num_images_per_prompt must be an integer >= 1"):
         pipe("a red circle", num_images_per_prompt=value, num_inference_steps=1, height=8, width=8)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from harmon_pipelines import HarmonText2ImagePipeline, HarmonTextToImagePipeline
+from harmon_pipelines import HarmonPipeline, HarmonTextToImagePipeline
 from harmon_pipelines.hub import (
     check_hub_folder, complete_hub_folder, is_compact_folder, push_hub_folder, save_hub_folder
 )  # fmt: skip
@@ -84,14 +84,14 @@ PIP_CHILD = textwrap.dedent(
     torch.set_num_threads(1)
     model = AutoModel.from_pretrained(source)
     processor = AutoProcessor.from_pretrained(source)
-    pipe = harmon_pipelines.HarmonText2ImagePipeline.from_pretrained(source)
+    pipe = harmon_pipelines.HarmonPipeline.from_pretrained(source)
     pipe.set_progress_bar_config(disable=True)
     image = pipe("a red circle", num_inference_steps=3, generator=torch.Generator().manual_seed(7), output_type="np")
     np.savez(output, diffusers=image.images[0])
     print(json.dumps({
         "model": type(model) is modeling_harmon.HarmonForConditionalGeneration,
         "processor": type(processor) is modeling_harmon.HarmonProcessor,
-        "pipeline": type(pipe) is harmon_pipelines.HarmonText2ImagePipeline,
+        "pipeline": type(pipe) is harmon_pipelines.HarmonPipeline,
         "pipeline_model": type(pipe.model) is modeling_harmon.HarmonForConditionalGeneration,
     }))
     """
@@ -119,7 +119,7 @@ def expected(exported, tiny_model, tokenizer):
     )
     answer = tiny_model.generate(**inputs, max_new_tokens=4, do_sample=False)[0, inputs["input_ids"].shape[1] :]
     t2i = HarmonTextToImagePipeline(model=tiny_model, tokenizer=tokenizer)
-    pipe = HarmonText2ImagePipeline(model=tiny_model, tokenizer=tokenizer)
+    pipe = HarmonPipeline(model=tiny_model, tokenizer=tokenizer)
     pipe.set_progress_bar_config(disable=True)
     return {
         "input_ids": inputs["input_ids"].numpy(),
@@ -150,7 +150,7 @@ def test_layout(exported):
     processor_config = json.loads((folder / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_harmon.HarmonProcessor"
     index = json.loads((folder / "model_index.json").read_text())
-    assert index["_class_name"] == ["pipeline_harmon", "HarmonText2ImagePipeline"]
+    assert index["_class_name"] == ["pipeline_harmon", "HarmonPipeline"]
     assert index["model"] == ["modeling_harmon", "HarmonForConditionalGeneration"]
     assert set(index) == {"_class_name", "_diffusers_version", "model", "tokenizer"}  # no second VAE copy
     # The component folders hold the root's bytes, so the Hub and the cache store them once.

@@ -50,7 +50,7 @@ BASE_MODELS = {896: "Qwen/Qwen2.5-0.5B-Instruct", 1536: "Qwen/Qwen2.5-1.5B-Instr
 # Each entry point must have an example in the card.
 ENTRY_POINTS = [
     'pipeline("text-to-image"', 'pipeline("image-text-to-text"', "DiffusionPipeline.from_pretrained(",
-    "HarmonText2ImagePipeline.from_pretrained(", "import modeling_harmon", ".generate_images(", ".apply_chat_template(",
+    "HarmonPipeline.from_pretrained(", "import modeling_harmon", ".generate_images(", ".apply_chat_template(",
 ]  # fmt: skip
 # Runs the example files named on its command line in order, each in fresh globals, marking where each one's output
 # starts.

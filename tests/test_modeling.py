@@ -64,7 +64,7 @@ def test_non_square_size(tiny_model, tokenizer):
 
 
 def test_left_and_right_padding_give_the_same_images(tiny_model, tokenizer):
-    texts = [tiny_model.format_generation_prompt(p) for p in ["a red circle", "two big yellow triangles at the top"]]
+    texts = [tiny_model.format_generation_prompt(p, tokenizer=tokenizer) for p in ["a red circle", "two big yellow triangles at the top"]]
     rows = [tokenizer(text)["input_ids"] for text in texts]
     length = max(map(len, rows))
     pad = tokenizer.pad_token_id
@@ -154,7 +154,7 @@ def test_three_level_vae_model_trains_one_step(tokenizer):
     model.train()
     assert not model.model.vae.training
     pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    prompt = [model.format_generation_prompt(p) for p in ["a red circle", "a blue square"]]
+    prompt = [model.format_generation_prompt(p, tokenizer=tokenizer) for p in ["a red circle", "a blue square"]]
     ids = torch.tensor([tokenizer(text)["input_ids"][:20] for text in prompt])
     generation = model.text_to_image_loss(ids, torch.ones_like(ids), pixel_values=pixels,
                                           generator=torch.Generator().manual_seed(0))  # fmt: skip
@@ -235,7 +235,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tokenizer):
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
-        ids = torch.tensor([tokenizer(model.format_generation_prompt("a red circle"))["input_ids"]])
+        ids = torch.tensor([tokenizer(model.format_generation_prompt("a red circle", tokenizer=tokenizer))["input_ids"]])
         pixels = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
         out = model.text_to_image_loss(ids, torch.ones_like(ids), pixel_values=pixels, generator=torch.Generator().manual_seed(0))
         out.loss.backward()

@@ -1,4 +1,4 @@
-"""diffusers-style tests of `HarmonText2ImagePipeline` and the transformers text-to-image pipeline (in process)."""
+"""diffusers-style tests of `HarmonPipeline` and the transformers text-to-image pipeline (in process)."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from harmon_pipelines import HarmonText2ImagePipeline, HarmonTextToImagePipeline
+from harmon_pipelines import HarmonPipeline, HarmonTextToImagePipeline
 
 
 STEPS = 3
@@ -19,7 +19,7 @@ def generators(*seeds):
 
 @pytest.fixture(scope="module")
 def pipe(tiny_model, tokenizer):
-    pipeline = HarmonText2ImagePipeline(model=tiny_model, tokenizer=tokenizer)
+    pipeline = HarmonPipeline(model=tiny_model, tokenizer=tokenizer)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -191,17 +191,17 @@ def test_check_inputs(pipe):
 def test_save_load_round_trip(pipe, tmp_path):
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["_class_name"] == ["pipeline_harmon", "HarmonText2ImagePipeline"]
+    assert index["_class_name"] == ["pipeline_harmon", "HarmonPipeline"]
     assert index["model"] == ["modeling_harmon", "HarmonForConditionalGeneration"]
     assert "vae" not in index
     assert (tmp_path / "pipeline_harmon.py").is_file() and (tmp_path / "model" / "modeling_harmon.py").is_file()
-    loaded = HarmonText2ImagePipeline.from_pretrained(tmp_path)
-    assert type(loaded) is HarmonText2ImagePipeline and type(loaded.model) is type(pipe.model)
+    loaded = HarmonPipeline.from_pretrained(tmp_path)
+    assert type(loaded) is HarmonPipeline and type(loaded.model) is type(pipe.model)
     loaded.set_progress_bar_config(disable=True)
     np.testing.assert_array_equal(run(loaded, generator=generators(3)), run(pipe, generator=generators(3)))
     with pytest.raises(TypeError, match="unexpected"):
-        HarmonText2ImagePipeline.from_pretrained(tmp_path, variant="fp16")
-    half = HarmonText2ImagePipeline.from_pretrained(tmp_path, dtype=torch.bfloat16, model=None)
+        HarmonPipeline.from_pretrained(tmp_path, variant="fp16")
+    half = HarmonPipeline.from_pretrained(tmp_path, dtype=torch.bfloat16, model=None)
     assert half.model.dtype == torch.bfloat16
 
 
@@ -220,5 +220,19 @@ def test_transformers_text_to_image_pipeline_in_process(tiny_model, tokenizer):
     np.testing.assert_array_equal(np.asarray(images[1]), pixels[1])
     batch = generator(["a red circle", "a blue square"], num_iter=STEPS)
     assert len(batch) == 2 and len(batch[0]) == 1
-    with pytest.raises(ValueError, match="num_inference_steps"):
-        generator("a red circle", num_inference_steps=3)
+    # diffusers' names work here too, and give the same pixels as the model's own.
+    by_diffusers_name = generator("a red circle", num_inference_steps=STEPS, generator=generators(1, 2)[:1])
+    by_model_name = generator("a red circle", num_iter=STEPS, generator=generators(1, 2)[:1])
+    np.testing.assert_array_equal(np.asarray(by_diffusers_name[0]), np.asarray(by_model_name[0]))
+    with pytest.raises(ValueError, match="num_iter was given twice"):
+        generator("a red circle", num_inference_steps=3, num_iter=3)
+    with pytest.raises(ValueError, match="Unknown text-to-image argument.*'steps'"):
+        generator("a red circle", steps=3)
+
+
+def test_the_old_pipeline_name_still_works_with_a_warning(tiny_model, tokenizer):
+    from harmon_pipelines import HarmonPipeline, HarmonText2ImagePipeline
+
+    with pytest.warns(FutureWarning, match="use HarmonPipeline"):
+        old = HarmonText2ImagePipeline(model=tiny_model, tokenizer=tokenizer)
+    assert isinstance(old, HarmonPipeline)

@@ -178,11 +178,30 @@ def test_chat_template_reproduces_the_reference_prompt(processor, tiny_model):
         processor.apply_chat_template([{"role": "user", "content": [{"type": "video"}]}])
 
 
-def test_text_to_image_prompts_match_the_model(processor, tiny_model):
-    expected = tiny_model.format_generation_prompt("a red circle")
-    assert processor.format_text_to_image_prompt("  a red circle ") == expected
-    assert processor.format_text_to_image_prompt(None) == tiny_model.format_generation_prompt(None)
+def test_training_and_sampling_build_the_same_prompt_ids(processor, tiny_model, tokenizer):
+    """One prompt format: the ids a training example holds for a caption (and for the unconditional prompt of
+    caption dropout) are the ids `generate_images` feeds the LLM for that prompt (and for guidance's unconditional
+    or negative rows), whether it is given the processor or only the tokenizer."""
+    from harmon_training.data.examples import ExampleBuilder
+
+    builder = ExampleBuilder(processor, tiny_model.config, image_size=32, max_length=256, t2i_max_length=128,
+                             caption_dropout=0.0, min_image_side=8, max_aspect_ratio=10.0)  # fmt: skip
+    for caption in ["a red circle", "  two big yellow triangles at the top ", None]:
+        expected = builder.text_to_image_prompt_ids(caption)
+        for given in ({"tokenizer": tokenizer}, {"processor": processor}):
+            ids, mask = tiny_model.tokenize_generation_prompts([caption], **given)
+            assert ids[0].tolist() == expected and mask.all(), (caption, given)
     assert "Generate an image." in processor.format_text_to_image_prompt(None)
+    # The guided batch: conditional rows, then the negative prompt's (or the unconditional prompt's) rows.
+    settings = tiny_model.image_generation_settings(guidance_scale=2.0)
+    for negative, expected in (("a blue square", "a blue square"), (None, None)):
+        batch = tiny_model._prompt_batch(
+            {"prompt": "a red circle", "input_ids": None, "attention_mask": None, "tokenizer": tokenizer, "processor": None},
+            {"prompt": negative, "input_ids": None, "attention_mask": None, "tokenizer": tokenizer, "processor": None},
+            settings, 1,
+        )  # fmt: skip
+        rows = [row[mask.bool()].tolist() for row, mask in zip(batch.input_ids, batch.attention_mask)]
+        assert rows == [builder.text_to_image_prompt_ids("a red circle"), builder.text_to_image_prompt_ids(expected)]
 
 
 def test_apply_chat_template_tokenized_inputs(processor):
@@ -268,7 +287,7 @@ BAD_INPUTS = {
     "placeholders without images": (
         lambda p: p(text="<image>\nhi"), r"text holds 1 <image> placeholders \(\[1\] per text\) but images holds 0"),
     "images without placeholders": (
-        lambda p: p(images=IMAGE, text="hi"), "text holds 0 <image> placeholders"),
+        lambda p: p(images=[IMAGE, IMAGE], text="hi"), "text holds 0 <image> placeholders"),
     "too many images": (
         lambda p: p(images=[IMAGE, IMAGE], text="<image>"), "but images holds 2 images"),
     "images per text": (
@@ -376,6 +395,23 @@ def test_pipeline_with_the_package(saved):
     answerer = pipeline("image-text-to-text", model=str(folder))
     result = answerer(text=_chat(Image.open(image_path)), max_new_tokens=4, generate_kwargs={"do_sample": False})
     assert result[0]["generated_text"][-1] == {"role": "assistant", "content": expected["text"]}
+    # A plain question with one image (the pipeline passes it to the processor as it is): the placeholder is put in.
+    plain = answerer(images=Image.open(image_path), text="What color is it?", max_new_tokens=4,
+                     generate_kwargs={"do_sample": False})  # fmt: skip
+    assert isinstance(plain[0]["generated_text"], str)
+
+
+def test_one_image_without_a_placeholder_gets_one_before_the_question(processor):
+    question = "What color is it?"
+    assert torch.equal(processor(images=IMAGE, text=question)["input_ids"],
+                       processor(images=IMAGE, text=f"<image>\n{question}")["input_ids"])  # fmt: skip
+    chat = processor.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
+    expected = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}], add_generation_prompt=True
+    )
+    assert torch.equal(processor(images=IMAGE, text=chat)["input_ids"], processor(images=IMAGE, text=expected)["input_ids"])
+    batch = processor(images=[IMAGE, IMAGE], text=[question, "and the shape?"])
+    assert (batch["input_ids"] == processor.image_token_id).sum(1).tolist() == [68, 68]
 
 
 CHILD = textwrap.dedent(

@@ -349,15 +349,16 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
     card = (tmp_path / "README.md").read_text()
     for expected in ("| 0.81 | 0.50 | 0.25 | 1.00 | 0.75 | 0.62 | 0.38 |", "Per attribute: color 0.970, shape 0.440",
                      "combinations: overall 0.90; per attribute: color 0.969", "accuracy 0.88", "shape 0.66",
-                     "| stage I (3400 steps) | 36.0 min |", "| **total** | **46.0 min** |", "generation-only: generation overall 0.30, shape 0.40",
+                     "| stage I (3400 steps) | 36.0 min |", "| **total** | **46.0 min** |", "generation-only: generation overall 0.300, shape 0.400",
                      "0.12 s per image on 2 CPU threads (Test CPU @ 2.1GHz).", "NOTE", RECIPE_COMMANDS, ABLATION_COMMANDS.rstrip()):  # fmt: skip
         assert expected in card, expected
     readme = (Path(__file__).resolve().parent.parent / "training" / "configs" / "shapes" / "README.md").read_text()
     assert RECIPE_COMMANDS in readme and ABLATION_COMMANDS.rstrip() in readme
-    # The shipped card has the template's static "Use and publish" section (a regenerated card keeps it).
+    # The shipped card has the template's static "How to use it" section (a regenerated card keeps it).
     shipped = (Path(__file__).resolve().parent.parent / "pipelines" / "default_model" / "README.md").read_text()
-    section = card[card.index("## Use and publish") : card.index("## Scores")]
-    assert "harmon push" in section and section in shipped
+    section = card[card.index("## How to use it") : card.index("## What it scores")]
+    assert "harmon generate" in section and "harmon ask" in section and "harmon push" in section
+    assert "load_default_model()" in section and section in shipped
 
 
 def test_shipped_card_is_rendered_from_the_committed_measurements(tmp_path):
@@ -374,6 +375,12 @@ def test_shipped_card_is_rendered_from_the_committed_measurements(tmp_path):
     write_card(["--folder", str(tmp_path), "--eval", str(inputs / "eval.json"), "--timings", str(inputs / "timings.json"),
                 "--ablation", str(inputs / "ablation.json"), "--note", note])  # fmt: skip
     assert (tmp_path / "README.md").read_text() == (repo / "pipelines" / "default_model" / "README.md").read_text()
+    # A user reads what the model is first: the opening under the title, status note included, stays short, and the
+    # training history lives in training/configs/shapes/README.md.
+    card = (tmp_path / "README.md").read_text()
+    opening = card[card.index("# Harmon Shapes demo model") : card.index("## How to use it")]
+    assert len(opening.split()) < 200 and "ninth" not in opening
+    assert "## History of the shipped model" in (repo / "training" / "configs" / "shapes" / "README.md").read_text()
     evaluation = json.loads((inputs / "eval.json").read_text())
     floor = json.loads((repo / "pipelines" / "default_model" / "shapes_floor.json").read_text())
     assert {key: evaluation["settings"][key] for key in floor["settings"]} == floor["settings"]  # same sampling
@@ -388,6 +395,41 @@ def test_demo_card_hardware_phrase():
     assert _hardware({"hardware": {"device": "cpu", "threads": 2}}) == " on 2 CPU threads"
     assert _hardware({"hardware": {"device": "cuda:0", "threads": 2, "processor": None}}) == " on cuda:0"
     assert _hardware({}) == ""
+
+
+def test_demo_card_puts_the_user_first_and_the_note_in_its_sections(tmp_path):
+    """The card reads in a user's order (what it is, how to use it, what it scores, what it cannot do, then the
+    recipe, its wall time and the ablation); the note's status line goes under the opening paragraph and each of its
+    `## Section` parts at the end of that section; a note heading that names no section is refused."""
+    from training.shapes import world
+    from training.shapes.demo_card import render_card
+
+    evaluation = {"n": 36, "seed": 0, "seconds_per_image": 0.1, "settings": {"num_iter": 6},
+                  "generation": {"overall": 0.8125, "single_object": 0.5, "two_object": 0.25}, "vqa": {"accuracy": 0.875}}  # fmt: skip
+    note = "STATUS\n\n## What it scores\n\nSCORES\n\n## Wall time\n\nTIMES\n\n## Synergy ablation\n\nABLATION"
+    card = str(render_card(evaluation, {"stage I": 60.0}, {"joint": {"generation": {"overall": 0.5, "attributes": {"shape": 0.5}}}}, note))  # fmt: skip
+    headings = [line for line in card.splitlines() if line.startswith("#")]
+    assert headings == ["# Harmon Shapes demo model", "## How to use it", "## What it scores", "## What it cannot do",
+                        "## Reproduce it", "## Wall time", "## Synergy ablation"]  # fmt: skip
+
+    def section(name: str) -> str:
+        start = card.index(f"## {name}")
+        following = card.find("\n## ", start + 1)
+        return card[start : following if following >= 0 else len(card)]
+
+    opening = card[card.index("# Harmon Shapes demo model") : card.index("## How to use it")]
+    assert "STATUS" in opening and "from scratch" in opening and f"{world.IMAGE_SIZE} x {world.IMAGE_SIZE}" in opening
+    assert "SCORES" in section("What it scores") and "TIMES" in section("Wall time")
+    ablation = section("Synergy ablation")
+    assert ablation.index("generation overall 0.500") < ablation.index("ABLATION") < ablation.index("```bash")
+    limits = section("What it cannot do")
+    for word in (*world.COLORS, *world.SHAPES, "`<unk>`", f"{world.IMAGE_SIZE} px", "photos"):
+        assert word in limits, word
+    assert "about 19% of the ShapesEval prompts" in limits
+    assert "50% of the one-object ones, 75% of the two-object ones" in limits
+    with pytest.raises(ValueError, match="names no section"):
+        render_card(evaluation, {}, None, "STATUS\n\n## Training history\n\nno such section")
+    assert "## Training history" in str(render_card(evaluation, {}, None, "```md\n## Training history\n```"))
 
 
 def test_make_data_writes_conversations_that_fit_the_stage_configs(tmp_path):

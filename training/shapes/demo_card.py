@@ -1,10 +1,17 @@
-"""The model card of the embedded Shapes demo model: recipe, wall times, ShapesEval scores, the synergy ablation.
+"""The model card of the embedded Shapes demo model, written for its users: what it is, how to use it, what it
+scores, what it cannot do; then, for the curious, the recipe, its wall times and the synergy ablation.
 
     python -m training.shapes.demo_card --folder pipelines/default_model --eval shapes_eval.json \\
-        --timings runs/shapes/timings.json [--ablation ablation.json]
+        --timings runs/shapes/timings.json [--ablation ablation.json] [--note "$(cat note.md)"]
 
-Everything it states is read from files the recipe wrote (evaluation JSON, measured timings), so the card cannot
-claim numbers nobody measured.
+Every number it states is read from files the recipe wrote (evaluation JSON, measured timings, the ablation's
+scores) or from the note (training/configs/shapes/card_inputs/note.md for the shipped card), so the card cannot claim
+numbers nobody measured; what the model's world holds (colours, shapes, words) is read from training/shapes/world.py,
+which the data step drew the training set from.
+
+The note is Markdown. Its text before any `## ` heading goes under the card's opening paragraph (a one-line status);
+a part headed `## What it scores` (or another heading of NOTE_SECTIONS) goes at the end of the card's section of that
+name.
 """
 
 import argparse
@@ -14,6 +21,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 from modeling_harmon.atomic_files import atomic_path
+from training.shapes import world
 
 
 # The commands that reproduce the model, from an empty checkout (one command at a time, on both cores of the 2-core
@@ -39,6 +47,54 @@ python -m training.train --config training/configs/shapes/stage2_joint.yaml --mo
 python -m training.train --config training/configs/shapes/stage3_high_quality.yaml \\
     --model runs/shapes_genonly/stage2/final --output-dir runs/shapes_genonly/stage3 \\
     --set "data.ratio={text: 0, image2text: 0, text2image: 22}\""""
+
+
+# The card's sections that the note can add text to (in the card's order).
+NOTE_SECTIONS = ("What it scores", "What it cannot do", "Reproduce it", "Wall time", "Synergy ablation")
+
+# The static "How to use it" section (a test keeps the shipped card's equal to it). Not an f-string: the Python
+# snippet has braces.
+USAGE = """## How to use it
+
+From the command line (installed with this package; no download, no network):
+
+```bash
+harmon generate "a red circle on the left" -o out.png && harmon ask out.png "what color is the circle?"
+```
+
+`harmon generate` writes a 32 x 32 PNG (`--seed` and `-n` give other and more drawings); `harmon ask` prints a
+one-word answer (here `red`).
+
+In Python, `harmon_pipelines.default_model.load_default_model()` returns the model and its tokenizer:
+
+```python
+import torch
+from transformers import pipeline
+from harmon_pipelines.default_model import load_default_model, load_processor  # also registers "text-to-image"
+
+model, tokenizer = load_default_model()  # the packaged Shapes model, on the CPU, in fp32
+draw = pipeline("text-to-image", model=model, tokenizer=tokenizer)  # sampling defaults stored with the model
+image = draw("a blue square above a green triangle", generator=torch.Generator().manual_seed(0))[0]  # PIL, 32 x 32
+
+processor = load_processor(None, model, tokenizer)
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what shape is on the top?"}]}]
+inputs = processor(images=image, text=processor.apply_chat_template(messages, add_generation_prompt=True),
+                   return_tensors="pt")
+output = model.generate(**inputs, max_new_tokens=10, do_sample=False)
+print(processor.decode(output[0, inputs["input_ids"].shape[1]:]).strip())  # square
+```
+
+To publish it on the Hub:
+
+```bash
+harmon push "$(python -c 'from harmon_pipelines.default_model import DEFAULT_MODEL_DIR; print(DEFAULT_MODEL_DIR)')" \\
+    --repo-id your-namespace/harmon-shapes
+```
+
+The packaged folder leaves out the remote code and the diffusers components (`model/`, `tokenizer/`,
+`model_index.json`) to keep the package small; `harmon push` writes them into a temporary copy before it uploads, so
+the published repo loads through `AutoModel`, both `pipeline()` tasks and `DiffusionPipeline` with
+`trust_remote_code=True`."""
 
 
 def _fraction(value, digits: int = 2) -> str:
@@ -80,81 +136,161 @@ def _generation_table(generation: dict) -> str:
     return lines
 
 
+def split_note(note: str) -> dict[str, str]:
+    """The note's parts: "" (its text before any `## ` heading) and one per `## Heading` (one of NOTE_SECTIONS),
+    each stripped; a heading inside a fenced code block is text."""
+    parts, current, fenced = {"": []}, "", False
+    for line in note.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if line.startswith("## ") and not fenced:
+            current = line[3:].strip()
+            if current not in NOTE_SECTIONS:
+                raise ValueError(f"the note's heading {line!r} names no section the note can add to; use one of: "
+                                 + ", ".join(f"'## {name}'" for name in NOTE_SECTIONS))  # fmt: skip
+            if current in parts:
+                raise ValueError(f"the note has the heading {line!r} twice")
+            parts[current] = []
+            continue
+        parts[current].append(line)
+    return {name: "\n".join(lines).strip() for name, lines in parts.items()}
+
+
+def _words(items, conjunction: str = "and") -> str:
+    items = [f"{item}" for item in items]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" {conjunction} " + items[-1]
+
+
+def _percent_wrong(value) -> str:
+    return "n/a" if value is None else f"{round(100 * (1 - value))}%"
+
+
+def _limits(evaluation: dict) -> str:
+    """The "What it cannot do" list; the world's contents come from training/shapes/world.py, the error rates from
+    the evaluation."""
+    words = [word for word in world.vocabulary() if word.isalpha()]
+    relations = _words((f'"{phrase}"' for phrase, _, _ in world.RELATIONS), "or")
+    edges = _words((position for position in world.POSITIONS if position != "center"), "or")
+    generation, vqa = evaluation.get("generation") or {}, evaluation.get("vqa") or {}
+    side = world.IMAGE_SIZE
+    return f"""- **Only the Shapes world.** It knows {len(world.COLORS)} colours ({_words(world.COLORS)}), \
+{len(world.SHAPES)} shapes ({_words(world.SHAPES)}) and scenes of three kinds: one object (on the {edges}, or in \
+the center), two objects of different colours and shapes, one {relations} the other, or two identical objects \
+("two yellow circles"). It cannot draw or recognise any other object, more than \
+{world.NUMBER_WORDS[max(world.NUMBER_WORDS)]} objects, a background other than the plain light grey one, textures, \
+sizes or styles.
+- **Only its vocabulary.** The tokenizer is word-level over the world's {len(words)} words (lower-cased, punctuation \
+split off): {", ".join(f"`{word}`" for word in words)}. Any other word (a synonym such as "ball", the spelling \
+"colour", a number such as "three") becomes `<unk>`. There is no error and no refusal: the model still draws, or \
+answers with a word of its world, but the result means nothing. The training captions, and ShapesEval's prompts, \
+are worded like "a red circle on the left", "a blue square above a green triangle" and "two yellow circles".
+- **Only {side} x {side} pixels.** It was trained and scored at {side} px only; other `--size` values are untrained, \
+and `harmon ask` resizes every image to {side} x {side}.
+- **No photos or other pictures.** It has seen only flat renders of this world. It answers a question with one word \
+of that world (a colour, a shape, a position, a number, yes or no) and a request to describe the image ("Describe \
+the image in detail.") with a caption in the world's words; captions are not scored here, and it does not reason or \
+chat.
+- **It makes mistakes inside its world too**: about {_percent_wrong(generation.get("overall"))} of the ShapesEval \
+prompts come out wrong in some attribute ({_percent_wrong(generation.get("single_object"))} of the one-object \
+ones, {_percent_wrong(generation.get("two_object"))} of the two-object ones), and about \
+{_percent_wrong(vqa.get("accuracy"))} of the questions are answered wrong.
+- **Other sampling settings were not what was scored.** The scores are for the stored defaults; on this model, \
+stronger guidance than the default scored lower (`training/configs/shapes/README.md`).
+- **It says nothing about the paper's Harmon.** It is a toy trained on a 2-core CPU (wall time below); ShapesEval \
+scores do not compare with GenEval or VQA benchmark scores of real models."""
+
+
 def render_card(evaluation: dict, timings: dict, ablation: dict | None = None, note: str = "") -> ModelCard:
     generation, vqa, settings = evaluation.get("generation") or {}, evaluation.get("vqa") or {}, evaluation["settings"]
+    notes = split_note(note)
+
+    def with_note(section: str, text: str) -> str:
+        return f"{text}\n\n{notes[section]}" if notes.get(section) else text
+
     ablation_text = "Not run yet."
     if ablation:
         ablation_text = "\n".join(
-            f"- {name}: generation overall {_fraction(result['generation']['overall'])}, shape "
-            f"{_fraction(result['generation']['attributes']['shape'])}" for name, result in ablation.items()
+            f"- {name}: generation overall {_fraction(result['generation']['overall'], 3)}, shape "
+            f"{_fraction(result['generation']['attributes']['shape'], 3)}" for name, result in ablation.items()
         )
     by_type = ", ".join(f"{key} {_fraction(value)}" for key, value in (vqa.get("by_type") or {}).items())
     timing_lines = "\n".join(f"| {name} | {seconds / 60:.1f} min |" for name, seconds in timings.items())
     timing_lines += f"\n| **total** | **{sum(timings.values()) / 60:.1f} min** |"
-    content = f"""---
-{ModelCardData(library_name="transformers", pipeline_tag="any-to-any", license="apache-2.0",
-               tags=["harmon", "toy", "shapes", "text-to-image", "image-text-to-text"]).to_yaml()}
----
+    sampling = ", ".join(f"`{key}={value}`" for key, value in settings.items())
+    held_out = _words(f"{color} {shape}" for color, shape in sorted(world.HELD_OUT_PAIRS))
+    side, words = world.IMAGE_SIZE, sum(word.isalpha() for word in world.vocabulary())
+    front_matter = ModelCardData(
+        library_name="transformers", pipeline_tag="any-to-any", license="apache-2.0",
+        tags=["harmon", "toy", "shapes", "text-to-image", "image-text-to-text"],
+    ).to_yaml()  # fmt: skip
+    intro = f"""# Harmon Shapes demo model
 
-# Harmon Shapes demo model
+A tiny Harmon trained from scratch, on a CPU, by this repository's own recipe on the toy Shapes world: one or two \
+coloured circles, squares and triangles on a plain background. One model does both of Harmon's tasks: it draws such \
+a scene from a sentence ("a blue square above a green triangle") and answers questions about one ("what color is the \
+circle?"). Images are {side} x {side} pixels and the text is a word-level vocabulary of the world's {words} words. \
+It is the package's embedded default model (`harmon generate`, `harmon ask` and the pipelines use it when no \
+`--model` is given), and it shows that the whole system works end to end: one MAR encoder shared by understanding \
+and generation, a Qwen2-style LLM, a diffusion-MLP head and a KL VAE of stride 4. It knows nothing outside that world."""
+    if notes[""]:
+        intro += "\n\n" + notes[""]
+    scores = f"""## What it scores
 
-A small Harmon (one shared MAR encoder for understanding and generation, a Qwen2-style LLM, a diffusion-MLP head,
-a KL VAE of stride 4), trained **from scratch on a CPU** with this repository's own training script on the
-Shapes world: 32 px images of one or two coloured circles, squares and triangles. It is the package's embedded
-default model (`harmon generate`, `harmon ask`, the pipelines without `--model`). It shows that the system works
-end to end; it knows nothing outside that world.
+ShapesEval: {evaluation["n"]} prompts and questions of seed {evaluation["seed"]}, the model in fp32.
 
-{note}
-
-## Use and publish
-
-```bash
-harmon generate "a red circle on the left" -o out.png && harmon ask out.png "what color is the circle?"
-harmon push "$(python -c 'from harmon_pipelines.default_model import DEFAULT_MODEL_DIR; print(DEFAULT_MODEL_DIR)')" \\
-    --repo-id your-namespace/harmon-shapes
-```
-
-In Python, `harmon_pipelines.default_model.load_default_model()` returns the model and its tokenizer. The packaged
-folder leaves out the remote code and the diffusers components (`model/`, `tokenizer/`, `model_index.json`) to keep
-the package small; `harmon push` writes them into a temporary copy before it uploads, so the published repo loads
-through `AutoModel`, both `pipeline()` tasks and `DiffusionPipeline` with `trust_remote_code=True`.
-
-## Scores (ShapesEval, {evaluation["n"]} prompts, seed {evaluation["seed"]}, fp32)
-
-Generation (a model-free checker reads colour, shape, position and count from each image):
+Generation (the share of prompts whose image a model-free checker, reading colour, shape, position and count from \
+the pixels, finds right in everything the prompt asks for):
 
 {_generation_table(generation)}
 
+The held-out combinations ({held_out}) never appear in the training data: the model draws them from colours \
+and shapes it saw in other pairs. (The VQA questions are about training-split scenes.)
+
 VQA (exact match on questions about rendered scenes): accuracy {_fraction(vqa.get("accuracy"))}; by type: {by_type}.
 
-Sampling: {json.dumps(settings)}; {evaluation["seconds_per_image"]:.2f} s per image{_hardware(evaluation)}.
+Sampling settings: {sampling}; {evaluation["seconds_per_image"]:.2f} s per image{_hardware(evaluation)}."""
+    reproduce = f"""## Reproduce it
 
-## Synergy ablation (same budget: generation-only vs joint)
-
-{ablation_text}
-
-## Training recipe and wall time (2-core CPU, one command at a time on both cores)
-
-| step | wall time |
-|---|---|
-{timing_lines}
-
-Reproduce, in a checkout of the repository:
+For the curious: the commands that trained these weights, in a checkout of the repository (one command at a time, \
+each training command resumable with `--resume`):
 
 ```bash
 {RECIPE_COMMANDS}
 ```
 
-The synergy ablation's generation-only arm:
+The stage configs and the deviations from the paper's stages are explained in `training/configs/shapes/README.md` \
+and in the configs themselves; that file also tells how the recipe and the sampling defaults were chosen."""
+    wall_time = f"""## Wall time
+
+Each step of the block above on a 2-core CPU, one command at a time on both cores (the VAE on one thread):
+
+| step | wall time |
+|---|---|
+{timing_lines}"""
+    synergy = f"""## Synergy ablation
+
+Does training understanding help generation? Two arms with the same budget, both from the same stage I: the \
+shipped joint recipe, and a generation-only one whose understanding micro-batches are replaced by text-to-image \
+ones (ShapesEval generation):
+
+{ablation_text}"""
+    synergy = with_note("Synergy ablation", synergy) + f"""
+
+The generation-only arm:
 
 ```bash
 {ABLATION_COMMANDS}
-```
-
-The stage configs and the deviations from the paper's stages are explained in
-`training/configs/shapes/README.md` and in the configs themselves.
-"""
-    return ModelCard(content)
+```"""
+    sections = [
+        intro,
+        USAGE,
+        with_note("What it scores", scores),
+        with_note("What it cannot do", "## What it cannot do\n\n" + _limits(evaluation)),
+        with_note("Reproduce it", reproduce),
+        with_note("Wall time", wall_time),
+        synergy,
+    ]
+    return ModelCard(f"---\n{front_matter}\n---\n\n" + "\n\n".join(sections) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval", type=Path, required=True)
     parser.add_argument("--timings", type=Path, required=True)
     parser.add_argument("--ablation", type=Path, default=None)
-    parser.add_argument("--note", default="", help="a status paragraph placed under the title")
+    parser.add_argument("--note", default="", help="Markdown: a status line for under the opening paragraph, then "
+                        "optional parts headed '## <section>' (one of NOTE_SECTIONS) for the end of those sections")
     args = parser.parse_args(argv)
     card = render_card(
         json.loads(args.eval.read_text()),

@@ -94,14 +94,15 @@ def generation_settings(
     num_sampling_steps: int | None = None,
     x0_clamp: float | None = None,
     cfg_schedule: str | None = None,
+    preset: str | None = None,
 ) -> dict:
-    """Every image-generation setting ShapesEval passes to `model.generate_images`, validated by the model (a bad
-    value raises `ValueError` starting with the setting's name). A setting not given is the model's own
-    (`generation_config.image_generation`), so ShapesEval measures a model as it draws for its users."""
+    """Every image-generation setting ShapesEval passes to `model.generate_images`, resolved and validated by the
+    model's settings object (a bad value raises `HarmonSettingError` naming its `field`). A setting not given is the
+    model's own (`generation_config.image_generation`, or its `preset`), so ShapesEval measures a model as it draws
+    for its users."""
     return model.resolve_image_generation_settings(
-        num_iter=num_iter,
-        guidance_scale=guidance_scale, temperature=temperature, num_sampling_steps=num_sampling_steps, x0_clamp=x0_clamp,
-        cfg_schedule=cfg_schedule, height=None, width=None,
+        preset, num_iter=num_iter, guidance_scale=guidance_scale, temperature=temperature,
+        num_sampling_steps=num_sampling_steps, x0_clamp=x0_clamp, cfg_schedule=cfg_schedule,
     )  # fmt: skip
 
 
@@ -117,7 +118,7 @@ def generate(
             output = model.generate_images(
                 prompt=prompts[start : start + batch_size], generator=generators, tokenizer=tokenizer, **settings
             )
-            # As HarmonText2ImagePipeline turns images into pixels.
+            # As HarmonPipeline turns images into pixels.
             pixels = ((output.images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
             images.extend(pixels.permute(0, 2, 3, 1).cpu().numpy())
             bar.update(len(generators))
