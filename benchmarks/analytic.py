@@ -14,8 +14,8 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from modeling_harmon import HarmonConfig, HarmonSamplingSpeedups
-from modeling_harmon.modeling_harmon_sampler import masked_counts
 from modeling_harmon.modeling_harmon_diffusion import _MODULATION_CHUNK_BYTES, respaced_timesteps
+from modeling_harmon.modeling_harmon_sampler import masked_counts
 
 from .common import meta_model, parameter_count
 
@@ -104,8 +104,10 @@ def llm_cost(config: HarmonConfig, shape: GenerationShape, model) -> Cost:
     for visible, _ in schedule(seq_len(config, shape), shape.num_iter):
         tokens = visible + config.buffer_size
         projections = 2 * rows * tokens * (encoder * hidden + hidden * hidden) * 2
-        cost.add(layers * qwen_layer_flops(rows, tokens, prompt + tokens, text) + projections,
-                 bridge_params * shape.dtype_bytes)  # fmt: skip
+        cost.add(
+            layers * qwen_layer_flops(rows, tokens, prompt + tokens, text) + projections,
+            bridge_params * shape.dtype_bytes,
+        )
     return cost
 
 
@@ -213,7 +215,9 @@ def vae_decode_flops(vae, config: HarmonConfig, images: int, size: int) -> int:
     return sum(flops)
 
 
-def generation_costs(config: HarmonConfig, shape: GenerationShape, speedups: HarmonSamplingSpeedups) -> dict[str, Cost]:
+def generation_costs(
+    config: HarmonConfig, shape: GenerationShape, speedups: HarmonSamplingSpeedups
+) -> dict[str, Cost]:
     """{stage: Cost} of one `generate_images` call with these shortcuts."""
     model = meta_model(config)
     return {

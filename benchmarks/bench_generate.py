@@ -50,8 +50,8 @@ from benchmarks.common import (  # noqa: E402
     wall_clock,
 )
 from modeling_harmon import HarmonSamplingSpeedups  # noqa: E402
-from modeling_harmon.modeling_harmon_onednn import onednn_linears  # noqa: E402
 from modeling_harmon.atomic_files import write_json  # noqa: E402
+from modeling_harmon.modeling_harmon_onednn import onednn_linears  # noqa: E402
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -80,9 +80,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-baseline", action="store_true", help="skip the run with every shortcut off")
     parser.add_argument("--ablate", action="store_true", help="also one run per shortcut turned off alone")
     parser.add_argument("--compile", action="store_true", help="also a run with torch.compile'd diffusion head")
-    parser.add_argument("--in-process", action="store_true",
-                        help="run every configuration in this process (peak memory is then the process's peak over all "
-                             "of them); for tests and profilers")  # fmt: skip
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every configuration in this process (peak memory is then the process's peak over all "
+        "of them); for tests and profilers",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one configuration, JSON out
     args = parser.parse_args(argv)
     check_args(parser, args)
@@ -97,7 +100,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(problem)
     seq_len = (args.size // token_stride(config)) ** 2
     if not 1 <= args.num_iter <= seq_len:
-        parser.error(f"--num-iter must be in [1, {seq_len}] (image tokens at --size {args.size}), got {args.num_iter}.")
+        parser.error(
+            f"--num-iter must be in [1, {seq_len}] (image tokens at --size {args.size}), got {args.num_iter}."
+        )
     if args.head_steps is None:
         args.head_steps = config.num_sampling_steps
     if not 1 <= args.head_steps <= config.num_train_timesteps:
@@ -141,9 +146,15 @@ def generate(model, prompts: dict, args: argparse.Namespace, num_iter: int, head
     """One `generate_images` call at the run's size and guidance, with one seeded generator per image."""
     generators = [torch.Generator().manual_seed(SEED + index) for index in range(args.batch)]
     return model.generate_images(
-        **prompts, height=args.size, width=args.size, num_iter=num_iter, guidance_scale=args.cfg,
-        num_sampling_steps=head_steps, generator=generators, decode=decode,
-    )  # fmt: skip
+        **prompts,
+        height=args.size,
+        width=args.size,
+        num_iter=num_iter,
+        guidance_scale=args.cfg,
+        num_sampling_steps=head_steps,
+        generator=generators,
+        decode=decode,
+    )
 
 
 def timed_generation(model, prompts: dict, args: argparse.Namespace) -> dict:
@@ -182,7 +193,9 @@ def measure_configuration(args: argparse.Namespace, spec: dict) -> dict:
             first_s = timed_generation(model, prompts, args)["total_s"]
         else:
             generate(model, prompts, args, num_iter=1, head_steps=1, decode=False)
-        runs = sorted((timed_generation(model, prompts, args) for _ in range(args.repeats)), key=lambda r: r["total_s"])
+        runs = sorted(
+            (timed_generation(model, prompts, args) for _ in range(args.repeats)), key=lambda r: r["total_s"]
+        )
     except Exception as error:
         if not compiled:
             raise
@@ -196,10 +209,27 @@ def measure_configuration(args: argparse.Namespace, spec: dict) -> dict:
 def child_argv(args: argparse.Namespace) -> list[str]:
     """The arguments a child needs to rebuild the same run."""
     return [
-        "--preset", args.preset, "--size", str(args.size), "--num-iter", str(args.num_iter), "--batch", str(args.batch),
-        "--dtype", args.dtype, "--threads", str(args.threads), "--head-steps", str(args.head_steps),
-        "--cfg", str(args.cfg), "--device", args.device, "--repeats", str(args.repeats),
-    ]  # fmt: skip
+        "--preset",
+        args.preset,
+        "--size",
+        str(args.size),
+        "--num-iter",
+        str(args.num_iter),
+        "--batch",
+        str(args.batch),
+        "--dtype",
+        args.dtype,
+        "--threads",
+        str(args.threads),
+        "--head-steps",
+        str(args.head_steps),
+        "--cfg",
+        str(args.cfg),
+        "--device",
+        args.device,
+        "--repeats",
+        str(args.repeats),
+    ]
 
 
 def measure_in_child(args: argparse.Namespace, spec: dict) -> dict:
@@ -232,7 +262,9 @@ def matmul_gflops(dtype: torch.dtype, device: str) -> dict[str, float]:
     kernel: `torch_mm` (MKL for float32 on CPUs) and, on CPUs that have it, `onednn_packed` (the pre-packed oneDNN
     product that `HarmonSamplingSpeedups.onednn_linears` uses; 2.4x MKL's float32 rate on the project's AMD CPU)."""
     generator = torch.Generator().manual_seed(SEED)
-    a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE, generator=generator).to(device=device, dtype=dtype) for _ in range(2))
+    a, b = (
+        torch.randn(MATMUL_SIZE, MATMUL_SIZE, generator=generator).to(device=device, dtype=dtype) for _ in range(2)
+    )
     out = torch.mm(a, b)
     kernels = {"torch_mm": lambda: torch.mm(a, b, out=out)}
     # The same product through the model's own path: an nn.Linear holding b^T, switched by `onednn_linears`.
@@ -335,9 +367,17 @@ def build_report(args: argparse.Namespace, ceiling: dict, results: dict[str, dic
             ablated = results[f"without_{field}"]
             ablations[field] = {**ablated, "slowdown": ablated["total_s"] / optimised["total_s"]}
     return {
-        "preset": args.preset, "size": args.size, "num_iter": args.num_iter, "batch": args.batch,
-        "dtype": args.dtype, "threads": args.threads, "head_steps": args.head_steps, "cfg": args.cfg,
-        "device": args.device, "repeats": args.repeats, "isolated_processes": not args.in_process,
+        "preset": args.preset,
+        "size": args.size,
+        "num_iter": args.num_iter,
+        "batch": args.batch,
+        "dtype": args.dtype,
+        "threads": args.threads,
+        "head_steps": args.head_steps,
+        "cfg": args.cfg,
+        "device": args.device,
+        "repeats": args.repeats,
+        "isolated_processes": not args.in_process,
         **optimised,
         "ceiling": ceiling,
         "baseline": baseline,
@@ -345,7 +385,7 @@ def build_report(args: argparse.Namespace, ceiling: dict, results: dict[str, dic
         "ablations": ablations,
         "compiled": results.get("compiled"),
         **environment(args.device),
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -357,18 +397,24 @@ def main(argv: list[str] | None = None) -> dict | None:
     ceiling = measure_ceiling(args)
     guided = args.cfg != 1.0
     shape = GenerationShape(
-        batch=args.batch, size=args.size, num_iter=args.num_iter, head_steps=args.head_steps, guidance_scale=args.cfg,
+        batch=args.batch,
+        size=args.size,
+        num_iter=args.num_iter,
+        head_steps=args.head_steps,
+        guidance_scale=args.cfg,
         prompt_length=max(PROMPT_LENGTH, UNCONDITIONAL_PROMPT_LENGTH) if guided else PROMPT_LENGTH,
         dtype_bytes=DTYPES[args.dtype].itemsize,
-    )  # fmt: skip
+    )
     results = {}
     for name, spec in configurations(args).items():
         measured = measure(args, spec)
         results[name] = measured if "error" in measured else with_analytic(measured, spec, shape, config, ceiling)
     report = build_report(args, ceiling, results)
-    print(f"{args.preset} {args.size}px, {args.num_iter} iterations x {args.head_steps} head steps, "
-          f"batch {args.batch}, cfg {args.cfg}, {args.dtype}, {args.threads} thread(s) on {args.device} "
-          f"({report['cpu']})")  # fmt: skip
+    print(
+        f"{args.preset} {args.size}px, {args.num_iter} iterations x {args.head_steps} head steps, "
+        f"batch {args.batch}, cfg {args.cfg}, {args.dtype}, {args.threads} thread(s) on {args.device} "
+        f"({report['cpu']})"
+    )
     kernels = ", ".join(f"{name} {rate:.1f}" for name, rate in ceiling.get("matmul_kernels", {}).items())
     print(f"ceiling: matmul {ceiling['matmul_gflops']:.1f} GFLOP/s ({kernels}), copy {ceiling['copy_gbps']:.1f} GB/s")
     for name in ("optimised", "baseline", "compiled"):

@@ -149,9 +149,12 @@ class TokenClock(BaseStreamer):
 def generation_settings(config, new_tokens: int) -> dict:
     """Greedy decoding of exactly `new_tokens` tokens, with the Harmon model's special tokens for both paths."""
     return {
-        "max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
-        "eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id,
-    }  # fmt: skip
+        "max_new_tokens": new_tokens,
+        "min_new_tokens": new_tokens,
+        "do_sample": False,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+    }
 
 
 def timed_generate(model, inputs: dict, settings: dict, device: str, stage_targets: dict | None = None) -> dict:
@@ -208,8 +211,10 @@ def format_table(report: dict) -> str:
     ]
     lines = [f"  {'':<18}{'Harmon':>12}{'plain Qwen2':>14}"]
     lines += [f"  {name:<18}{mine:>12}{theirs:>14}" for name, mine, theirs in rows]
-    lines.append(f"  decode overhead: {report['decode_overhead_pct']:+.1f}% (plain tokens/s / Harmon tokens/s - 1); "
-                 f"prefill x{report['prefill_ratio']:.2f} of plain")  # fmt: skip
+    lines.append(
+        f"  decode overhead: {report['decode_overhead_pct']:+.1f}% (plain tokens/s / Harmon tokens/s - 1); "
+        f"prefill x{report['prefill_ratio']:.2f} of plain"
+    )
     return "\n".join(lines)
 
 
@@ -223,20 +228,30 @@ def main(argv: list[str] | None = None) -> dict:
     ours = measure(model, inputs, settings, args, prefill_targets(model))
     ours["image_encode_s"] = ours["prefill_stages"]["vae"] + ours["prefill_stages"]["mar_encoder"]
     plain_model = plain_language_model(model)
-    ids = torch.randint(0, model.config.text_config.vocab_size, (1, prompt_tokens),
-                        generator=torch.Generator().manual_seed(SEED)).to(args.device)  # fmt: skip
+    ids = torch.randint(
+        0, model.config.text_config.vocab_size, (1, prompt_tokens), generator=torch.Generator().manual_seed(SEED)
+    ).to(args.device)
     plain = measure(plain_model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, settings, args)
     report = {
-        "preset": args.preset, "size": args.size, "new_tokens": args.new_tokens, "dtype": args.dtype,
-        "threads": args.threads, "device": args.device, "repeats": args.repeats, "prompt_tokens": prompt_tokens,
+        "preset": args.preset,
+        "size": args.size,
+        "new_tokens": args.new_tokens,
+        "dtype": args.dtype,
+        "threads": args.threads,
+        "device": args.device,
+        "repeats": args.repeats,
+        "prompt_tokens": prompt_tokens,
         "image_tokens": model.config.num_image_placeholders(args.size, args.size),
-        "ours": ours, "plain": plain,
+        "ours": ours,
+        "plain": plain,
         "prefill_ratio": ours["prefill_s"] / plain["prefill_s"],
         "decode_overhead_pct": (plain["decode_tokens_per_s"] / ours["decode_tokens_per_s"] - 1) * 100,
         **environment(args.device),
-    }  # fmt: skip
-    print(f"{args.preset} VQA, {args.size}px image, {args.new_tokens} new tokens, {args.dtype}, {args.threads} "
-          f"thread(s) on {args.device} ({report['cpu']}), medians of {args.repeats}")  # fmt: skip
+    }
+    print(
+        f"{args.preset} VQA, {args.size}px image, {args.new_tokens} new tokens, {args.dtype}, {args.threads} "
+        f"thread(s) on {args.device} ({report['cpu']}), medians of {args.repeats}"
+    )
     print(format_table(report))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -134,9 +134,9 @@ def count_block_starts(model, inputs: dict, early_stop: bool) -> dict[str, float
     counts, handles = Counter(), []
     for kind, (path, first) in BLOCKS.items():
         for block in model.model.get_submodule(path):
-            handles.append(block.get_submodule(first).register_forward_pre_hook(
-                lambda *_, kind=kind: counts.update([kind])
-            ))  # fmt: skip
+            handles.append(
+                block.get_submodule(first).register_forward_pre_hook(lambda *_, kind=kind: counts.update([kind]))
+            )
     try:
         training_step(model, inputs, early_stop)
     finally:
@@ -157,8 +157,14 @@ def prepare(kwargs: dict | None, early_stop: bool, args: argparse.Namespace) -> 
     grads = gradients(model)
     head = head_inputs(model, args.batch)
     head_step(model, head, early_stop)  # warm-up
-    return {"model": model, "inputs": inputs, "head_inputs": head, "early_stop": early_stop, "calls": calls,
-            "grads": grads}  # fmt: skip
+    return {
+        "model": model,
+        "inputs": inputs,
+        "head_inputs": head,
+        "early_stop": early_stop,
+        "calls": calls,
+        "grads": grads,
+    }
 
 
 def timed(step, model, inputs: dict, early_stop: bool) -> tuple[float, float]:
@@ -175,17 +181,24 @@ def max_difference(grads: dict[str, torch.Tensor], reference: dict[str, torch.Te
 
 def format_table(report: dict) -> str:
     kinds = list(BLOCKS)
-    header = (f"  {'mode':<18}" + "".join(f"{kind:>19}" for kind in kinds)
-              + f"{'step s':>9}{'vs off':>8}{'head s':>9}{'vs off':>8}{'max |dgrad|':>13}")  # fmt: skip
+    header = (
+        f"  {'mode':<18}"
+        + "".join(f"{kind:>19}" for kind in kinds)
+        + f"{'step s':>9}{'vs off':>8}{'head s':>9}{'vs off':>8}{'max |dgrad|':>13}"
+    )
     lines = [header]
     off, head_off = report["modes"][0]["step_s"], report["modes"][0]["head_step_s"]
     for row in report["modes"]:
         calls = "".join(f"{row['block_starts_per_step'][kind]:>19g}" for kind in kinds)
-        lines.append(f"  {row['mode']:<18}{calls}{row['step_s']:>9.4f}{row['step_s'] / off:>7.2f}x"
-                     f"{row['head_step_s']:>9.4f}{row['head_step_s'] / head_off:>7.2f}x"
-                     f"{row['max_grad_difference']:>13.2e}")  # fmt: skip
-    lines.append("  block columns: times each block starts per training step (2 = forward + one recompute); step s: "
-                 "full training step; head s: the diffusion loss alone, forward + backward")  # fmt: skip
+        lines.append(
+            f"  {row['mode']:<18}{calls}{row['step_s']:>9.4f}{row['step_s'] / off:>7.2f}x"
+            f"{row['head_step_s']:>9.4f}{row['head_step_s'] / head_off:>7.2f}x"
+            f"{row['max_grad_difference']:>13.2e}"
+        )
+    lines.append(
+        "  block columns: times each block starts per training step (2 = forward + one recompute); step s: "
+        "full training step; head s: the diffusion loss alone, forward + backward"
+    )
     return "\n".join(lines)
 
 
@@ -204,20 +217,34 @@ def main(argv: list[str] | None = None) -> dict:
             head_times[index].append(seconds)
     reference = prepared[0]["grads"]
     rows = [
-        {"mode": mode, "checkpointing_kwargs": kwargs, "early_stop": early_stop,
-         "block_starts_per_step": ready["calls"], "step_s": median(seconds), "step_s_all": seconds,
-         "head_step_s": median(head_seconds), "head_step_s_all": head_seconds, "loss": loss,
-         "max_grad_difference": max_difference(ready["grads"], reference)}
-        for (mode, kwargs, early_stop), ready, seconds, head_seconds, loss
-        in zip(MODES, prepared, times, head_times, losses)
-    ]  # fmt: skip
+        {
+            "mode": mode,
+            "checkpointing_kwargs": kwargs,
+            "early_stop": early_stop,
+            "block_starts_per_step": ready["calls"],
+            "step_s": median(seconds),
+            "step_s_all": seconds,
+            "head_step_s": median(head_seconds),
+            "head_step_s_all": head_seconds,
+            "loss": loss,
+            "max_grad_difference": max_difference(ready["grads"], reference),
+        }
+        for (mode, kwargs, early_stop), ready, seconds, head_seconds, loss in zip(
+            MODES, prepared, times, head_times, losses
+        )
+    ]
     report = {
         "model": f"modeling_harmon.demo.build_random_model(seed={SEED}), zero-initialised parts woken",
-        "batch": args.batch, "threads": args.threads, "repeats": args.repeats, "modes": rows,
+        "batch": args.batch,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "modes": rows,
         **environment("cpu"),
-    }  # fmt: skip
-    print(f"tiny Harmon, one text-to-image training step, batch {args.batch}, {args.threads} thread(s) on cpu "
-          f"({report['cpu']}), medians of {args.repeats}")  # fmt: skip
+    }
+    print(
+        f"tiny Harmon, one text-to-image training step, batch {args.batch}, {args.threads} thread(s) on cpu "
+        f"({report['cpu']}), medians of {args.repeats}"
+    )
     print(format_table(report))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

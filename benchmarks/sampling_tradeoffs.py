@@ -67,16 +67,32 @@ def main(argv=None) -> list[dict]:
     rows = []
     for label, overrides in ROWS:
         settings = generation_settings(model, **overrides)
-        results = evaluate_shapes(model, tokenizer, processor, n=args.n, seed=args.seed, settings=settings,
-                                  vqa=False, progress=False)  # fmt: skip
+        results = evaluate_shapes(
+            model, tokenizer, processor, n=args.n, seed=args.seed, settings=settings, vqa=False, progress=False
+        )
         generation = results["generation"]
-        rows.append({"setting": label, "settings": results["settings"], "seconds_per_image": results["seconds_per_image"],
-                     "overall": generation["overall"], "attributes": generation["attributes"]})  # fmt: skip
-        print(f"{label:34s} {results['seconds_per_image']:7.3f} s/image  overall {generation['overall']:.3f}  "
-              + "  ".join(f"{k} {v:.2f}" for k, v in generation["attributes"].items()), flush=True)  # fmt: skip
+        rows.append(
+            {
+                "setting": label,
+                "settings": results["settings"],
+                "seconds_per_image": results["seconds_per_image"],
+                "overall": generation["overall"],
+                "attributes": generation["attributes"],
+            }
+        )
+        print(
+            f"{label:34s} {results['seconds_per_image']:7.3f} s/image  overall {generation['overall']:.3f}  "
+            + "  ".join(f"{k} {v:.2f}" for k, v in generation["attributes"].items()),
+            flush=True,
+        )
     if args.json:
-        payload = {"n": args.n, "seed": args.seed, "threads": args.threads, "model": args.model or "packaged",
-                   "rows": rows}  # fmt: skip
+        payload = {
+            "n": args.n,
+            "seed": args.seed,
+            "threads": args.threads,
+            "model": args.model or "packaged",
+            "rows": rows,
+        }
         directory = os.path.dirname(os.path.abspath(args.json))
         with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as handle:
             json.dump(payload, handle, indent=2)

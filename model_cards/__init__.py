@@ -61,19 +61,49 @@ RELEASED_SIZES = {
         name="Harmon-0.5B",
         base_model="Qwen/Qwen2.5-0.5B-Instruct",
         mar_size="MAR-B",
-        understanding={"POPE": 86.5, "MME-P": 1148, "MME-C": 260, "MMB": 59.8, "SEED": 62.5, "GQA": 56.3, "MMMU": 34.2},
+        understanding={
+            "POPE": 86.5,
+            "MME-P": 1148,
+            "MME-C": 260,
+            "MMB": 59.8,
+            "SEED": 62.5,
+            "GQA": 56.3,
+            "MMMU": 34.2,
+        },
         fid={"MSCOCO-30K": 8.86, "MJHQ-30K": 6.08},
-        geneval={"Overall": 0.71, "Single object": 0.99, "Two objects": 0.80, "Counting": 0.57, "Colors": 0.87,
-                 "Position": 0.55, "Color attribution": 0.48},  # fmt: skip
+        geneval={
+            "Overall": 0.71,
+            "Single object": 0.99,
+            "Two objects": 0.80,
+            "Counting": 0.57,
+            "Colors": 0.87,
+            "Position": 0.55,
+            "Color attribution": 0.48,
+        },
     ),
     _llm_width("harmon-1.5b"): ReleasedSize(
         name="Harmon-1.5B",
         base_model="Qwen/Qwen2.5-1.5B-Instruct",
         mar_size="MAR-H",
-        understanding={"POPE": 87.6, "MME-P": 1155, "MME-C": 321, "MMB": 65.5, "SEED": 67.1, "GQA": 58.9, "MMMU": 38.9},
+        understanding={
+            "POPE": 87.6,
+            "MME-P": 1155,
+            "MME-C": 321,
+            "MMB": 65.5,
+            "SEED": 67.1,
+            "GQA": 58.9,
+            "MMMU": 38.9,
+        },
         fid={"MSCOCO-30K": 8.39, "MJHQ-30K": 5.15},
-        geneval={"Overall": 0.76, "Single object": 0.99, "Two objects": 0.86, "Counting": 0.66, "Colors": 0.85,
-                 "Position": 0.74, "Color attribution": 0.48},  # fmt: skip
+        geneval={
+            "Overall": 0.76,
+            "Single object": 0.99,
+            "Two objects": 0.86,
+            "Counting": 0.66,
+            "Colors": 0.85,
+            "Position": 0.74,
+            "Color attribution": 0.48,
+        },
     ),
 }
 
@@ -104,23 +134,47 @@ def paper_eval_results(size: ReleasedSize) -> list[EvalResult]:
     results = []
     for key, value in size.understanding.items():
         dataset, metric = UNDERSTANDING_BENCHMARKS[key]
-        results.append(EvalResult(
-            task_type="image-text-to-text", task_name="Multimodal understanding",
-            dataset_type=_slug(dataset), dataset_name=dataset, metric_type=_slug(key), metric_name=metric,
-            metric_value=value, source_name="Reported in the Harmon paper (Table 2)", **source,
-        ))  # fmt: skip
+        results.append(
+            EvalResult(
+                task_type="image-text-to-text",
+                task_name="Multimodal understanding",
+                dataset_type=_slug(dataset),
+                dataset_name=dataset,
+                metric_type=_slug(key),
+                metric_name=metric,
+                metric_value=value,
+                source_name="Reported in the Harmon paper (Table 2)",
+                **source,
+            )
+        )
     for dataset, value in size.fid.items():
-        results.append(EvalResult(
-            task_type="text-to-image", task_name="Text-to-image generation", dataset_type=_slug(dataset),
-            dataset_name=dataset, metric_type="fid", metric_name="FID (lower is better)", metric_value=value,
-            source_name="Reported in the Harmon paper (Table 3)", **source,
-        ))  # fmt: skip
+        results.append(
+            EvalResult(
+                task_type="text-to-image",
+                task_name="Text-to-image generation",
+                dataset_type=_slug(dataset),
+                dataset_name=dataset,
+                metric_type="fid",
+                metric_name="FID (lower is better)",
+                metric_value=value,
+                source_name="Reported in the Harmon paper (Table 3)",
+                **source,
+            )
+        )
     for category, value in size.geneval.items():
-        results.append(EvalResult(
-            task_type="text-to-image", task_name="Text-to-image generation", dataset_type="geneval",
-            dataset_name="GenEval", metric_type=_slug(category), metric_name=f"GenEval {category.lower()}",
-            metric_value=value, source_name="Reported in the Harmon paper (Table 4)", **source,
-        ))  # fmt: skip
+        results.append(
+            EvalResult(
+                task_type="text-to-image",
+                task_name="Text-to-image generation",
+                dataset_type="geneval",
+                dataset_name="GenEval",
+                metric_type=_slug(category),
+                metric_name=f"GenEval {category.lower()}",
+                metric_value=value,
+                source_name="Reported in the Harmon paper (Table 4)",
+                **source,
+            )
+        )
     return results
 
 

@@ -30,6 +30,7 @@ KL16_VAE_CONFIG = {
     "scaling_factor": 0.2325,
 }
 
+
 def _qwen25_text_config(hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int) -> dict:
     return {
         "model_type": "qwen2",

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .output_folders import check_output_folder, replace_folder
 from .configuration_harmon import DEFAULT_IMAGE_GENERATION, HARMON_PRESETS, KL16_VAE_CONFIG, HarmonConfig
+from .output_folders import check_output_folder, replace_folder
 
 
 # Tensors dropped on purpose: MAR's class embedding (Harmon never uses it).
@@ -124,7 +124,12 @@ def load_legacy_state_dict(path: str | os.PathLike, wrapper_key: str | None = No
         if path.suffix == ".safetensors":
             raise UnreadableCheckpointError(path, f"safetensors: {error}") from None
         raise UnreadableCheckpointError(path, _unreadable_reason(error)) from None
-    if wrapper_key is not None and isinstance(state, dict) and wrapper_key in state and isinstance(state[wrapper_key], dict):
+    if (
+        wrapper_key is not None
+        and isinstance(state, dict)
+        and wrapper_key in state
+        and isinstance(state[wrapper_key], dict)
+    ):
         state = state[wrapper_key]
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         keys = list(state)[:5] if isinstance(state, dict) else type(state).__name__
@@ -219,8 +224,12 @@ def harmon_settings_from(value: str, argument: str = "--mar-config") -> dict:
             continue  # the reference passes it as a string, e.g. '100'
         _check_json_type(mar[arg], shown, f"mar.{arg}", "number" if arg in _MAR_NUMBER_ARGUMENTS else "integer")
     vae = data.get("vae", {})
-    for field, kind in (("embed_dim", "integer"), ("ch", "integer"), ("ch_mult", "integer list"),
-                        ("groupnorm_groups", "integer")):  # fmt: skip
+    for field, kind in (
+        ("embed_dim", "integer"),
+        ("ch", "integer"),
+        ("ch_mult", "integer list"),
+        ("groupnorm_groups", "integer"),
+    ):
         if vae.get(field) is not None:
             _check_json_type(vae[field], shown, f"vae.{field}", kind)
     if data.get("harmon", {}).get("vae_scale") is not None:
@@ -246,7 +255,9 @@ def vae_config_from_ldm(vae_state: dict[str, torch.Tensor], hints: dict, sample_
     """Infer `diffusers.AutoencoderKL` kwargs from LDM key names and shapes, checking them against `hints`."""
     ch = vae_state["encoder.conv_in.weight"].shape[0]
     levels = sorted({int(m.group(1)) for key in vae_state if (m := re.match(r"encoder\.down\.(\d+)\.", key))})
-    blocks = sorted({int(m.group(1)) for key in vae_state if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", key))})
+    blocks = sorted(
+        {int(m.group(1)) for key in vae_state if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", key))}
+    )
     channels = [vae_state[f"encoder.down.{level}.block.0.conv2.weight"].shape[0] for level in levels]
     attention = [any(key.startswith(f"encoder.down.{level}.attn.") for key in vae_state) for level in levels]
     if any(key.startswith("decoder.up.") and ".attn." in key for key in vae_state):
@@ -284,12 +295,16 @@ def convert_vae_state_dict(vae_state: dict[str, torch.Tensor], vae_config: dict)
     attention = {key: value for key, value in vae_state.items() if re.match(r"encoder\.down\.\d+\.attn\.", key)}
     rest = {key: value for key, value in vae_state.items() if key not in attention}
     converted = convert_ldm_vae_checkpoint(rest, vae_config)
-    for level, index in sorted({tuple(map(int, re.match(r"encoder\.down\.(\d+)\.attn\.(\d+)\.", key).groups())) for key in attention}):
+    for level, index in sorted(
+        {tuple(map(int, re.match(r"encoder\.down\.(\d+)\.attn\.(\d+)\.", key).groups())) for key in attention}
+    ):
         keys = [key for key in attention if key.startswith(f"encoder.down.{level}.attn.{index}.")]
         update_vae_attentions_ldm_to_diffusers(
-            keys, converted, attention,
+            keys,
+            converted,
+            attention,
             mapping={"old": f"down.{level}.attn.{index}", "new": f"down_blocks.{level}.attentions.{index}"},
-        )  # fmt: skip
+        )
     return converted
 
 
@@ -372,7 +387,9 @@ def build_config(harmon_state, vae_state, text_config, settings: dict) -> Harmon
         )
     image_size = shapes["_grid_side"] * vae_stride * patch
     if settings.get("image_size") not in (None, image_size):
-        raise ConversionError(f"--mar-config sets img_size={settings['image_size']} but the weights give {image_size}.")
+        raise ConversionError(
+            f"--mar-config sets img_size={settings['image_size']} but the weights give {image_size}."
+        )
     settings["image_size"] = vae_config["sample_size"] = image_size
     if shapes["_text_hidden"] != text_config.hidden_size:
         raise ConversionError(
@@ -420,7 +437,9 @@ def _prepare_tokenizer(tokenizer_dir: str, argument: str = "--tokenizer"):
     image_token_id = len(plain)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, extra_special_tokens={"image_token": "<image>"})
     if tokenizer.image_token_id != image_token_id:
-        raise ConversionError(f"<image> got id {tokenizer.image_token_id}, expected len(tokenizer) = {image_token_id}.")
+        raise ConversionError(
+            f"<image> got id {tokenizer.image_token_id}, expected len(tokenizer) = {image_token_id}."
+        )
     return _without_load_options(tokenizer), image_token_id
 
 
@@ -462,7 +481,9 @@ def convert_harmon_checkpoint(
     vae_state = {key[len("vae.") :]: value for key, value in harmon_state.items() if key.startswith("vae.")}
     harmon_state = {key: value for key, value in harmon_state.items() if not key.startswith("vae.")}
     if not any(key.startswith(("llm.", "mar.")) for key in harmon_state):
-        raise ConversionError(f"{harmon_ckpt} holds no llm.* / mar.* tensors: is it a Harmon checkpoint (flat, unwrapped)?")
+        raise ConversionError(
+            f"{harmon_ckpt} holds no llm.* / mar.* tensors: is it a Harmon checkpoint (flat, unwrapped)?"
+        )
     if vae_ckpt is not None:
         vae_state = load_legacy_state_dict(vae_ckpt, wrapper_key="model")
     if not vae_state:
@@ -492,7 +513,9 @@ def convert_harmon_checkpoint(
     for key, value in state.items():
         target = model.state_dict()[key]
         if target.shape != value.shape:
-            raise ConversionError(f"{key}: checkpoint shape {tuple(value.shape)} != model shape {tuple(target.shape)}.")
+            raise ConversionError(
+                f"{key}: checkpoint shape {tuple(value.shape)} != model shape {tuple(target.shape)}."
+            )
     model.load_state_dict(state, strict=False)
     model.tie_weights()
     model.eval()
@@ -527,28 +550,45 @@ def convert_harmon_checkpoint(
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The converter's flags (shared with `harmon convert`)."""
     parser.add_argument("--harmon-ckpt", required=True, help="reference harmon_*.pth (flat state dict)")
-    parser.add_argument("--vae-ckpt", default=None, help="kl16.ckpt ({'model': state_dict}); optional if the .pth has vae.*")
+    parser.add_argument(
+        "--vae-ckpt", default=None, help="kl16.ckpt ({'model': state_dict}); optional if the .pth has vae.*"
+    )
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder (Qwen2.5-Instruct)")
     parser.add_argument("--llm-config", required=True, help="folder with the Qwen2 config.json, or a preset name")
     parser.add_argument("--mar-config", required=True, help="JSON with a 'mar' object (MAR arguments), or a preset")
-    parser.add_argument("--output", required=True, help="output folder (new, empty, or an earlier output with --overwrite)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace --output if an earlier harmon command wrote it (other folders are never replaced)")
     parser.add_argument(
-        "--image-size", type=int, default=None,
+        "--output", required=True, help="output folder (new, empty, or an earlier output with --overwrite)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --output if an earlier harmon command wrote it (other folders are never replaced)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
         help="default image side for generation and understanding (the reference scripts use 512; default: the "
         "native size of the position embeddings, 256 for the released models)",
-    )  # fmt: skip
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = add_arguments(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser = add_arguments(
+        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    )
     args = parser.parse_args(argv)
     try:
         convert_harmon_checkpoint(
-            args.harmon_ckpt, args.vae_ckpt, args.tokenizer, args.llm_config, args.mar_config, args.output,
-            image_size=args.image_size, overwrite=args.overwrite,
+            args.harmon_ckpt,
+            args.vae_ckpt,
+            args.tokenizer,
+            args.llm_config,
+            args.mar_config,
+            args.output,
+            image_size=args.image_size,
+            overwrite=args.overwrite,
         )
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")

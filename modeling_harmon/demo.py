@@ -37,24 +37,52 @@ def build_byte_tokenizer():
     return tokenizer, image_token_id
 
 
-def tiny_config(vocab_size: int, image_token_id: int, pad_token_id: int, eos_token_id: int, **overrides) -> HarmonConfig:
+def tiny_config(
+    vocab_size: int, image_token_id: int, pad_token_id: int, eos_token_id: int, **overrides
+) -> HarmonConfig:
     """A small Harmon with a 3-level, 4-channel VAE (stride 4) and 32 px images: seconds on a CPU."""
     settings = dict(
         text_config=dict(
-            model_type="qwen2", vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=10000.0,
-            bos_token_id=None, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+            model_type="qwen2",
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+            rope_theta=10000.0,
+            bos_token_id=None,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
         ),
         vae_config=dict(
-            in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
-            up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[16, 32, 32], layers_per_block=1,
-            latent_channels=4, norm_num_groups=8, sample_size=32, scaling_factor=1.0,
+            in_channels=3,
+            out_channels=3,
+            down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
+            up_block_types=["UpDecoderBlock2D"] * 3,
+            block_out_channels=[16, 32, 32],
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=32,
+            scaling_factor=1.0,
         ),
-        encoder_hidden_size=64, encoder_num_layers=2, encoder_num_heads=4,
-        decoder_hidden_size=48, decoder_num_layers=2, decoder_num_heads=4,
-        buffer_size=4, image_size=32, diffusion_head_depth=2, diffusion_head_width=64, num_sampling_steps=10,
-        image_token_id=image_token_id, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
-    )  # fmt: skip
+        encoder_hidden_size=64,
+        encoder_num_layers=2,
+        encoder_num_heads=4,
+        decoder_hidden_size=48,
+        decoder_num_layers=2,
+        decoder_num_heads=4,
+        buffer_size=4,
+        image_size=32,
+        diffusion_head_depth=2,
+        diffusion_head_width=64,
+        num_sampling_steps=10,
+        image_token_id=image_token_id,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+    )
     settings.update(overrides)
     return HarmonConfig(**settings)
 
@@ -78,7 +106,11 @@ def answer(model, tokenizer, image: torch.Tensor, question: str, max_new_tokens:
     text = model.config.prompt_template.format(input=f"{placeholders}\n{question}")
     input_ids = torch.tensor([tokenizer(text)["input_ids"]])
     output = model.generate(
-        input_ids=input_ids, pixel_values=image[None], max_new_tokens=max_new_tokens, do_sample=False,
-        eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id,
-    )  # fmt: skip
+        input_ids=input_ids,
+        pixel_values=image[None],
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=model.config.eos_token_id,
+        pad_token_id=model.config.pad_token_id,
+    )
     return tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)

@@ -19,6 +19,9 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_harmon import DEFAULT_IMAGE_GENERATION, HarmonConfig
+from .modeling_harmon_diffusion import HarmonDiffusionHead, HarmonGaussianDiffusion
+from .modeling_harmon_mar import HarmonMARDecoder, HarmonMAREncoder
+from .modeling_harmon_onednn import onednn_linears
 from .modeling_harmon_sampler import HarmonMARSampler, PromptBatch, SamplerState
 from .modeling_harmon_settings import (
     HarmonImageGenerationSettings,
@@ -26,9 +29,6 @@ from .modeling_harmon_settings import (
     _is_int,
     resolve_image_generation_settings,
 )
-from .modeling_harmon_diffusion import HarmonDiffusionHead, HarmonGaussianDiffusion
-from .modeling_harmon_mar import HarmonMARDecoder, HarmonMAREncoder
-from .modeling_harmon_onednn import onednn_linears
 
 
 logger = logging.get_logger(__name__)
@@ -232,7 +232,9 @@ class HarmonModel(HarmonPreTrainedModel):
         self.language_model = AutoModel.from_config(config.text_config)
         # transformers 5.24 renamed the LLM's `past_key_values` argument to `cache`.
         parameters = inspect.signature(self.language_model.forward).parameters
-        self._cache_argument = "cache" if "cache" in parameters and "past_key_values" not in parameters else "past_key_values"
+        self._cache_argument = (
+            "cache" if "cache" in parameters and "past_key_values" not in parameters else "past_key_values"
+        )
         self.proj_out = nn.Sequential(
             nn.Linear(text_hidden, text_hidden), nn.SiLU(), nn.Linear(text_hidden, config.encoder_hidden_size)
         )
@@ -260,7 +262,9 @@ class HarmonModel(HarmonPreTrainedModel):
             kind = pixel_values.dtype if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
             raise ValueError(f"pixel_values must be a floating-point tensor in [-1, 1], got {kind}.")
         if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.vae_config.get("in_channels", 3):
-            raise ValueError(f"pixel_values must have shape (batch, 3, height, width), got {tuple(pixel_values.shape)}.")
+            raise ValueError(
+                f"pixel_values must have shape (batch, 3, height, width), got {tuple(pixel_values.shape)}."
+            )
         if pixel_values.shape[2] % stride or pixel_values.shape[3] % stride or min(pixel_values.shape[2:]) == 0:
             raise ValueError(
                 f"pixel_values height and width must be positive multiples of {stride} (the VAE stride times the "
@@ -442,8 +446,10 @@ class HarmonModel(HarmonPreTrainedModel):
                 placeholders.unsqueeze(-1).to(inputs_embeds.device),
                 image_features.to(inputs_embeds.device, inputs_embeds.dtype),
             )
-        elif input_ids is not None and bool((input_ids == self.config.image_token_id).any()) and not (
-            past_key_values is not None and past_key_values.get_seq_length() > 0
+        elif (
+            input_ids is not None
+            and bool((input_ids == self.config.image_token_id).any())
+            and not (past_key_values is not None and past_key_values.get_seq_length() > 0)
         ):
             raise ValueError("input_ids contain <image> placeholders but no pixel_values were given.")
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
@@ -683,7 +689,9 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         unconditional) rows after them, padded to one length."""
         seq_len = (settings.height // self._token_stride()) * (settings.width // self._token_stride())
         cond_ids, cond_mask = self._prompt_rows(**conditional, what="")
-        self._check_prompt_length(cond_mask, "input_ids" if conditional["input_ids"] is not None else "prompt", seq_len, settings)
+        self._check_prompt_length(
+            cond_mask, "input_ids" if conditional["input_ids"] is not None else "prompt", seq_len, settings
+        )
         num_prompts = cond_ids.shape[0]
         guided = settings.guidance_scale != 1.0
         if guided:
@@ -691,11 +699,15 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                 negatives = negative["prompt"]
                 negatives = negatives if isinstance(negatives, list) else [negatives] * num_prompts
                 if len(negatives) != num_prompts:
-                    raise ValueError(f"negative_prompt has {len(negatives)} entries but there are {num_prompts} prompts.")
+                    raise ValueError(
+                        f"negative_prompt has {len(negatives)} entries but there are {num_prompts} prompts."
+                    )
                 negative = {**negative, "prompt": negatives}
             neg_ids, neg_mask = self._prompt_rows(**negative, what="negative_")
             if neg_ids.shape[0] != num_prompts:
-                raise ValueError(f"negative_input_ids has {neg_ids.shape[0]} rows but there are {num_prompts} prompts.")
+                raise ValueError(
+                    f"negative_input_ids has {neg_ids.shape[0]} rows but there are {num_prompts} prompts."
+                )
             name = "negative_prompt" if negative["input_ids"] is None else "negative_input_ids"
             self._check_prompt_length(neg_mask, name, seq_len, settings)
             length = max(cond_ids.shape[1], neg_ids.shape[1])
@@ -810,15 +822,26 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             (B, C, H/stride, W/stride) in scaled VAE space.
         """
         settings = self.image_generation_settings(
-            preset, height=height, width=width, num_iter=num_iter, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, cfg_schedule=cfg_schedule, temperature=temperature,
-            num_sampling_steps=num_sampling_steps, x0_clamp=x0_clamp, strength=strength,
+            preset,
+            height=height,
+            width=width,
+            num_iter=num_iter,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            cfg_schedule=cfg_schedule,
+            temperature=temperature,
+            num_sampling_steps=num_sampling_steps,
+            x0_clamp=x0_clamp,
+            strength=strength,
             image_guidance_scale=image_guidance_scale,
-        )  # fmt: skip
+        )
         for name in ("strength", "image_guidance_scale"):
             if getattr(settings, name) != 1.0:
-                raise HarmonSettingError(name, "applies to an init image or context images, which text-to-image "
-                                         f"generation does not take; use 1 (got {getattr(settings, name)!r}).")  # fmt: skip
+                raise HarmonSettingError(
+                    name,
+                    "applies to an init image or context images, which text-to-image "
+                    f"generation does not take; use 1 (got {getattr(settings, name)!r}).",
+                )
         if not _is_int(num_images_per_prompt) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}.")
         if input_ids is None and prompt is None:
@@ -826,10 +849,15 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         texts = {"tokenizer": tokenizer, "processor": processor}
         prompts = self._prompt_batch(
             {"prompt": prompt, "input_ids": input_ids, "attention_mask": attention_mask, **texts},
-            {"prompt": negative_prompt, "input_ids": negative_input_ids, "attention_mask": negative_attention_mask,
-             **texts},
-            settings, num_images_per_prompt,
-        )  # fmt: skip
+            {
+                "prompt": negative_prompt,
+                "input_ids": negative_input_ids,
+                "attention_mask": negative_attention_mask,
+                **texts,
+            },
+            settings,
+            num_images_per_prompt,
+        )
         grid = (settings.height // self._token_stride(), settings.width // self._token_stride())
         orders, noise_fn = self._randomness(generator, prompts.num_images, grid[0] * grid[1], orders, noise_fn)
 
@@ -927,7 +955,9 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             orders = self._check_orders(orders, batch, seq_len).to(device)
             ratio = self.sample_mask_ratio(generator) if mask_ratio is None else float(mask_ratio)
             num_masked = math.ceil(seq_len * ratio)
-            ranks = torch.empty_like(orders).scatter_(1, orders, torch.arange(seq_len, device=device).expand(batch, -1))
+            ranks = torch.empty_like(orders).scatter_(
+                1, orders, torch.arange(seq_len, device=device).expand(batch, -1)
+            )
             mask = ranks < num_masked
         mask = mask.to(device=device, dtype=torch.bool)
         if mask.shape != (batch, seq_len) or len(set(mask.sum(1).tolist())) != 1:

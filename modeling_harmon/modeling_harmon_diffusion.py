@@ -148,7 +148,10 @@ def _beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
     if name == "cosine":
         alpha_bar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
         return np.array(
-            [min(1 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps), 0.999) for i in range(num_timesteps)],
+            [
+                min(1 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps), 0.999)
+                for i in range(num_timesteps)
+            ],
             dtype=np.float64,
         )
     scale = 1000 / num_timesteps
@@ -203,10 +206,15 @@ class HarmonDiffusionSchedule:
 
     def _build_table(self, device: torch.device) -> dict[str, torch.Tensor]:
         names = (
-            "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
-            "sqrt_recipm1_alphas_cumprod", "posterior_log_variance_clipped", "log_betas",
-            "posterior_mean_coef1", "posterior_mean_coef2",
-        )  # fmt: skip
+            "sqrt_alphas_cumprod",
+            "sqrt_one_minus_alphas_cumprod",
+            "sqrt_recip_alphas_cumprod",
+            "sqrt_recipm1_alphas_cumprod",
+            "posterior_log_variance_clipped",
+            "log_betas",
+            "posterior_mean_coef1",
+            "posterior_mean_coef2",
+        )
         table = {name: torch.from_numpy(getattr(self, name)).float().to(device) for name in names}
         table["timestep_map"] = torch.tensor(self.timestep_map, dtype=torch.long, device=device)
         return table
@@ -346,7 +354,9 @@ class HarmonGaussianDiffusion:
         indices = list(reversed(range(schedule.num_steps)))
         if precompute_modulations:
             width = head.input_proj.out_features
-            per_step = conditions.shape[0] * (3 * len(head.res_blocks) + 2) * width * head.input_proj.weight.element_size()
+            per_step = (
+                conditions.shape[0] * (3 * len(head.res_blocks) + 2) * width * head.input_proj.weight.element_size()
+            )
             chunk = max(1, min(len(indices), _MODULATION_CHUNK_BYTES // max(per_step, 1)))
         x = noise_fn((rows, channels)).float()
         for position, index in enumerate(indices):

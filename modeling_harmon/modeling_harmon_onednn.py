@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+
 _PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 _available: bool | None = None
 

@@ -110,7 +110,10 @@ class HarmonImageGenerationSettings:
                 "height" if "height" not in arguments else arguments["height"],
             )
         if not _is_int(self.num_iter) or not 1 <= self.num_iter <= seq_len:
-            fail("num_iter", f"must be an integer in [1, {seq_len}] (the number of image tokens), got {self.num_iter!r}.")
+            fail(
+                "num_iter",
+                f"must be an integer in [1, {seq_len}] (the number of image tokens), got {self.num_iter!r}.",
+            )
         for name in ("guidance_scale", "image_guidance_scale"):
             scale = getattr(self, name)
             if not _is_number(scale) or not math.isfinite(scale) or scale < 1.0:

@@ -138,7 +138,7 @@ def clean_stale_siblings(path: str | os.PathLike) -> list[Path]:
 
 
 def writer_id() -> str:
-    """"HOST.PID" of this process, as staging and old siblings carry it."""
+    """ "HOST.PID" of this process, as staging and old siblings carry it."""
     return f"{socket.gethostname()}.{os.getpid()}"
 
 

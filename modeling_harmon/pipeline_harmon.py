@@ -127,7 +127,9 @@ class HarmonPipeline(DiffusionPipeline):
         super().save_pretrained(save_directory, **kwargs)
         save_directory = Path(save_directory)
         index = self.model_index()
-        (save_directory / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (save_directory / "model_index.json").write_text(
+            json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
         this_file = Path(sys.modules[type(self).__module__].__file__)
         if this_file.resolve() != (save_directory / this_file.name).resolve():
             shutil.copyfile(this_file, save_directory / this_file.name)
@@ -187,7 +189,9 @@ class HarmonPipeline(DiffusionPipeline):
         if negative_prompt is not None:
             negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
             if not isinstance(negatives, list) or not all(isinstance(item, str) for item in negatives):
-                raise ValueError(f"negative_prompt must be None, a string or a list of strings, got {negative_prompt!r}.")
+                raise ValueError(
+                    f"negative_prompt must be None, a string or a list of strings, got {negative_prompt!r}."
+                )
             if len(negatives) not in (1, len(prompts)):
                 raise ValueError(
                     f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; give one, or one "
@@ -210,7 +214,9 @@ class HarmonPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise ValueError(f"callback_on_step_end must be callable, got {type(callback_on_step_end).__name__}.")
-        unknown = [name for name in callback_on_step_end_tensor_inputs or [] if name not in self._callback_tensor_inputs]
+        unknown = [
+            name for name in callback_on_step_end_tensor_inputs or [] if name not in self._callback_tensor_inputs
+        ]
         if unknown:
             raise ValueError(
                 f"callback_on_step_end_tensor_inputs must be in {self._callback_tensor_inputs}, got unknown {unknown}."
@@ -291,11 +297,23 @@ class HarmonPipeline(DiffusionPipeline):
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         settings = self.check_inputs(
-            prompt, negative_prompt, num_images_per_prompt, generator, output_type, callback_on_step_end,
-            callback_on_step_end_tensor_inputs, preset=preset, height=height, width=width,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, cfg_schedule=cfg_schedule,
-            temperature=temperature, num_sampling_steps=num_sampling_steps, x0_clamp=x0_clamp,
-        )  # fmt: skip
+            prompt,
+            negative_prompt,
+            num_images_per_prompt,
+            generator,
+            output_type,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+            preset=preset,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            cfg_schedule=cfg_schedule,
+            temperature=temperature,
+            num_sampling_steps=num_sampling_steps,
+            x0_clamp=x0_clamp,
+        )
         self._guidance_scale = settings.guidance_scale
         self._num_timesteps = settings.num_iter
         self._interrupt = False
@@ -331,11 +349,16 @@ class HarmonPipeline(DiffusionPipeline):
                 return result
 
             generated = self.model.generate_images(
-                input_ids=input_ids, attention_mask=attention_mask,
-                negative_input_ids=negative_ids, negative_attention_mask=negative_mask,
-                **settings.to_dict(), num_images_per_prompt=num_images_per_prompt, generator=generator, callback=on_iteration,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                negative_input_ids=negative_ids,
+                negative_attention_mask=negative_mask,
+                **settings.to_dict(),
+                num_images_per_prompt=num_images_per_prompt,
+                generator=generator,
+                callback=on_iteration,
                 decode=output_type != "latent",
-            )  # fmt: skip
+            )
 
         # 3. Decode (done by the model's VAE above) and convert.
         if output_type == "latent":

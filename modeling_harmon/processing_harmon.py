@@ -94,7 +94,9 @@ class HarmonProcessor(ProcessorMixin):
         self.unconditional_prompt = unconditional_prompt
 
     @classmethod
-    def from_model_config(cls, config, tokenizer: PreTrainedTokenizerBase, image_size: int | None = None) -> "HarmonProcessor":
+    def from_model_config(
+        cls, config, tokenizer: PreTrainedTokenizerBase, image_size: int | None = None
+    ) -> "HarmonProcessor":
         """The processor matching a [`HarmonConfig`]: square `image_size` (default `config.image_size`), the model's
         token stride (VAE stride x patch size), buffer size and text-to-image prompts."""
         size = config.image_size if image_size is None else image_size

@@ -17,7 +17,9 @@ from modeling_harmon.pipeline_text_to_image_harmon import HarmonTextToImagePipel
 # model=harmon_model, tokenizer=tokenizer)` on a loaded model. Checkpoint folders carry the same task in
 # `config.custom_pipelines` for Hub users (loaded with trust_remote_code=True).
 if "text-to-image" not in PIPELINE_REGISTRY.get_supported_tasks():
-    PIPELINE_REGISTRY.register_pipeline("text-to-image", pipeline_class=HarmonTextToImagePipeline, pt_model=AutoModel, type="multimodal")
+    PIPELINE_REGISTRY.register_pipeline(
+        "text-to-image", pipeline_class=HarmonTextToImagePipeline, pt_model=AutoModel, type="multimodal"
+    )
 
 
 __all__ = ["HarmonPipeline", "HarmonText2ImagePipeline", "HarmonTextToImagePipeline"]

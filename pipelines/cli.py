@@ -37,12 +37,16 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from modeling_harmon.convert_harmon_weights_to_hf import UnreadableCheckpointError, add_arguments, convert_harmon_checkpoint
+from modeling_harmon.atomic_files import write_json, write_png
+from modeling_harmon.convert_harmon_weights_to_hf import (
+    UnreadableCheckpointError,
+    add_arguments,
+    convert_harmon_checkpoint,
+)
 from modeling_harmon.image_processing_harmon import to_rgb_image
 from modeling_harmon.modeling_harmon_settings import HarmonImageGenerationSettings, HarmonSettingError
 from modeling_harmon.pipeline_harmon import HarmonPipeline
 
-from modeling_harmon.atomic_files import write_json, write_png
 from .default_model import RANDOM_MODEL_NAME, load_model_and_tokenizer, load_processor
 from .hub import push_hub_folder, write_hub_files
 
@@ -148,10 +152,15 @@ def _positive_int_argument(value: str) -> int:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, metavar="PATH_OR_REPO",
-                        help="Harmon folder or Hub repo id (default: the packaged model, else a tiny random one)")
-    parser.add_argument("--device", default=None,
-                        help="torch device (default: GPU number LOCAL_RANK when CUDA is available, else cpu)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="PATH_OR_REPO",
+        help="Harmon folder or Hub repo id (default: the packaged model, else a tiny random one)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device (default: GPU number LOCAL_RANK when CUDA is available, else cpu)"
+    )
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="weight precision (default: float32)")
 
 
@@ -163,14 +172,28 @@ def _add_setting_arguments(parser: argparse.ArgumentParser, fields: tuple[str, .
     for key, names in _setting_keys(fields).items():
         flag = "--" + key.replace("_", "-")
         if names == ("height", "width"):
-            parser.add_argument(flag, type=_size_argument, metavar="HxW", dest=key,
-                                help="image size in pixels, HxW or N for a square (default: the model's)")  # fmt: skip
+            parser.add_argument(
+                flag,
+                type=_size_argument,
+                metavar="HxW",
+                dest=key,
+                help="image size in pixels, HxW or N for a square (default: the model's)",
+            )
             continue
         kind = int if "int" in str(types[names[0]]) else float
-        parser.add_argument(flag, type=kind, metavar="N" if kind is int else "X", dest=key,
-                            help=f"{helps[names[0]]} (default: the model's)")  # fmt: skip
-    parser.add_argument("--preset", metavar="NAME", help="a named preset of the model's sampling settings, under the "
-                        "flags given (generation_config.image_generation_presets)")  # fmt: skip
+        parser.add_argument(
+            flag,
+            type=kind,
+            metavar="N" if kind is int else "X",
+            dest=key,
+            help=f"{helps[names[0]]} (default: the model's)",
+        )
+    parser.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="a named preset of the model's sampling settings, under the "
+        "flags given (generation_config.image_generation_presets)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,56 +202,93 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="{generate,ask,convert,push,eval}")
 
     generate = commands.add_parser(
-        "generate", help="draw images from a prompt or a JSONL file of prompts", epilog=JOBS_FORMAT,
+        "generate",
+        help="draw images from a prompt or a JSONL file of prompts",
+        epilog=JOBS_FORMAT,
         description="Draw images from text. Settings left out come from the model's generation_config.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     generate.add_argument("prompt", nargs="?", help="what to draw (or use --prompts)")
-    generate.add_argument("-o", "--output", type=Path, metavar="FILE.png",
-                          help="PNG file to write (with -n N: STEM_0.png .. STEM_{N-1}.png)")
+    generate.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE.png",
+        help="PNG file to write (with -n N: STEM_0.png .. STEM_{N-1}.png)",
+    )
     generate.add_argument("--prompts", type=Path, metavar="FILE.jsonl", help="batch mode: one JSON object per line")
     generate.add_argument("--outdir", type=Path, metavar="DIR", help="batch mode: folder for the images")
-    generate.add_argument("--batch-size", type=_positive_int_argument, default=None, metavar="B",
-                          help="batch mode: prompt lines drawn together (B x N images per model call; default 1); "
-                          f"with a PROMPT: images per model call (default {IMAGES_PER_CALL})")
-    generate.add_argument("-n", "--num-images", type=_positive_int_argument, default=1, metavar="N",
-                          help="images per prompt (default 1)")
-    generate.add_argument("--seed", type=_seed_argument, default=0,
-                          help="seed of image 0; image k uses seed + k (default 0)")
+    generate.add_argument(
+        "--batch-size",
+        type=_positive_int_argument,
+        default=None,
+        metavar="B",
+        help="batch mode: prompt lines drawn together (B x N images per model call; default 1); "
+        f"with a PROMPT: images per model call (default {IMAGES_PER_CALL})",
+    )
+    generate.add_argument(
+        "-n", "--num-images", type=_positive_int_argument, default=1, metavar="N", help="images per prompt (default 1)"
+    )
+    generate.add_argument(
+        "--seed", type=_seed_argument, default=0, help="seed of image 0; image k uses seed + k (default 0)"
+    )
     _add_setting_arguments(generate, GENERATE_FIELDS)
-    generate.add_argument("--overwrite", action="store_true",
-                          help="batch mode: redraw images whose JSON records another prompt, seed, settings or model "
-                          "(without it such images are refused)")
-    generate.add_argument("--max-side", type=_positive_int_argument, default=MAX_SIDE, metavar="PX",
-                          help=f"refuse image sides above PX pixels (default {MAX_SIDE})")
-    generate.add_argument("--max-images", type=_positive_int_argument, default=MAX_IMAGES, metavar="N",
-                          help=f"refuse commands that would draw more than N images in all (default {MAX_IMAGES})")
+    generate.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="batch mode: redraw images whose JSON records another prompt, seed, settings or model "
+        "(without it such images are refused)",
+    )
+    generate.add_argument(
+        "--max-side",
+        type=_positive_int_argument,
+        default=MAX_SIDE,
+        metavar="PX",
+        help=f"refuse image sides above PX pixels (default {MAX_SIDE})",
+    )
+    generate.add_argument(
+        "--max-images",
+        type=_positive_int_argument,
+        default=MAX_IMAGES,
+        metavar="N",
+        help=f"refuse commands that would draw more than N images in all (default {MAX_IMAGES})",
+    )
     _add_model_arguments(generate)
     generate.set_defaults(run=run_generate)
 
-    ask = commands.add_parser("ask", help="answer a question about an image (greedy decoding)",
-                              description="Print Harmon's greedy answer to a question about an image.")  # fmt: skip
+    ask = commands.add_parser(
+        "ask",
+        help="answer a question about an image (greedy decoding)",
+        description="Print Harmon's greedy answer to a question about an image.",
+    )
     ask.add_argument("image", type=Path, help="image file (any format PIL reads)")
     ask.add_argument("question")
-    ask.add_argument("--max-new-tokens", type=_positive_int_argument, default=64, metavar="N",
-                     help="longest answer in tokens (default 64)")
+    ask.add_argument(
+        "--max-new-tokens",
+        type=_positive_int_argument,
+        default=64,
+        metavar="N",
+        help="longest answer in tokens (default 64)",
+    )
     _add_model_arguments(ask)
     ask.set_defaults(run=run_ask)
 
     convert = commands.add_parser(
-        "convert", help="convert a reference checkpoint into a Hub-ready folder",
+        "convert",
+        help="convert a reference checkpoint into a Hub-ready folder",
         description="Convert a reference Harmon checkpoint into a folder with the full Hub layout (transformers, "
         "diffusers, processor, model card), ready for `harmon push`.",
-    )  # fmt: skip
+    )
     add_arguments(convert)
     convert.set_defaults(run=run_convert)
 
     push = commands.add_parser(
-        "push", help="upload a converted folder to the Hugging Face Hub",
+        "push",
+        help="upload a converted folder to the Hugging Face Hub",
         description="Create the Hub repo if needed and upload a folder written by `harmon convert` or by training. "
         "The embedded Shapes model's compact folder (no remote code, no diffusers components) is completed in a "
         "temporary copy first; any other incomplete folder is refused.",
-    )  # fmt: skip
+    )
     push.add_argument("folder", type=Path)
     push.add_argument("--repo-id", required=True, metavar="ORG/NAME")
     push.add_argument("--private", action="store_true", help="create the repo private")
@@ -237,19 +297,34 @@ def build_parser() -> argparse.ArgumentParser:
     push.set_defaults(run=run_push)
 
     evaluation = commands.add_parser(
-        "eval", help="score a model on a benchmark (shapes: ShapesEval)",
+        "eval",
+        help="score a model on a benchmark (shapes: ShapesEval)",
         description="ShapesEval: draw a fixed, seeded set of Shapes-world prompts (single objects, two objects, "
         "counting, held-out colour-shape pairs), judge each image with a model-free checker, and ask as many "
         "questions about ground-truth renders. Prints a table; --json writes the scores (fractions).",
-    )  # fmt: skip
+    )
     evaluation.add_argument("benchmark", choices=("shapes",), help="what to evaluate (shapes: ShapesEval)")
-    evaluation.add_argument("--n", type=_positive_int_argument, default=180, metavar="N",
-                            help="generation prompts, and VQA questions (default 180)")
-    evaluation.add_argument("--seed", type=_seed_argument, default=0,
-                            help="picks the prompts and questions; image i is drawn with seed + i (default 0)")
+    evaluation.add_argument(
+        "--n",
+        type=_positive_int_argument,
+        default=180,
+        metavar="N",
+        help="generation prompts, and VQA questions (default 180)",
+    )
+    evaluation.add_argument(
+        "--seed",
+        type=_seed_argument,
+        default=0,
+        help="picks the prompts and questions; image i is drawn with seed + i (default 0)",
+    )
     _add_setting_arguments(evaluation, EVAL_FIELDS)
-    evaluation.add_argument("--batch-size", type=_positive_int_argument, default=16, metavar="B",
-                            help="prompts (questions) per model call (default 16)")
+    evaluation.add_argument(
+        "--batch-size",
+        type=_positive_int_argument,
+        default=16,
+        metavar="B",
+        help="prompts (questions) per model call (default 16)",
+    )
     evaluation.add_argument("--json", type=Path, metavar="OUT.json", help="also write the scores as JSON")
     evaluation.add_argument("--skip-generation", action="store_true", help="only VQA")
     evaluation.add_argument("--skip-vqa", action="store_true", help="only generation")
@@ -383,8 +458,10 @@ def draw(pipe, prompts: list[str], seeds: list[int], settings: dict) -> list:
         if not any(text in str(error).lower() for text in OUT_OF_MEMORY) and not isinstance(error, MemoryError):
             raise
         size = f"{settings['height']}x{settings['width']}"
-        raise CommandError(f"out of memory drawing {len(prompts)} image(s) of {size} at once on "
-                           f"{pipe.model.device}; use a smaller --size or --batch-size") from None  # fmt: skip
+        raise CommandError(
+            f"out of memory drawing {len(prompts)} image(s) of {size} at once on "
+            f"{pipe.model.device}; use a smaller --size or --batch-size"
+        ) from None
 
 
 def save(image, path: Path, metadata: dict) -> None:
@@ -410,8 +487,9 @@ def check_size(size: tuple[int, int] | None, max_side: int, shown: str) -> None:
     """Refuse a size with a side above `max_side` (`--max-side`) before the model loads: the model would try to
     allocate it."""
     if size is not None and max(size) > max_side:
-        raise CommandError(f"{shown}: sides above --max-side {max_side} px are refused; pass a larger --max-side "
-                           "to allow them")  # fmt: skip
+        raise CommandError(
+            f"{shown}: sides above --max-side {max_side} px are refused; pass a larger --max-side to allow them"
+        )
 
 
 def run_generate(args) -> None:
@@ -437,8 +515,10 @@ def run_generate(args) -> None:
         raise CommandError("PROMPT must not be empty")
     n = args.num_images
     if n > args.max_images:
-        raise CommandError(f"-n {n}: more than --max-images {args.max_images} images are refused; pass a larger "
-                           "--max-images to allow them")  # fmt: skip
+        raise CommandError(
+            f"-n {n}: more than --max-images {args.max_images} images are refused; pass a larger "
+            "--max-images to allow them"
+        )
     if args.seed + n - 1 > MAX_SEED:
         raise CommandError(f"--seed {args.seed} with -n {n}: the seeds seed .. seed + n - 1 must stay <= 2**64 - 1")
     check_size(args.size, args.max_side, f"--size {_show('size', args.size)}")
@@ -523,7 +603,9 @@ def resolve_jobs(jobs: list[dict], model, args) -> list[dict]:
     resolved = []
     for job in jobs:
         where, options = f"{args.prompts} line {job['line']}", job["options"]
-        settings = resolve_settings(model, options, lambda key: f'{where}: "{key}" {_show(key, options[key])}', args.preset)
+        settings = resolve_settings(
+            model, options, lambda key: f'{where}: "{key}" {_show(key, options[key])}', args.preset
+        )
         size = (settings["height"], settings["width"])
         check_size(size, args.max_side, f'{where}: "size" (the model\'s default, {_show("size", size)})')
         resolved.append({"line": job["line"], "prompt": job["prompt"], "seed": job["seed"], "settings": settings})
@@ -579,8 +661,10 @@ def _generate_jobs(args) -> None:
     jobs = read_jobs(args.prompts, args)
     n = args.num_images
     if len(jobs) * n > args.max_images:
-        raise CommandError(f"--prompts {str(args.prompts)!r} with -n {n} asks for {len(jobs) * n} images; more than "
-                           f"--max-images {args.max_images} are refused; pass a larger --max-images to allow them")  # fmt: skip
+        raise CommandError(
+            f"--prompts {str(args.prompts)!r} with -n {n} asks for {len(jobs) * n} images; more than "
+            f"--max-images {args.max_images} are refused; pass a larger --max-images to allow them"
+        )
     launch = _launch()
     rank, world = launch["RANK"], launch["WORLD_SIZE"]
     model, tokenizer = _load(args)
@@ -601,7 +685,9 @@ def _generate_jobs(args) -> None:
     done, changed = set(), []
     for job in jobs:
         for k in range(n):
-            stored = _sidecar(stem(job, k).with_suffix(".json")) if stem(job, k).with_suffix(".png").is_file() else None
+            stored = (
+                _sidecar(stem(job, k).with_suffix(".json")) if stem(job, k).with_suffix(".png").is_file() else None
+            )
             difference = None if stored is None else _first_difference(stored, record(job, k))
             if stored is not None and difference is None:
                 done.add((job["line"], k))
@@ -624,8 +710,11 @@ def _generate_jobs(args) -> None:
     todo = [batch for batch in mine if not all(finished(job, k) for job in batch for k in range(n))]
     missing = sum(not finished(job, k) for batch in todo for job in batch for k in range(n))
     total = sum(len(batch) for batch in mine) * n
-    print(f"rank {rank}/{world}: {total} images in {len(mine)} batches; {total - missing} already written, "
-          f"{missing} to draw", file=sys.stderr)  # fmt: skip
+    print(
+        f"rank {rank}/{world}: {total} images in {len(mine)} batches; {total - missing} already written, "
+        f"{missing} to draw",
+        file=sys.stderr,
+    )
 
     pipe = HarmonPipeline(model=model, tokenizer=tokenizer)
     pipe.set_progress_bar_config(disable=True)  # one bar over images below, not one per batch
@@ -686,10 +775,16 @@ def run_convert(args) -> None:
             regular_file(Path(value), f"{flag} {value!r}")
     try:
         convert_harmon_checkpoint(
-            args.harmon_ckpt, args.vae_ckpt, args.tokenizer, args.llm_config, args.mar_config, args.output,
+            args.harmon_ckpt,
+            args.vae_ckpt,
+            args.tokenizer,
+            args.llm_config,
+            args.mar_config,
+            args.output,
             finalize=write_hub_files,  # called as (folder, model, tokenizer) before the folder is renamed into place
-            image_size=args.image_size, overwrite=args.overwrite,
-        )  # fmt: skip
+            image_size=args.image_size,
+            overwrite=args.overwrite,
+        )
     except UnreadableCheckpointError as error:
         flags = [flag for flag, value in checkpoints.items() if value is not None and Path(value) == error.path]
         raise CommandError(" ".join([*flags[:1], str(error)])) from None
@@ -722,9 +817,16 @@ def run_eval(args) -> None:
         raise CommandError(f"{flags[error.field]} {given[error.field]}: {error}" if flagged else str(error)) from None
     processor = load_processor(args.model, model, tokenizer)
     results = evaluate_shapes(
-        model, tokenizer, processor, n=args.n, seed=args.seed, settings=settings, batch_size=args.batch_size,
-        generation=not args.skip_generation, vqa=not args.skip_vqa,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        processor,
+        n=args.n,
+        seed=args.seed,
+        settings=settings,
+        batch_size=args.batch_size,
+        generation=not args.skip_generation,
+        vqa=not args.skip_vqa,
+    )
     print(format_table(results))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,6 @@ from transformers.utils import logging as transformers_logging
 
 from modeling_harmon.configuration_harmon import HarmonConfig
 from modeling_harmon.demo import build_random_model
-
 from modeling_harmon.processing_harmon import HarmonProcessor
 
 
@@ -59,7 +58,9 @@ def load_model_and_tokenizer(
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        loaded, info = AutoModel.from_pretrained(model, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True)
+        loaded, info = AutoModel.from_pretrained(
+            model, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True
+        )
     finally:
         transformers_logging.set_verbosity(verbosity)
     check_loading_info(loaded, info)
@@ -67,8 +68,13 @@ def load_model_and_tokenizer(
 
 
 def _kind(value) -> str:
-    return "a boolean" if isinstance(value, bool) else "an integer" if isinstance(value, int) else (
-        "a number" if isinstance(value, float) else "a string")  # fmt: skip
+    return (
+        "a boolean"
+        if isinstance(value, bool)
+        else "an integer"
+        if isinstance(value, int)
+        else ("a number" if isinstance(value, float) else "a string")
+    )
 
 
 def check_config_file(model: str) -> None:
@@ -82,7 +88,9 @@ def check_config_file(model: str) -> None:
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not UTF-8 text") from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+        raise ValueError(
+            f"{path} is not valid JSON ({error.msg} at line {error.lineno} column {error.colno})"
+        ) from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
     if data.get("model_type") != HarmonConfig.model_type:
@@ -117,8 +125,10 @@ def check_loading_info(model, info: dict) -> None:
         problems.append(f"{len(unexpected)} unexpected tensor(s) (e.g. {', '.join(unexpected[:3])})")
     if mismatched:
         key, stored, expected = mismatched[0]
-        problems.append(f"{len(mismatched)} tensor(s) of another shape than the config gives (e.g. {key}: "
-                        f"{tuple(stored)} in the weights, {tuple(expected)} in the model)")  # fmt: skip
+        problems.append(
+            f"{len(mismatched)} tensor(s) of another shape than the config gives (e.g. {key}: "
+            f"{tuple(stored)} in the weights, {tuple(expected)} in the model)"
+        )
     if problems:
         raise ValueError(f"its weights do not fit its config.json: {'; '.join(problems)}")
 
@@ -128,6 +138,8 @@ def load_processor(model: str | None, loaded_model, tokenizer):
     when it has `processor_config.json`, so its image size is honoured; otherwise one built from the model's config
     (`HarmonProcessor.from_model_config`, the processor that `harmon convert` saves)."""
     source = str(DEFAULT_MODEL_DIR) if model is None and DEFAULT_MODEL_DIR.is_dir() else model
-    if source is not None and cached_file(source, "processor_config.json", _raise_exceptions_for_missing_entries=False):
+    if source is not None and cached_file(
+        source, "processor_config.json", _raise_exceptions_for_missing_entries=False
+    ):
         return AutoProcessor.from_pretrained(source)
     return HarmonProcessor.from_model_config(loaded_model.config, tokenizer)

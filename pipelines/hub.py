@@ -34,9 +34,16 @@ MODEL_COMPONENT = "model"
 TOKENIZER_COMPONENT = "tokenizer"
 # What `model.save_pretrained` writes (weights, possibly sharded, config, generation config, model code with the
 # files it imports: the processor formats text-to-image prompts); the diffusers `model/` component needs these.
-MODEL_FILE_PATTERNS = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
-                       "configuration_harmon.py", "modeling_harmon*.py", "processing_harmon.py",
-                       "image_processing_harmon.py")  # fmt: skip
+MODEL_FILE_PATTERNS = (
+    "config.json",
+    "generation_config.json",
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "configuration_harmon.py",
+    "modeling_harmon*.py",
+    "processing_harmon.py",
+    "image_processing_harmon.py",
+)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -115,11 +122,21 @@ def check_hub_folder(folder: str | os.PathLike) -> list[str]:
     """Problems that would break a loader of the layout above (empty list: none)."""
     folder = Path(folder)
     problems = []
-    required = ["config.json", "model_index.json", "processor_config.json", "README.md", "pipeline_harmon.py",
-                "pipeline_text_to_image_harmon.py", "processing_harmon.py", "image_processing_harmon.py"]  # fmt: skip
+    required = [
+        "config.json",
+        "model_index.json",
+        "processor_config.json",
+        "README.md",
+        "pipeline_harmon.py",
+        "pipeline_text_to_image_harmon.py",
+        "processing_harmon.py",
+        "image_processing_harmon.py",
+    ]
     problems += [f"missing {name}" for name in required if not (folder / name).is_file()]
-    needed = {MODEL_COMPONENT: ["config.json", "modeling_harmon.py", "configuration_harmon.py"],
-              TOKENIZER_COMPONENT: ["tokenizer_config.json"]}  # fmt: skip
+    needed = {
+        MODEL_COMPONENT: ["config.json", "modeling_harmon.py", "configuration_harmon.py"],
+        TOKENIZER_COMPONENT: ["tokenizer_config.json"],
+    }
     for component in (MODEL_COMPONENT, TOKENIZER_COMPONENT):
         directory = folder / component
         if not directory.is_dir():
@@ -145,8 +162,15 @@ def is_compact_folder(folder: str | os.PathLike) -> bool:
 def _is_compact(folder: Path, problems: list[str]) -> bool:
     """[`is_compact_folder`] given the folder's [`check_hub_folder`] problems (which read every component file, so
     a caller that has them should not pay for them twice)."""
-    derived = {"model_index.json", "pipeline_harmon.py", "pipeline_text_to_image_harmon.py", "processing_harmon.py",
-               "image_processing_harmon.py", f"{MODEL_COMPONENT}/", f"{TOKENIZER_COMPONENT}/"}  # fmt: skip
+    derived = {
+        "model_index.json",
+        "pipeline_harmon.py",
+        "pipeline_text_to_image_harmon.py",
+        "processing_harmon.py",
+        "image_processing_harmon.py",
+        f"{MODEL_COMPONENT}/",
+        f"{TOKENIZER_COMPONENT}/",
+    }
     own = ["config.json", "processor_config.json", "tokenizer_config.json", "README.md"]
     return (
         bool(problems)
@@ -243,8 +267,9 @@ def push_hub_folder(
         if "/" not in repo_id:
             raise HFValidationError("it needs a namespace")
     except HFValidationError as error:
-        raise ValueError(f"repo_id must look like ORG/NAME (letters, digits, '-', '_', '.'), got {repo_id!r}: "
-                         f"{error}") from None  # fmt: skip
+        raise ValueError(
+            f"repo_id must look like ORG/NAME (letters, digits, '-', '_', '.'), got {repo_id!r}: {error}"
+        ) from None
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"folder must be an exported Harmon folder, got {str(folder)!r} (not a directory).")

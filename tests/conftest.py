@@ -2,6 +2,7 @@
 
 import os
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402

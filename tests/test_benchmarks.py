@@ -13,8 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import analytic, bench_generate, bench_understand
 from benchmarks.common import build_model, stage_meter
-from modeling_harmon import HarmonSamplingSpeedups
-from modeling_harmon import modeling_harmon_diffusion
+from modeling_harmon import HarmonSamplingSpeedups, modeling_harmon_diffusion
 from modeling_harmon.modeling_harmon_onednn import onednn_linear_available
 
 
@@ -48,9 +47,21 @@ def tiny_bench_model():
 def counted_stage_flops(model, speedups, guidance_scale: float) -> dict[str, float]:
     """FLOPs per stage of one tiny generation, from torch's counter read around each stage call."""
     args = bench_generate.parse_args(
-        ["--preset", "tiny", "--size", "32", "--num-iter", "4", "--head-steps", "5", "--batch", "2",
-         "--cfg", str(guidance_scale)]
-    )  # fmt: skip
+        [
+            "--preset",
+            "tiny",
+            "--size",
+            "32",
+            "--num-iter",
+            "4",
+            "--head-steps",
+            "5",
+            "--batch",
+            "2",
+            "--cfg",
+            str(guidance_scale),
+        ]
+    )
     prompts = bench_generate.synthetic_prompts(model.config, args.batch, "cpu")
     previous = model.sampling_speedups
     model.sampling_speedups = speedups
@@ -81,8 +92,15 @@ def test_analytic_flops_match_the_flop_counter(tiny_bench_model, monkeypatch, sp
     prompt_length = bench_generate.PROMPT_LENGTH
     if guidance_scale != 1.0:
         prompt_length = max(prompt_length, bench_generate.UNCONDITIONAL_PROMPT_LENGTH)
-    shape = analytic.GenerationShape(batch=2, size=32, num_iter=4, head_steps=5, guidance_scale=guidance_scale,
-                                     prompt_length=prompt_length, dtype_bytes=4)  # fmt: skip
+    shape = analytic.GenerationShape(
+        batch=2,
+        size=32,
+        num_iter=4,
+        head_steps=5,
+        guidance_scale=guidance_scale,
+        prompt_length=prompt_length,
+        dtype_bytes=4,
+    )
     costs = analytic.generation_costs(tiny_bench_model.config, shape, speedups)
     for stage in analytic.STAGES:
         assert counted[stage] > 0
@@ -107,8 +125,23 @@ def test_stage_meter_counts_nested_calls_once_and_restores():
 
 
 def test_child_arguments_rebuild_the_same_run():
-    args = bench_generate.parse_args(["--preset", "tiny", "--size", "48", "--num-iter", "3", "--batch", "2",
-                                      "--dtype", "bf16", "--cfg", "2.5", "--ablate"])  # fmt: skip
+    args = bench_generate.parse_args(
+        [
+            "--preset",
+            "tiny",
+            "--size",
+            "48",
+            "--num-iter",
+            "3",
+            "--batch",
+            "2",
+            "--dtype",
+            "bf16",
+            "--cfg",
+            "2.5",
+            "--ablate",
+        ]
+    )
     child = bench_generate.parse_args(bench_generate.child_argv(args))
     for name in ("preset", "size", "num_iter", "batch", "dtype", "threads", "head_steps", "cfg", "device", "repeats"):
         assert getattr(child, name) == getattr(args, name), name
@@ -116,8 +149,15 @@ def test_child_arguments_rebuild_the_same_run():
 
 @pytest.mark.parametrize(
     "argv",
-    [["--size", "40"], ["--size", "32", "--num-iter", "65"], ["--head-steps", "0"], ["--cfg", "0.5"],
-     ["--dtype", "fp8"], ["--batch", "0"], ["--device", "tpu"]],  # fmt: skip
+    [
+        ["--size", "40"],
+        ["--size", "32", "--num-iter", "65"],
+        ["--head-steps", "0"],
+        ["--cfg", "0.5"],
+        ["--dtype", "fp8"],
+        ["--batch", "0"],
+        ["--device", "tpu"],
+    ],
 )
 def test_generate_rejects_bad_arguments(argv):
     with pytest.raises(SystemExit):
@@ -128,11 +168,40 @@ def test_generate_report(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_generate, "MATMUL_SIZE", 128)
     monkeypatch.setattr(bench_generate, "COPY_BYTES", 4 * 1024**2)
     path = tmp_path / "generate.json"
-    bench_generate.main(["--preset", "tiny", "--size", "32", "--num-iter", "3", "--head-steps", "2", "--batch", "2",
-                         "--in-process", "--ablate", "--json", str(path)])  # fmt: skip
+    bench_generate.main(
+        [
+            "--preset",
+            "tiny",
+            "--size",
+            "32",
+            "--num-iter",
+            "3",
+            "--head-steps",
+            "2",
+            "--batch",
+            "2",
+            "--in-process",
+            "--ablate",
+            "--json",
+            str(path),
+        ]
+    )
     report = json.loads(path.read_text())
-    for key in ("preset", "size", "num_iter", "batch", "dtype", "threads", "head_steps", "cfg", "device",
-                "per_image_s", "peak_rss_bytes", "torch_version", "cpu"):  # fmt: skip
+    for key in (
+        "preset",
+        "size",
+        "num_iter",
+        "batch",
+        "dtype",
+        "threads",
+        "head_steps",
+        "cfg",
+        "device",
+        "per_image_s",
+        "peak_rss_bytes",
+        "torch_version",
+        "cpu",
+    ):
         assert key in report, key
     assert report["ceiling"]["matmul_gflops"] > 0 and report["ceiling"]["copy_gbps"] > 0
     fields = [field.name for field in dataclasses.fields(HarmonSamplingSpeedups)]
@@ -152,8 +221,9 @@ def test_generate_report(tmp_path, monkeypatch):
 
 def test_understand_report(tmp_path):
     path = tmp_path / "understand.json"
-    bench_understand.main(["--preset", "tiny", "--size", "32", "--new-tokens", "4", "--repeats", "1",
-                           "--json", str(path)])  # fmt: skip
+    bench_understand.main(
+        ["--preset", "tiny", "--size", "32", "--new-tokens", "4", "--repeats", "1", "--json", str(path)]
+    )
     report = json.loads(path.read_text())
     ours, plain = report["ours"], report["plain"]
     assert report["image_tokens"] == (32 // 4) ** 2 + 4  # tiny: token stride 4, 4 buffers

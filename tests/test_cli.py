@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 
 from harmon_pipelines import HarmonPipeline, default_model
-from modeling_harmon.atomic_files import write_png
 from harmon_pipelines.cli import main
 from harmon_pipelines.default_model import DEFAULT_MODEL_DIR
 from harmon_pipelines.hub import PUSH_IGNORE_PATTERNS, check_hub_folder
 from modeling_harmon import HarmonProcessor
+from modeling_harmon.atomic_files import write_png
 from modeling_harmon.demo import answer
 
 
@@ -86,8 +86,9 @@ def _default_model_setting(name: str, fallback: float) -> float:
 
 
 def test_generate_writes_pngs_with_metadata_and_reproducible_seeds(tmp_path, capsys):
-    result = run_script("generate", "a red circle", "-o", "out.png", "--seed", "5", "-n", "2", "--size", "16x24",
-                        *FAST, cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "generate", "a red circle", "-o", "out.png", "--seed", "5", "-n", "2", "--size", "16x24", *FAST, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["out_0.png", "out_1.png"]
     # the random-model note exactly when no trained default model is packaged, and the MAR progress bar
@@ -98,23 +99,42 @@ def test_generate_writes_pngs_with_metadata_and_reproducible_seeds(tmp_path, cap
         metadata = json.loads(image.text["harmon"])
         assert image.text["prompt"] == metadata["prompt"] == "a red circle"
         assert metadata["seed"] == 5 + k
-        assert metadata["model"] == (str(DEFAULT_MODEL_DIR) if DEFAULT_MODEL_DIR.is_dir() else default_model.RANDOM_MODEL_NAME)
+        assert metadata["model"] == (
+            str(DEFAULT_MODEL_DIR) if DEFAULT_MODEL_DIR.is_dir() else default_model.RANDOM_MODEL_NAME
+        )
         assert metadata["settings"] == {
-            "height": 16, "width": 24, "num_inference_steps": 2, "num_sampling_steps": 2,
-            "guidance_scale": _default_model_setting("guidance_scale", 3.0), "cfg_schedule": "constant",
+            "height": 16,
+            "width": 24,
+            "num_inference_steps": 2,
+            "num_sampling_steps": 2,
+            "guidance_scale": _default_model_setting("guidance_scale", 3.0),
+            "cfg_schedule": "constant",
             "temperature": _default_model_setting("temperature", 1.0),
-        }  # fmt: skip
+        }
     assert np.abs(pixels(tmp_path / "out_0.png") - pixels(tmp_path / "out_1.png")).max() > 0
 
     # Same seed, another process: the same files, byte for byte.
-    code, out, _ = call(capsys, "generate", "a red circle", "-o", tmp_path / "again.png", "--seed", "5", "-n", "2",
-                        "--size", "16x24", *FAST)  # fmt: skip
+    code, out, _ = call(
+        capsys,
+        "generate",
+        "a red circle",
+        "-o",
+        tmp_path / "again.png",
+        "--seed",
+        "5",
+        "-n",
+        "2",
+        "--size",
+        "16x24",
+        *FAST,
+    )
     assert code == 0
     for k in range(2):
         assert (tmp_path / f"again_{k}.png").read_bytes() == (tmp_path / f"out_{k}.png").read_bytes()
     # Seed rule: image k of seed s is the image of seed s + k (a single image keeps the plain name).
-    code, out, _ = call(capsys, "generate", "a red circle", "-o", tmp_path / "six.png", "--seed", "6", "--size", "16x24",
-                        *FAST)  # fmt: skip
+    code, out, _ = call(
+        capsys, "generate", "a red circle", "-o", tmp_path / "six.png", "--seed", "6", "--size", "16x24", *FAST
+    )
     assert code == 0 and out.split() == [str(tmp_path / "six.png")]
     # Equal up to float rounding of batched products (batch of 2 vs 1): at most one grey level.
     assert np.abs(pixels(tmp_path / "six.png") - pixels(tmp_path / "out_1.png")).max() <= 1
@@ -141,12 +161,26 @@ def test_bad_arguments_fail_with_one_line(tmp_path, capsys):
         (["generate", "--prompts", tmp_path / "bad.jsonl", "--outdir", tmp_path], 'bad.jsonl line 3: "seed" must be'),
         (["ask", tmp_path / "missing.png", "what?"], "missing.png': no such file"),
         (["ask", tmp_path / "not_an_image.png", "what?"], "is not an image PIL can read"),
-        (["convert", "--harmon-ckpt", wrapped, "--tokenizer", "t", "--llm-config", "l", "--mar-config", "m", "--output",
-          tmp_path / "converted"], "wrapped"),
+        (
+            [
+                "convert",
+                "--harmon-ckpt",
+                wrapped,
+                "--tokenizer",
+                "t",
+                "--llm-config",
+                "l",
+                "--mar-config",
+                "m",
+                "--output",
+                tmp_path / "converted",
+            ],
+            "wrapped",
+        ),
         (["push", tmp_path / "nowhere", "--repo-id", "org/name"], "nowhere' (not a directory)"),
         (["push", tmp_path], "the following arguments are required: --repo-id"),
         (["generate", "x", "-o", out_png, "--model", tmp_path], f"--model {str(tmp_path)!r}: cannot load it as"),
-    ]  # fmt: skip
+    ]
     for argv, expected in cases:
         code, _, err = call(capsys, *argv)
         lines = error_lines(err)
@@ -205,8 +239,14 @@ def test_batch_mode_shards_over_torchrun_and_resumes(tmp_path, capsys):
     assert Image.open(tmp_path / "single" / "00004_0.png").size == (24, 16)
 
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "harmon_pipelines.cli"]
-    result = subprocess.run([*launch, "generate", *map(str, options), "--outdir", str(tmp_path / "dist")],
-                            cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [*launch, "generate", *map(str, options), "--outdir", str(tmp_path / "dist")],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     written = [line for line in result.stderr.splitlines() if ": wrote " in line]
     assert sorted(line.split(":")[0] for line in written) == ["rank 0/2", "rank 1/2"]
@@ -236,17 +276,22 @@ def test_ask_prints_the_greedy_answer(tmp_path, capsys, talker, monkeypatch):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 24, 3), dtype=np.uint8))
     image.save(tmp_path / "photo.png")
     question = "What is in the picture?"
-    pixel_values = HarmonProcessor.from_model_config(model.config, tokenizer).image_processor(image, return_tensors="pt")["pixel_values"]
+    pixel_values = HarmonProcessor.from_model_config(model.config, tokenizer).image_processor(
+        image, return_tensors="pt"
+    )["pixel_values"]
     expected = answer(model, tokenizer, pixel_values[0], question, max_new_tokens=6).strip()
     assert expected  # the reference prompt format path, for comparison
 
-    code, out, err = call(capsys, "ask", tmp_path / "photo.png", question, "--model", model_folder,
-                          "--max-new-tokens", "6")  # fmt: skip
+    code, out, err = call(
+        capsys, "ask", tmp_path / "photo.png", question, "--model", model_folder, "--max-new-tokens", "6"
+    )
     assert code == 0, err
     assert out == expected + "\n" and "NOTE" not in err
 
     # Without --model: the packaged default model when there is one, else the random one (with a note).
-    code, out, err = call(capsys, "ask", tmp_path / "photo.png", question, "--max-new-tokens", "2", "--dtype", "bfloat16")
+    code, out, err = call(
+        capsys, "ask", tmp_path / "photo.png", question, "--max-new-tokens", "2", "--dtype", "bfloat16"
+    )
     assert code == 0 and ("RANDOMLY INITIALISED" in err) == (not DEFAULT_MODEL_DIR.is_dir())
     monkeypatch.setattr(default_model, "DEFAULT_MODEL_DIR", model_folder)
     code, out, err = call(capsys, "ask", tmp_path / "photo.png", question, "--max-new-tokens", "6")
@@ -259,12 +304,25 @@ def converted(tmp_path_factory):
     if not VECTOR_SET.is_dir():
         pytest.skip(f"vector set {VECTOR_SET} not found")
     output = tmp_path_factory.mktemp("convert") / "harmon-tiny"
-    code = main([
-        "convert", "--harmon-ckpt", str(VECTOR_SET / "harmon_tiny.pth"),
-        "--vae-ckpt", str(VECTOR_SET / "kl16_tiny.ckpt"),
-        "--tokenizer", str(VECTOR_SET / "llm_hf"), "--llm-config", str(VECTOR_SET / "llm_hf"),
-        "--mar-config", str(VECTOR_SET / "config.json"), "--output", str(output), "--image-size", "128",
-    ])  # fmt: skip
+    code = main(
+        [
+            "convert",
+            "--harmon-ckpt",
+            str(VECTOR_SET / "harmon_tiny.pth"),
+            "--vae-ckpt",
+            str(VECTOR_SET / "kl16_tiny.ckpt"),
+            "--tokenizer",
+            str(VECTOR_SET / "llm_hf"),
+            "--llm-config",
+            str(VECTOR_SET / "llm_hf"),
+            "--mar-config",
+            str(VECTOR_SET / "config.json"),
+            "--output",
+            str(output),
+            "--image-size",
+            "128",
+        ]
+    )
     assert code == 0
     return output
 
@@ -300,8 +358,9 @@ def test_push_uploads_through_the_hub_api(converted, capsys, monkeypatch):
             return record
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    code, out, err = call(capsys, "push", converted, "--repo-id", "org/name", "--private", "--revision", "dev",
-                          "--token", "hf_secret")  # fmt: skip
+    code, out, err = call(
+        capsys, "push", converted, "--repo-id", "org/name", "--private", "--revision", "dev", "--token", "hf_secret"
+    )
     assert code == 0, err
     assert out == "https://huggingface.co/org/name/commit/abc\n"
     upload = calls[-1][1]
@@ -310,9 +369,17 @@ def test_push_uploads_through_the_hub_api(converted, capsys, monkeypatch):
         ("init", {"token": "hf_secret"}),
         ("create_repo", {"repo_id": "org/name", "private": True, "exist_ok": True, "repo_type": "model"}),
         ("create_branch", {"repo_id": "org/name", "branch": "dev", "exist_ok": True}),
-        ("upload_folder", {"repo_id": "org/name", "revision": "dev", "commit_message": "Upload Harmon checkpoint",
-                           "repo_type": "model", "ignore_patterns": PUSH_IGNORE_PATTERNS}),
-    ]  # fmt: skip
+        (
+            "upload_folder",
+            {
+                "repo_id": "org/name",
+                "revision": "dev",
+                "commit_message": "Upload Harmon checkpoint",
+                "repo_type": "model",
+                "ignore_patterns": PUSH_IGNORE_PATTERNS,
+            },
+        ),
+    ]
 
 
 def test_a_failed_write_leaves_the_previous_file(tmp_path):
@@ -322,3 +389,15 @@ def test_a_failed_write_leaves_the_previous_file(tmp_path):
         write_png(Image.new("CMYK", (4, 4)), path)  # PNG cannot store CMYK: the save fails midway
     assert [item.name for item in tmp_path.iterdir()] == ["image.png"]
     assert Image.open(path).text == {"prompt": "red"} and Image.open(path).getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_generate_uses_a_named_preset_of_the_model(tmp_path, capsys):
+    """The embedded model's "fast" preset: fewer head steps, recorded in the image's metadata; flags still win."""
+    output = tmp_path / "fast.png"
+    assert main(["generate", "a red circle", "-o", str(output), "--preset", "fast"]) == 0
+    settings = json.loads(Image.open(output).text["harmon"])["settings"]
+    assert settings["num_sampling_steps"] == 10 and settings["num_inference_steps"] == _default_model_setting(
+        "num_iter", 0
+    )
+    assert main(["generate", "a red circle", "-o", str(output), "--preset", "fast", "--head-steps", "20"]) == 0
+    assert json.loads(Image.open(output).text["harmon"])["settings"]["num_sampling_steps"] == 20

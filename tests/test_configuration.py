@@ -13,12 +13,18 @@ def _count(module) -> int:
 @pytest.mark.parametrize(
     "preset, total, groups",
     [
-        ("harmon-0.5b", 770_630_899, {"vae": 66_456_019, "llm": 494_032_768, "mar": 207_156_768,
-                                      "proj_in": 1_492_736, "proj_out": 1_492_608}),
-        ("harmon-1.5b", 2_559_950_067, {"vae": 66_456_019, "llm": 1_543_714_304, "mar": 941_123_104,
-                                        "proj_in": 4_328_448, "proj_out": 4_328_192}),
+        (
+            "harmon-0.5b",
+            770_630_899,
+            {"vae": 66_456_019, "llm": 494_032_768, "mar": 207_156_768, "proj_in": 1_492_736, "proj_out": 1_492_608},
+        ),
+        (
+            "harmon-1.5b",
+            2_559_950_067,
+            {"vae": 66_456_019, "llm": 1_543_714_304, "mar": 941_123_104, "proj_in": 4_328_448, "proj_out": 4_328_192},
+        ),
     ],
-)  # fmt: skip
+)
 def test_preset_parameter_counts(preset, total, groups):
     """VAE + unique LLM + MAR (without the unused class embedding) + projectors, as the reference (§1.3)."""
     with torch.device("meta"):

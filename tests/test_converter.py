@@ -34,17 +34,34 @@ def _convert(tmp_path, harmon, mar_config=None, vae=VECTOR_SET / "kl16_tiny.ckpt
     else:
         path = harmon
     return convert_harmon_checkpoint(
-        path, vae, VECTOR_SET / "llm_hf", VECTOR_SET / "llm_hf", mar_config or VECTOR_SET / "config.json",
-        tmp_path / "out", verbose=False, **kwargs,
-    )  # fmt: skip
+        path,
+        vae,
+        VECTOR_SET / "llm_hf",
+        VECTOR_SET / "llm_hf",
+        mar_config or VECTOR_SET / "config.json",
+        tmp_path / "out",
+        verbose=False,
+        **kwargs,
+    )
 
 
 def test_cli_converts_and_reports_drops(tmp_path, capsys):
-    main([
-        "--harmon-ckpt", str(VECTOR_SET / "harmon_tiny.pth"), "--vae-ckpt", str(VECTOR_SET / "kl16_tiny.ckpt"),
-        "--tokenizer", str(VECTOR_SET / "llm_hf"), "--llm-config", str(VECTOR_SET / "llm_hf"),
-        "--mar-config", str(VECTOR_SET / "config.json"), "--output", str(tmp_path / "out"),
-    ])  # fmt: skip
+    main(
+        [
+            "--harmon-ckpt",
+            str(VECTOR_SET / "harmon_tiny.pth"),
+            "--vae-ckpt",
+            str(VECTOR_SET / "kl16_tiny.ckpt"),
+            "--tokenizer",
+            str(VECTOR_SET / "llm_hf"),
+            "--llm-config",
+            str(VECTOR_SET / "llm_hf"),
+            "--mar-config",
+            str(VECTOR_SET / "config.json"),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "mar.class_emb.weight" in printed
     config = json.loads((tmp_path / "out" / "config.json").read_text())

@@ -49,8 +49,12 @@ def test_every_entry_point_draws_with_the_models_own_defaults(tmp_path, capsys):
     model, tokenizer = load_default_model(dtype=torch.float32)
     diffusers_pipe = HarmonPipeline(model=model, tokenizer=tokenizer)
     diffusers_pipe.set_progress_bar_config(disable=True)
-    drawn["HarmonPipeline"] = np.asarray(diffusers_pipe(prompt, generator=torch.Generator().manual_seed(seed)).images[0])
+    drawn["HarmonPipeline"] = np.asarray(
+        diffusers_pipe(prompt, generator=torch.Generator().manual_seed(seed)).images[0]
+    )
     text_to_image = pipeline("text-to-image", model=model, tokenizer=tokenizer)
-    drawn["pipeline(text-to-image)"] = np.asarray(text_to_image(prompt, generator=torch.Generator().manual_seed(seed))[0])
+    drawn["pipeline(text-to-image)"] = np.asarray(
+        text_to_image(prompt, generator=torch.Generator().manual_seed(seed))[0]
+    )
     for name, pixels in drawn.items():
         np.testing.assert_array_equal(pixels, drawn["harmon generate"], err_msg=name)

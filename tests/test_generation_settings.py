@@ -21,7 +21,10 @@ def test_every_field_declares_its_help_and_the_names_map_once():
     assert HarmonImageGenerationSettings.aliases() == {"num_inference_steps": "num_iter"}
     assert HarmonImageGenerationSettings.flags()["num_iter"] == "--steps"
     assert HarmonImageGenerationSettings.flags()["num_sampling_steps"] == "--head-steps"
-    assert set(DEFAULT_IMAGE_GENERATION) == set(HarmonImageGenerationSettings.names()) - {"strength", "image_guidance_scale"}
+    assert set(DEFAULT_IMAGE_GENERATION) == set(HarmonImageGenerationSettings.names()) - {
+        "strength",
+        "image_guidance_scale",
+    }
 
 
 def test_values_come_from_defaults_then_stored_then_preset_then_given(tiny_model):
@@ -36,23 +39,28 @@ def test_values_come_from_defaults_then_stored_then_preset_then_given(tiny_model
     assert resolve_image_generation_settings(config, stored, presets, "fast", num_inference_steps=3).num_iter == 3
 
 
-@pytest.mark.parametrize("given, field, argument, words", [
-    ({"num_iter": 0}, "num_iter", "num_iter", "must be an integer in [1, 64]"),
-    ({"num_inference_steps": 0}, "num_iter", "num_inference_steps", "must be an integer"),
-    ({"num_iter": 2, "num_inference_steps": 2}, "num_iter", "num_iter", "given twice"),
-    ({"guidance_scale": 0.5}, "guidance_scale", "guidance_scale", ">= 1"),
-    ({"image_guidance_scale": float("nan")}, "image_guidance_scale", "image_guidance_scale", "finite"),
-    ({"strength": 0.0}, "strength", "strength", "(0, 1]"),
-    ({"height": 30}, "height", "height", "multiple of"),
-    ({"temperature": True}, "temperature", "temperature", "finite number > 0"),
-    ({"steps": 3}, "steps", "steps", "not an image-generation setting"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "given, field, argument, words",
+    [
+        ({"num_iter": 0}, "num_iter", "num_iter", "must be an integer in [1, 64]"),
+        ({"num_inference_steps": 0}, "num_iter", "num_inference_steps", "must be an integer"),
+        ({"num_iter": 2, "num_inference_steps": 2}, "num_iter", "num_iter", "given twice"),
+        ({"guidance_scale": 0.5}, "guidance_scale", "guidance_scale", ">= 1"),
+        ({"image_guidance_scale": float("nan")}, "image_guidance_scale", "image_guidance_scale", "finite"),
+        ({"strength": 0.0}, "strength", "strength", "(0, 1]"),
+        ({"height": 30}, "height", "height", "multiple of"),
+        ({"temperature": True}, "temperature", "temperature", "finite number > 0"),
+        ({"steps": 3}, "steps", "steps", "not an image-generation setting"),
+    ],
+)
 def test_errors_carry_the_field_and_the_name_given(tiny_model, given, field, argument, words):
     with pytest.raises(HarmonSettingError) as caught:
         resolve_image_generation_settings(tiny_model.config, **given)
     error = caught.value
     assert isinstance(error, ValueError)
-    assert (error.field, error.argument) == (field, argument) and str(error).startswith(argument) and words in str(error)
+    assert (
+        (error.field, error.argument) == (field, argument) and str(error).startswith(argument) and words in str(error)
+    )
 
 
 def test_unknown_presets_and_stored_keys_are_refused(tiny_model):
@@ -69,8 +77,13 @@ def test_the_model_and_generate_images_use_the_checkpoints_presets(tiny_model, t
     try:
         assert tiny_model.image_generation_settings("tiny").num_iter == 2
         steps = []
-        tiny_model.generate_images("a red circle", tokenizer=tokenizer, preset="tiny", guidance_scale=1.0,
-                                   callback=lambda step, *_: steps.append(step))  # fmt: skip
+        tiny_model.generate_images(
+            "a red circle",
+            tokenizer=tokenizer,
+            preset="tiny",
+            guidance_scale=1.0,
+            callback=lambda step, *_: steps.append(step),
+        )
         assert steps == [0, 1]
         with pytest.raises(HarmonSettingError, match="applies to an init image"):
             tiny_model.generate_images("a red circle", tokenizer=tokenizer, preset="tiny", strength=0.5)
@@ -99,3 +112,14 @@ def test_sampler_state_keeps_known_tokens_and_schedules_the_unknown_ones():
         uneven = known.clone()
         uneven[0, 7] = True
         SamplerState.start(orders, 4, torch.float32, known_tokens=values, known_mask=uneven)
+
+
+def test_the_demo_model_ships_a_fast_preset():
+    from harmon_pipelines.default_model import load_default_model
+    from harmon_training.shapes.export_default import DEMO_PRESETS
+
+    model, _ = load_default_model()
+    assert model.generation_config.image_generation_presets == DEMO_PRESETS
+    fast, default = model.image_generation_settings("fast"), model.image_generation_settings()
+    assert (fast.num_sampling_steps, default.num_sampling_steps) == (10, 50)
+    assert dataclasses.replace(fast, num_sampling_steps=50) == default  # the preset changes nothing else

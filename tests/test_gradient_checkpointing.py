@@ -6,6 +6,7 @@ sub-module each block calls): 1 per training step without checkpointing, 2 with 
 """
 
 import copy
+
 import pytest
 import torch
 
@@ -80,11 +81,16 @@ def test_attn_implementation_selects_the_llm_attention_and_the_mar_keeps_sdpa(
     assert model.model.language_model.config._attn_implementation == implementation
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
-                        lambda *args, **kwargs: calls.append(1) or sdpa(*args, **kwargs))  # fmt: skip
+    monkeypatch.setattr(
+        torch.nn.functional,
+        "scaled_dot_product_attention",
+        lambda *args, **kwargs: calls.append(1) or sdpa(*args, **kwargs),
+    )
     ids = torch.tensor([tokenizer("a red circle")["input_ids"]])
     latents = torch.zeros(1, *config.image_grid, config.token_dim)  # no VAE: its attention blocks use SDPA too
     with torch.no_grad():
-        model.text_to_image_loss(ids, torch.ones_like(ids), latents=latents, generator=torch.Generator().manual_seed(0))
+        model.text_to_image_loss(
+            ids, torch.ones_like(ids), latents=latents, generator=torch.Generator().manual_seed(0)
+        )
     mar_blocks = config.encoder_num_layers + config.decoder_num_layers
     assert len(calls) == mar_blocks + llm_sdpa_calls_per_layer * config.text_config.num_hidden_layers

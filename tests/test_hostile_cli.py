@@ -50,14 +50,18 @@ def png_claiming(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 def _damaged_model(good: Path, folder: Path, weights=None, config=None, raw_config: str | None = None) -> None:
     """A copy of the model folder `good` with `weights(state)` / `config(data)` applied, or config.json replaced."""
     shutil.copytree(good, folder)
     if weights is not None:
-        save_file(weights(load_file(good / "model.safetensors")), folder / "model.safetensors", metadata={"format": "pt"})
+        save_file(
+            weights(load_file(good / "model.safetensors")), folder / "model.safetensors", metadata={"format": "pt"}
+        )
     if config is not None:
         data = json.loads((good / "config.json").read_text())
         config(data)
@@ -79,12 +83,20 @@ def root(tmp_path_factory, tiny):
         return {key: value for key, value in state.items() if key != "model.mar_decoder.mask_token"}
 
     _damaged_model(good, root / "model_missing", weights=without_mask_token)
-    _damaged_model(good, root / "model_unexpected", weights=lambda state: {**state, "model.extra.weight": torch.ones(2)})
-    _damaged_model(good, root / "model_shape", weights=lambda state: {**state, "model.mar_decoder.mask_token": torch.ones(1, 1, 7)})
+    _damaged_model(
+        good, root / "model_unexpected", weights=lambda state: {**state, "model.extra.weight": torch.ones(2)}
+    )
+    _damaged_model(
+        good,
+        root / "model_shape",
+        weights=lambda state: {**state, "model.mar_decoder.mask_token": torch.ones(1, 1, 7)},
+    )
     _damaged_model(good, root / "model_truncated")
     data = (good / "model.safetensors").read_bytes()
     (root / "model_truncated" / "model.safetensors").write_bytes(data[: len(data) // 2])
-    _damaged_model(good, root / "model_hidden_big", config=lambda config: config["text_config"].update(hidden_size="big"))
+    _damaged_model(
+        good, root / "model_hidden_big", config=lambda config: config["text_config"].update(hidden_size="big")
+    )
     _damaged_model(good, root / "model_encoder_big", config=lambda config: config.update(encoder_hidden_size="big"))
     _damaged_model(good, root / "model_bad_json", raw_config='{"model_type": "harmon",')
 
@@ -146,12 +158,25 @@ def refused(capsys, argv: list, expected: list[str], folder: Path) -> str:
 
 def _convert(harmon, vae=None, tokenizer="@model", mar_config=None, output="@converted"):
     """`harmon convert` arguments relative to the inputs folder (VECTOR_SET names resolved here)."""
-    argv = ["convert", "--harmon-ckpt", harmon, "--tokenizer", tokenizer, "--llm-config", VECTOR_SET / "llm_hf",
-            "--mar-config", mar_config or VECTOR_SET / "config.json", "--output", output]  # fmt: skip
+    argv = [
+        "convert",
+        "--harmon-ckpt",
+        harmon,
+        "--tokenizer",
+        tokenizer,
+        "--llm-config",
+        VECTOR_SET / "llm_hf",
+        "--mar-config",
+        mar_config or VECTOR_SET / "config.json",
+        "--output",
+        output,
+    ]
     return argv + (["--vae-ckpt", vae] if vae is not None else [])
 
 
 # (id, argv with "@name" for a path in the inputs folder, texts the error line must hold)
+# A table, one case a row: kept out of the formatter.
+# fmt: off
 CASES = [
     # 2. upper bounds, refused before the model loads
     ("size_above_max_side", ["generate", "x", "-o", "@out/x.png", "--size", "100000x100000"],
@@ -232,7 +257,10 @@ CASES = [
      ["malformed.jsonl line 1: not valid JSON"]),
     ("decompression_bomb", ["ask", "@bomb.png", "what?"], ["IMAGE", "bomb.png' is not an image PIL can read", "bomb"]),
     ("missing_image", ["ask", "@missing.png", "what?"], ["IMAGE", "missing.png': no such file"]),
-]  # fmt: skip
+    ("unknown_preset", ["generate", "x", "-o", "@out/x.png", "--model", "@model", "--preset", "nope"],
+     ["--preset nope", "one of this model's presets []"]),
+]
+# fmt: on
 
 
 def _ids(case):
@@ -251,21 +279,36 @@ def test_output_folder_not_writable(root, capsys, monkeypatch):
     locked.mkdir(exist_ok=True)
     access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != locked and access(path, mode, **kw))
-    refused(capsys, ["generate", "x", "-o", locked / "x.png", *FAST], ["-o/--output", "cannot write in the folder"], root)
-    refused(capsys, ["generate", "--prompts", root / "three.jsonl", "--outdir", locked / "images"],
-            ["--outdir", "cannot write in the folder"], root)  # fmt: skip
+    refused(
+        capsys, ["generate", "x", "-o", locked / "x.png", *FAST], ["-o/--output", "cannot write in the folder"], root
+    )
+    refused(
+        capsys,
+        ["generate", "--prompts", root / "three.jsonl", "--outdir", locked / "images"],
+        ["--outdir", "cannot write in the folder"],
+        root,
+    )
 
 
-@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
-                                   RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB"),
-                                   MemoryError()])  # fmt: skip
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+        RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB"),
+        MemoryError(),
+    ],
+)
 def test_out_of_memory_while_drawing(error, root, capsys, monkeypatch):
     def fail(*args, **kwargs):
         raise error
 
     monkeypatch.setattr(HarmonPipeline, "__call__", fail)
-    line = refused(capsys, ["generate", "x", "-o", root / "out" / "x.png", "--model", root / "model", *FAST],
-                   ["out of memory drawing 1 image(s) of 16x16", "--size", "--batch-size"], root)  # fmt: skip
+    line = refused(
+        capsys,
+        ["generate", "x", "-o", root / "out" / "x.png", "--model", root / "model", *FAST],
+        ["out of memory drawing 1 image(s) of 16x16", "--size", "--batch-size"],
+        root,
+    )
     assert "Tried to allocate" not in line
 
 
@@ -277,16 +320,24 @@ def test_size_beyond_the_llm_positions_names_size(root, capsys, monkeypatch, tin
     except ValueError:
         refuses = True
     if refuses:  # the model's own check
-        refused(capsys, ["generate", "x", "-o", root / "out" / "x.png", "--model", root / "model", "--size", "2048"],
-                ["--size 2048x2048"], root)  # fmt: skip
+        refused(
+            capsys,
+            ["generate", "x", "-o", root / "out" / "x.png", "--model", root / "model", "--size", "2048"],
+            ["--size 2048x2048"],
+            root,
+        )
 
     # The flag is found from the error's `field` (data), whatever its message says.
     def too_many_tokens(self, preset=None, **given):
         raise HarmonSettingError("width", "and height hold more tokens than the 32768 positions", "the size")
 
     monkeypatch.setattr(HarmonForConditionalGeneration, "image_generation_settings", too_many_tokens)
-    refused(capsys, ["generate", "x", "-o", root / "out" / "x.png", "--model", root / "model", "--size", "2048"],
-            ["--size 2048x2048: the size and height hold more tokens"], root)  # fmt: skip
+    refused(
+        capsys,
+        ["generate", "x", "-o", root / "out" / "x.png", "--model", root / "model", "--size", "2048"],
+        ["--size 2048x2048: the size and height hold more tokens"],
+        root,
+    )
 
 
 def _generate(capsys, *argv) -> tuple[int, str]:
@@ -342,7 +393,9 @@ def test_many_images_are_drawn_in_chunks_with_the_same_seeds(root, tmp_path, cap
 
     monkeypatch.setattr(cli, "draw", counting)
     model = ["--model", root / "model", *FAST, "-n", "3", "--seed", "4"]
-    code, _ = _generate(capsys, "generate", "a red circle", "-o", tmp_path / "chunked.png", "--batch-size", "2", *model)
+    code, _ = _generate(
+        capsys, "generate", "a red circle", "-o", tmp_path / "chunked.png", "--batch-size", "2", *model
+    )
     assert code == 0 and calls == [[4, 5], [6]]
     code, _ = _generate(capsys, "generate", "a red circle", "-o", tmp_path / "together.png", *model)
     assert code == 0 and calls[2:] == [[4, 5, 6]]  # the default chunk holds all three
@@ -357,13 +410,25 @@ def test_many_images_are_drawn_in_chunks_with_the_same_seeds(root, tmp_path, cap
 def test_convert_writes_files_with_the_usual_permissions(tmp_path, capsys):
     umask = os.umask(0o022)
     try:
-        code = main([str(item) for item in _convert(VECTOR_SET / "harmon_tiny.pth", VECTOR_SET / "kl16_tiny.ckpt",
-                                                     tokenizer=VECTOR_SET / "llm_hf", output=tmp_path / "out")])
+        code = main(
+            [
+                str(item)
+                for item in _convert(
+                    VECTOR_SET / "harmon_tiny.pth",
+                    VECTOR_SET / "kl16_tiny.ckpt",
+                    tokenizer=VECTOR_SET / "llm_hf",
+                    output=tmp_path / "out",
+                )
+            ]
+        )
     finally:
         os.umask(umask)
     assert code == 0, capsys.readouterr().err
-    modes = {str(path.relative_to(tmp_path)): oct(path.stat().st_mode & 0o777)
-             for path in (tmp_path / "out").rglob("*") if path.is_file()}  # fmt: skip
+    modes = {
+        str(path.relative_to(tmp_path)): oct(path.stat().st_mode & 0o777)
+        for path in (tmp_path / "out").rglob("*")
+        if path.is_file()
+    }
     assert modes["out/model.safetensors"] == "0o644"
     assert set(modes.values()) == {"0o644"}, modes
 

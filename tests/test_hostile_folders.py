@@ -176,7 +176,9 @@ def test_kill_9_never_loses_the_old_output_and_the_next_run_cleans_up(tmp_path, 
     assert child.returncode == -signal.SIGKILL, child.stderr
     left = hidden_siblings(target)
     if when == "fill":
-        assert (target / "weights.txt").read_text() == "old output" and [STAGING_TAG in name for name in left] == [True]
+        assert (target / "weights.txt").read_text() == "old output" and [STAGING_TAG in name for name in left] == [
+            True
+        ]
     else:  # the target is gone for now; the complete old output waits aside, the complete new one in staging
         assert not target.exists() and sorted(OLD_TAG in name for name in left) == [False, True]
     clean_stale_siblings(target)  # what the next writer does first
@@ -211,9 +213,22 @@ def run_cli(argv, capsys):
 
 
 def convert_arguments(output, harmon=VECTOR_SET / "harmon_tiny.pth", *extra):
-    return ["convert", "--harmon-ckpt", str(harmon), "--vae-ckpt", str(VECTOR_SET / "kl16_tiny.ckpt"),
-            "--tokenizer", str(VECTOR_SET / "llm_hf"), "--llm-config", str(VECTOR_SET / "llm_hf"),
-            "--mar-config", str(VECTOR_SET / "config.json"), "--output", str(output), *extra]  # fmt: skip
+    return [
+        "convert",
+        "--harmon-ckpt",
+        str(harmon),
+        "--vae-ckpt",
+        str(VECTOR_SET / "kl16_tiny.ckpt"),
+        "--tokenizer",
+        str(VECTOR_SET / "llm_hf"),
+        "--llm-config",
+        str(VECTOR_SET / "llm_hf"),
+        "--mar-config",
+        str(VECTOR_SET / "config.json"),
+        "--output",
+        str(output),
+        *extra,
+    ]
 
 
 def test_convert_refuses_before_reading_the_checkpoint(tmp_path, capsys, monkeypatch):
@@ -258,11 +273,14 @@ def test_convert_replaces_its_own_output_only_with_overwrite(tmp_path, capsys):
     assert snapshot(output).keys() == first.keys() and hidden_siblings(output) == []
 
 
-@pytest.mark.parametrize("module, extra", [
-    ("training.shapes.make_data", ["--scenes", "2"]),
-    ("training.shapes.train_vae", ["--steps", "1"]),
-    ("training.shapes.export_default", ["--model", "unused"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "module, extra",
+    [
+        ("training.shapes.make_data", ["--scenes", "2"]),
+        ("training.shapes.train_vae", ["--steps", "1"]),
+        ("training.shapes.export_default", ["--model", "unused"]),
+    ],
+)
 def test_shapes_writers_refuse_a_users_folder(tmp_path, capsys, module, extra):
     main = importlib.import_module(module).main
     mine = users_folder(tmp_path / "mine")

@@ -53,8 +53,14 @@ def _plant_evil_tokenizer(folder, evil_class: bool):
 @pytest.mark.parametrize(
     "evil_class, error",
     [
-        (False, None),  # stock tokenizer_class next to the auto_map: the stock class loads, the module is never imported
-        (True, r"(?s)^tokenizer could not be loaded from .* without remote code .*; load it yourself and pass tokenizer="),
+        (
+            False,
+            None,
+        ),  # stock tokenizer_class next to the auto_map: the stock class loads, the module is never imported
+        (
+            True,
+            r"(?s)^tokenizer could not be loaded from .* without remote code .*; load it yourself and pass tokenizer=",
+        ),
     ],
     ids=["auto_map-beside-stock-class", "auto_map-only"],
 )
@@ -78,7 +84,9 @@ def test_generate_images_never_runs_the_tokenizer_folder_code(tiny_dir, tmp_path
 def test_pipeline_from_pretrained_never_runs_the_tokenizer_folder_code(tiny_model, tokenizer, tmp_path):
     HarmonPipeline(model=tiny_model, tokenizer=tokenizer).save_pretrained(tmp_path)
     sentinel = _plant_evil_tokenizer(tmp_path / "tokenizer", evil_class=True)
-    shutil.copyfile(tmp_path / "tokenizer" / "evil_tokenizer.py", tmp_path / "evil_tokenizer.py")  # where it is looked up
+    shutil.copyfile(
+        tmp_path / "tokenizer" / "evil_tokenizer.py", tmp_path / "evil_tokenizer.py"
+    )  # where it is looked up
     # trust_remote_code defaults to False, not None (with which transformers asks on the terminal, and a "y" runs
     # the folder's code): transformers refuses without asking.
     with mock.patch("builtins.input", return_value="y") as asked:
@@ -314,9 +322,15 @@ def test_generate_images_names_the_bad_argument(tiny_model, tokenizer, kwargs, m
 @pytest.mark.parametrize(
     "input_ids, message",
     [
-        (_ids(5, 259 + 1), r"^input_ids must hold token ids in \[0, 258\] \(or the <image> id 259\), got ids from 260"),
+        (
+            _ids(5, 259 + 1),
+            r"^input_ids must hold token ids in \[0, 258\] \(or the <image> id 259\), got ids from 260",
+        ),
         (_ids(-3, 5), r"^input_ids must hold token ids in \[0, 258\]"),
-        (_ids(5.0, 6.0, dtype=torch.float32), r"^input_ids must be an integer tensor \(int64 or int32\).*torch.float32"),
+        (
+            _ids(5.0, 6.0, dtype=torch.float32),
+            r"^input_ids must be an integer tensor \(int64 or int32\).*torch.float32",
+        ),
         (_ids(5, 6, dtype=torch.int32), None),
     ],
 )

@@ -32,11 +32,33 @@ def captions(tmp_path_factory):
 
 
 def train_arguments(model, data, output, *extra):
-    return ["--config", str(REPO / "training" / "configs" / "decoder_only.yaml"), "--model", str(model),
-            "--output-dir", str(output), "--data", f"t2i=jsonl:{data}", "--set", "image_size=32",
-            "--set", "data.micro_batch_size={text: 2, image2text: 2, text2image: 2}",
-            "--set", "train.global_batch_size=null", "--set", "train.cycles_per_step=1", "--set", "train.save_steps=2",
-            "--set", "optim.warmup=0", "--set", "train.bf16=false", "--max-steps", "2", *extra]  # fmt: skip
+    return [
+        "--config",
+        str(REPO / "training" / "configs" / "decoder_only.yaml"),
+        "--model",
+        str(model),
+        "--output-dir",
+        str(output),
+        "--data",
+        f"t2i=jsonl:{data}",
+        "--set",
+        "image_size=32",
+        "--set",
+        "data.micro_batch_size={text: 2, image2text: 2, text2image: 2}",
+        "--set",
+        "train.global_batch_size=null",
+        "--set",
+        "train.cycles_per_step=1",
+        "--set",
+        "train.save_steps=2",
+        "--set",
+        "optim.warmup=0",
+        "--set",
+        "train.bf16=false",
+        "--max-steps",
+        "2",
+        *extra,
+    ]
 
 
 def run_training(argv, capsys):
@@ -83,7 +105,7 @@ def test_overwrite_removes_harmons_checkpoints_only_and_skips_are_reported(tmp_p
     assert status == 0 and "samples skipped as unusable" in err
     assert sorted(p.name for p in output.iterdir()) == sorted(
         [MARKER, "checkpoint-2", "final", "notes.txt", "data_skips.json"]
-    )  # fmt: skip
+    )
     (output / "checkpoint-7").mkdir()  # not harmon's: --overwrite must not remove it
     status, err = run_training(train_arguments(tiny_dir, captions, output, "--overwrite"), capsys)
     assert status == 2 and "checkpoint-7" in err and (output / "checkpoint-2").is_dir()

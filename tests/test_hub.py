@@ -14,8 +14,12 @@ from PIL import Image
 
 from harmon_pipelines import HarmonPipeline, HarmonTextToImagePipeline
 from harmon_pipelines.hub import (
-    check_hub_folder, complete_hub_folder, is_compact_folder, push_hub_folder, save_hub_folder
-)  # fmt: skip
+    check_hub_folder,
+    complete_hub_folder,
+    is_compact_folder,
+    push_hub_folder,
+    save_hub_folder,
+)
 from modeling_harmon import HarmonProcessor
 from modeling_harmon.output_folders import MARKER
 
@@ -112,8 +116,12 @@ def expected(exported, tiny_model, tokenizer):
     """What the in-process pip objects give for the child scripts' inputs."""
     folder, image_path = exported
     processor = HarmonProcessor.from_model_config(tiny_model.config, tokenizer)
-    messages = [{"role": "user", "content": [{"type": "image", "image": Image.open(image_path)},
-                                             {"type": "text", "text": QUESTION}]}]  # fmt: skip
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": Image.open(image_path)}, {"type": "text", "text": QUESTION}],
+        }
+    ]
     inputs = processor.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
@@ -137,16 +145,30 @@ def test_layout(exported):
     folder, _ = exported
     assert check_hub_folder(folder) == []
     names = {path.name for path in folder.iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json", "processor_config.json",
-            "chat_template.jinja", "model_index.json", "README.md",
-            "pipeline_harmon.py", "pipeline_text_to_image_harmon.py", "processing_harmon.py",
-            "image_processing_harmon.py", "modeling_harmon.py", "configuration_harmon.py", "model",
-            "tokenizer"} <= names  # fmt: skip
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "processor_config.json",
+        "chat_template.jinja",
+        "model_index.json",
+        "README.md",
+        "pipeline_harmon.py",
+        "pipeline_text_to_image_harmon.py",
+        "processing_harmon.py",
+        "image_processing_harmon.py",
+        "modeling_harmon.py",
+        "configuration_harmon.py",
+        "model",
+        "tokenizer",
+    } <= names
     config = json.loads((folder / "config.json").read_text())
     assert set(config["auto_map"]) >= {"AutoConfig", "AutoModel", "AutoModelForImageTextToText"}
     assert config["custom_pipelines"]["text-to-image"] == {
-        "impl": "pipeline_text_to_image_harmon.HarmonTextToImagePipeline", "pt": ["AutoModel"], "type": "multimodal"
-    }  # fmt: skip
+        "impl": "pipeline_text_to_image_harmon.HarmonTextToImagePipeline",
+        "pt": ["AutoModel"],
+        "type": "multimodal",
+    }
     processor_config = json.loads((folder / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_harmon.HarmonProcessor"
     index = json.loads((folder / "model_index.json").read_text())
@@ -204,7 +226,9 @@ def _check_remote(stdout: str, output, expected: dict) -> None:
 def test_every_entry_point_from_folder_with_remote_code(exported, expected, tmp_path, python):
     folder, image_path = exported
     output = tmp_path / "out.npz"
-    stdout = run_python(python, REMOTE_CHILD, tmp_path, child_env(tmp_path), [str(folder), str(image_path), str(output)])
+    stdout = run_python(
+        python, REMOTE_CHILD, tmp_path, child_env(tmp_path), [str(folder), str(image_path), str(output)]
+    )
     _check_remote(stdout, output, expected)
 
 
@@ -213,7 +237,9 @@ def test_every_entry_point_by_repo_id_offline(exported, expected, tmp_path, pyth
     folder, image_path = exported
     cache = make_offline_cache(tmp_path / "hub", REPO_ID, folder)
     output = tmp_path / "out.npz"
-    stdout = run_python(python, REMOTE_CHILD, tmp_path, child_env(tmp_path, cache), [REPO_ID, str(image_path), str(output)])
+    stdout = run_python(
+        python, REMOTE_CHILD, tmp_path, child_env(tmp_path, cache), [REPO_ID, str(image_path), str(output)]
+    )
     _check_remote(stdout, output, expected)
 
 
@@ -224,8 +250,11 @@ def test_pip_users_by_repo_id_offline(exported, expected, tmp_path):
     output = tmp_path / "pip.npz"
     stdout = run_python(sys.executable, PIP_CHILD, tmp_path, child_env(tmp_path, cache), [REPO_ID, str(output)])
     assert json.loads(stdout.strip().splitlines()[-1]) == {
-        "model": True, "processor": True, "pipeline": True, "pipeline_model": True
-    }  # fmt: skip
+        "model": True,
+        "processor": True,
+        "pipeline": True,
+        "pipeline_model": True,
+    }
     np.testing.assert_allclose(np.load(output)["diffusers"], expected["diffusers"], atol=1e-4)
 
 
@@ -251,7 +280,9 @@ class SnapshotApi(RecordingApi):
 
     def upload_folder(self, **kwargs):
         root = Path(kwargs["folder_path"])
-        kwargs["files"] = {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()}
+        kwargs["files"] = {
+            str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()
+        }
         return super().upload_folder(**kwargs)
 
 
@@ -278,7 +309,9 @@ def test_push_calls_hfapi(exported, tmp_path):
     assert {name: data for name, data in upload["files"].items() if name != "README.md"} == {
         name: data for name, data in before.items() if name not in ("README.md", "training_args.bin", MARKER)
     }
-    assert upload["folder_path"] != str(folder) and upload["revision"] == "v1" and upload["repo_id"] == "me/harmon-tiny"
+    assert (
+        upload["folder_path"] != str(folder) and upload["revision"] == "v1" and upload["repo_id"] == "me/harmon-tiny"
+    )
 
 
 @pytest.mark.parametrize("repo_id", ["not a repo", "me/", "x" * 200 + "/y", "me/harmon--tiny..", "harmon-tiny", ""])

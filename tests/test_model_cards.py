@@ -29,29 +29,54 @@ TINY_IMAGE_SIZE = (32, 32)
 # The paper's Tables 2-4, typed here independently of harmon_model_cards: {(dataset, metric type): value}.
 PAPER_RESULTS = {
     896: {
-        ("POPE", "pope"): 86.5, ("MME", "mme-p"): 1148, ("MME", "mme-c"): 260, ("MMBench", "mmb"): 59.8,
-        ("SEED-Bench", "seed"): 62.5, ("GQA", "gqa"): 56.3, ("MMMU", "mmmu"): 34.2,
-        ("MSCOCO-30K", "fid"): 8.86, ("MJHQ-30K", "fid"): 6.08,
-        ("GenEval", "overall"): 0.71, ("GenEval", "single-object"): 0.99, ("GenEval", "two-objects"): 0.80,
-        ("GenEval", "counting"): 0.57, ("GenEval", "colors"): 0.87, ("GenEval", "position"): 0.55,
+        ("POPE", "pope"): 86.5,
+        ("MME", "mme-p"): 1148,
+        ("MME", "mme-c"): 260,
+        ("MMBench", "mmb"): 59.8,
+        ("SEED-Bench", "seed"): 62.5,
+        ("GQA", "gqa"): 56.3,
+        ("MMMU", "mmmu"): 34.2,
+        ("MSCOCO-30K", "fid"): 8.86,
+        ("MJHQ-30K", "fid"): 6.08,
+        ("GenEval", "overall"): 0.71,
+        ("GenEval", "single-object"): 0.99,
+        ("GenEval", "two-objects"): 0.80,
+        ("GenEval", "counting"): 0.57,
+        ("GenEval", "colors"): 0.87,
+        ("GenEval", "position"): 0.55,
         ("GenEval", "color-attribution"): 0.48,
     },
     1536: {
-        ("POPE", "pope"): 87.6, ("MME", "mme-p"): 1155, ("MME", "mme-c"): 321, ("MMBench", "mmb"): 65.5,
-        ("SEED-Bench", "seed"): 67.1, ("GQA", "gqa"): 58.9, ("MMMU", "mmmu"): 38.9,
-        ("MSCOCO-30K", "fid"): 8.39, ("MJHQ-30K", "fid"): 5.15,
-        ("GenEval", "overall"): 0.76, ("GenEval", "single-object"): 0.99, ("GenEval", "two-objects"): 0.86,
-        ("GenEval", "counting"): 0.66, ("GenEval", "colors"): 0.85, ("GenEval", "position"): 0.74,
+        ("POPE", "pope"): 87.6,
+        ("MME", "mme-p"): 1155,
+        ("MME", "mme-c"): 321,
+        ("MMBench", "mmb"): 65.5,
+        ("SEED-Bench", "seed"): 67.1,
+        ("GQA", "gqa"): 58.9,
+        ("MMMU", "mmmu"): 38.9,
+        ("MSCOCO-30K", "fid"): 8.39,
+        ("MJHQ-30K", "fid"): 5.15,
+        ("GenEval", "overall"): 0.76,
+        ("GenEval", "single-object"): 0.99,
+        ("GenEval", "two-objects"): 0.86,
+        ("GenEval", "counting"): 0.66,
+        ("GenEval", "colors"): 0.85,
+        ("GenEval", "position"): 0.74,
         ("GenEval", "color-attribution"): 0.48,
     },
-}  # fmt: skip
+}
 BASE_MODELS = {896: "Qwen/Qwen2.5-0.5B-Instruct", 1536: "Qwen/Qwen2.5-1.5B-Instruct"}
 
 # Each entry point must have an example in the card.
 ENTRY_POINTS = [
-    'pipeline("text-to-image"', 'pipeline("image-text-to-text"', "DiffusionPipeline.from_pretrained(",
-    "HarmonPipeline.from_pretrained(", "import modeling_harmon", ".generate_images(", ".apply_chat_template(",
-]  # fmt: skip
+    'pipeline("text-to-image"',
+    'pipeline("image-text-to-text"',
+    "DiffusionPipeline.from_pretrained(",
+    "HarmonPipeline.from_pretrained(",
+    "import modeling_harmon",
+    ".generate_images(",
+    ".apply_chat_template(",
+]
 # Runs the example files named on its command line in order, each in fresh globals, marking where each one's output
 # starts.
 RUNNER = (
@@ -89,9 +114,10 @@ def _faked_size(source: Path, target: Path, hidden_size: int) -> Path:
 def test_minimum_versions_match_setup_py():
     tree = ast.parse((REPO_ROOT / "setup.py").read_text())
     requirements = next(
-        ast.literal_eval(node.value) for node in tree.body
+        ast.literal_eval(node.value)
+        for node in tree.body
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "INSTALL_REQUIRES"
-    )  # fmt: skip
+    )
     lower_bounds = {}
     for requirement in requirements:
         match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)(,.*)?", requirement)

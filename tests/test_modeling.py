@@ -39,8 +39,14 @@ def test_guidance_changes_the_image(tiny_model, tokenizer):
     common = dict(x0_clamp=1.0, num_iter=2)
     plain = _images(tiny_model, tokenizer, guidance_scale=1.0, generator=torch.Generator().manual_seed(3), **common)
     guided = _images(tiny_model, tokenizer, guidance_scale=4.0, generator=torch.Generator().manual_seed(3), **common)
-    negative = _images(tiny_model, tokenizer, guidance_scale=4.0, negative_prompt="blue",
-                       generator=torch.Generator().manual_seed(3), **common)  # fmt: skip
+    negative = _images(
+        tiny_model,
+        tokenizer,
+        guidance_scale=4.0,
+        negative_prompt="blue",
+        generator=torch.Generator().manual_seed(3),
+        **common,
+    )
     assert guided.latents.abs().max() < 10
     # Same seed, same orders: any difference comes from the unconditional branch (runs are bit-deterministic).
     assert _differ(plain.latents, guided.latents) > 1e-6
@@ -64,7 +70,10 @@ def test_non_square_size(tiny_model, tokenizer):
 
 
 def test_left_and_right_padding_give_the_same_images(tiny_model, tokenizer):
-    texts = [tiny_model.format_generation_prompt(p, tokenizer=tokenizer) for p in ["a red circle", "two big yellow triangles at the top"]]
+    texts = [
+        tiny_model.format_generation_prompt(p, tokenizer=tokenizer)
+        for p in ["a red circle", "two big yellow triangles at the top"]
+    ]
     rows = [tokenizer(text)["input_ids"] for text in texts]
     length = max(map(len, rows))
     pad = tokenizer.pad_token_id
@@ -92,8 +101,13 @@ def test_callback_sees_every_step_and_can_interrupt(tiny_model, tokenizer):
 
 def test_generate_image_mode_is_an_alias(tiny_model, tokenizer):
     direct = _images(tiny_model, tokenizer, generator=torch.Generator().manual_seed(9))
-    alias = tiny_model.generate("a red circle", generation_mode="image", tokenizer=tokenizer, num_iter=3,
-                                generator=torch.Generator().manual_seed(9))  # fmt: skip
+    alias = tiny_model.generate(
+        "a red circle",
+        generation_mode="image",
+        tokenizer=tokenizer,
+        num_iter=3,
+        generator=torch.Generator().manual_seed(9),
+    )
     assert torch.equal(direct.images, alias.images)
 
 
@@ -107,7 +121,9 @@ def test_bf16_runs_on_cpu(tiny, tokenizer):
 
 
 def _vqa_ids(model, tokenizer, question, size=32):
-    text = model.config.prompt_template.format(input="<image>" * model.config.num_image_placeholders(size, size) + question)
+    text = model.config.prompt_template.format(
+        input="<image>" * model.config.num_image_placeholders(size, size) + question
+    )
     return torch.tensor([tokenizer(text)["input_ids"]])
 
 
@@ -128,11 +144,17 @@ def test_batched_left_padded_text_generation_matches_single(tiny_model, tokenize
     length, pad = max(map(len, rows)), tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (length - len(row)) + row for row in rows])
     mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows])
-    batched = tiny_model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=5,
-                                  do_sample=False, pad_token_id=pad)  # fmt: skip
+    batched = tiny_model.generate(
+        input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=5, do_sample=False, pad_token_id=pad
+    )
     for index, row in enumerate(rows):
-        single = tiny_model.generate(input_ids=torch.tensor([row]), pixel_values=pixels[index : index + 1],
-                                     max_new_tokens=5, do_sample=False, pad_token_id=pad)  # fmt: skip
+        single = tiny_model.generate(
+            input_ids=torch.tensor([row]),
+            pixel_values=pixels[index : index + 1],
+            max_new_tokens=5,
+            do_sample=False,
+            pad_token_id=pad,
+        )
         assert batched[index, length:].tolist() == single[0, len(row) :].tolist()
 
 
@@ -156,10 +178,13 @@ def test_three_level_vae_model_trains_one_step(tokenizer):
     pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     prompt = [model.format_generation_prompt(p, tokenizer=tokenizer) for p in ["a red circle", "a blue square"]]
     ids = torch.tensor([tokenizer(text)["input_ids"][:20] for text in prompt])
-    generation = model.text_to_image_loss(ids, torch.ones_like(ids), pixel_values=pixels,
-                                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+    generation = model.text_to_image_loss(
+        ids, torch.ones_like(ids), pixel_values=pixels, generator=torch.Generator().manual_seed(0)
+    )
     vqa = _vqa_ids(model, tokenizer, "what? red").repeat(2, 1)
-    understanding = model(input_ids=vqa, pixel_values=pixels, labels=vqa.masked_fill(vqa == model.config.image_token_id, -100))
+    understanding = model(
+        input_ids=vqa, pixel_values=pixels, labels=vqa.masked_fill(vqa == model.config.image_token_id, -100)
+    )
     loss = generation.loss + understanding.loss
     assert torch.isfinite(loss)
     before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
@@ -235,9 +260,13 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tokenizer):
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
-        ids = torch.tensor([tokenizer(model.format_generation_prompt("a red circle", tokenizer=tokenizer))["input_ids"]])
+        ids = torch.tensor(
+            [tokenizer(model.format_generation_prompt("a red circle", tokenizer=tokenizer))["input_ids"]]
+        )
         pixels = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        out = model.text_to_image_loss(ids, torch.ones_like(ids), pixel_values=pixels, generator=torch.Generator().manual_seed(0))
+        out = model.text_to_image_loss(
+            ids, torch.ones_like(ids), pixel_values=pixels, generator=torch.Generator().manual_seed(0)
+        )
         out.loss.backward()
         losses.append(out.loss.detach())
         grads.append(model.model.mar_encoder.layers[0].attn.qkv.weight.grad.clone())

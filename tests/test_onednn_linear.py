@@ -7,6 +7,7 @@ from torch import nn
 from modeling_harmon import modeling_harmon_onednn as onednn_linear
 from modeling_harmon.modeling_harmon_onednn import onednn_linear_available, onednn_linears
 
+
 needs_onednn = pytest.mark.skipif(not onednn_linear_available(), reason="this PyTorch build has no oneDNN linear")
 
 

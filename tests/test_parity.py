@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from transformers import DynamicCache
 
 from modeling_harmon import HarmonSamplingSpeedups
 from modeling_harmon.convert_harmon_weights_to_hf import convert_harmon_checkpoint
 from modeling_harmon.modeling_harmon_diffusion import timestep_frequencies
-from transformers import DynamicCache
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +147,9 @@ def test_b_generation_internals(model):
     tokens = family["tokens"]
     grid = tuple(family.meta["grid"])
     captured = {}
-    hook = inner.language_model.register_forward_hook(lambda m, a, out: captured.__setitem__("h", out.last_hidden_state))
+    hook = inner.language_model.register_forward_hook(
+        lambda m, a, out: captured.__setitem__("h", out.last_hidden_state)
+    )
     try:
         with torch.no_grad():
             cache = DynamicCache(config=model.config.text_config)
@@ -192,8 +194,15 @@ def test_c_diffusion_head(model, set_config):
     schedule = diffusion.sampling_schedule(int(set_config["mar"]["num_sampling_steps"]))
     assert schedule.timestep_map == family["gen_timestep_map"].tolist()
     assert schedule.timestep_map == set_config["mar"]["diffloss"]["gen_timestep_map"]
-    for name in ("betas", "alphas_cumprod", "posterior_log_variance_clipped", "posterior_mean_coef1",
-                 "posterior_mean_coef2", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod"):  # fmt: skip
+    for name in (
+        "betas",
+        "alphas_cumprod",
+        "posterior_log_variance_clipped",
+        "posterior_mean_coef1",
+        "posterior_mean_coef2",
+        "sqrt_recip_alphas_cumprod",
+        "sqrt_recipm1_alphas_cumprod",
+    ):
         expected = family[f"gen_{name}"]
         assert expected.dtype == torch.float64
         assert_close(torch.from_numpy(getattr(schedule, name)), expected, f"gen_{name}", rtol=1e-12)
@@ -206,9 +215,13 @@ def test_c_diffusion_head(model, set_config):
         rows = z.shape[0] // 2 if cfg != 1.0 else z.shape[0]
         replay = Replay(draws)
         out = diffusion.sample(
-            head, z[:rows], replay, unconditional=z[rows:] if cfg != 1.0 else None,
-            guidance_scale=cfg, temperature=temperature,
-        )  # fmt: skip
+            head,
+            z[:rows],
+            replay,
+            unconditional=z[rows:] if cfg != 1.0 else None,
+            guidance_scale=cfg,
+            temperature=temperature,
+        )
         assert replay.calls == len(draws), f"{tag}: {replay.calls} draws used, {len(draws)} recorded"
         assert_close(out, family[f"sample_{tag}_out"][:rows], f"sample {tag}")
 

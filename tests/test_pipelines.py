@@ -85,7 +85,22 @@ def test_expected_slice(pipe):
 
 
 EXPECTED_SLICE = [
-    0.500212, 0.501420, 0.514024, 0.518527, 0.488407, 0.539166, 0.512257, 0.513424, 0.452184, 0.495280, 0.505334, 0.464216, 0.505264, 0.497192, 0.474988, 0.509724,
+    0.500212,
+    0.501420,
+    0.514024,
+    0.518527,
+    0.488407,
+    0.539166,
+    0.512257,
+    0.513424,
+    0.452184,
+    0.495280,
+    0.505334,
+    0.464216,
+    0.505264,
+    0.497192,
+    0.474988,
+    0.509724,
 ]
 
 
@@ -123,7 +138,9 @@ def test_output_types(pipe, tiny_model):
 
 
 def test_return_dict_false(pipe):
-    output = pipe("a red circle", num_inference_steps=STEPS, output_type="np", return_dict=False, generator=generators(0))
+    output = pipe(
+        "a red circle", num_inference_steps=STEPS, output_type="np", return_dict=False, generator=generators(0)
+    )
     assert isinstance(output, tuple) and output[0].shape == (1, 32, 32, 3)
 
 
@@ -134,7 +151,12 @@ def test_callback_once_per_iteration_and_inputs(pipe, tiny_model):
         calls.append((step, timestep, {name: value.clone() for name, value in callback_kwargs.items()}))
         return {}
 
-    run(pipe, callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents", "mask"], generator=generators(0))
+    run(
+        pipe,
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["latents", "mask"],
+        generator=generators(0),
+    )
     assert [step for step, _, _ in calls] == list(range(STEPS))
     masked = [timestep for _, timestep, _ in calls]
     assert masked == sorted(masked, reverse=True) and masked[-1] == 0
@@ -162,7 +184,9 @@ def test_callback_can_interrupt(pipe):
         pipeline._interrupt = True
         return {}
 
-    latents = run(pipe, output_type="latent", callback_on_step_end=stop, generator=generators(0), num_inference_steps=4)
+    latents = run(
+        pipe, output_type="latent", callback_on_step_end=stop, generator=generators(0), num_inference_steps=4
+    )
     assert calls == [0]
     assert latents.shape[0] == 1
 

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from modeling_harmon import HarmonConfig, HarmonImageProcessor, HarmonProcessor
 from modeling_harmon.demo import answer
+
 from .hub_utils import child_env, interpreters
 
 
@@ -104,9 +105,15 @@ def test_array_and_tensor_inputs_agree_with_pil(image_processor):
     expected = image_processor(image, return_tensors="pt")["pixel_values"]
     chw = torch.from_numpy(hwc).permute(2, 0, 1)
     inputs = [
-        hwc, hwc.transpose(2, 0, 1), hwc.astype(np.float32) / 255, hwc.astype(np.int64),
-        chw, chw.permute(1, 2, 0), chw.float() / 255, chw.to(torch.bfloat16) / 255,
-    ]  # fmt: skip
+        hwc,
+        hwc.transpose(2, 0, 1),
+        hwc.astype(np.float32) / 255,
+        hwc.astype(np.int64),
+        chw,
+        chw.permute(1, 2, 0),
+        chw.float() / 255,
+        chw.to(torch.bfloat16) / 255,
+    ]
     for value in inputs:
         assert torch.equal(image_processor(value, return_tensors="pt")["pixel_values"], expected), type(value)
     square = _random_image(32, 32, seed=5)  # no padding: each mode reaches the resize as it came
@@ -184,8 +191,16 @@ def test_training_and_sampling_build_the_same_prompt_ids(processor, tiny_model, 
     or negative rows), whether it is given the processor or only the tokenizer."""
     from harmon_training.data.examples import ExampleBuilder
 
-    builder = ExampleBuilder(processor, tiny_model.config, image_size=32, max_length=256, t2i_max_length=128,
-                             caption_dropout=0.0, min_image_side=8, max_aspect_ratio=10.0)  # fmt: skip
+    builder = ExampleBuilder(
+        processor,
+        tiny_model.config,
+        image_size=32,
+        max_length=256,
+        t2i_max_length=128,
+        caption_dropout=0.0,
+        min_image_side=8,
+        max_aspect_ratio=10.0,
+    )
     for caption in ["a red circle", "  two big yellow triangles at the top ", None]:
         expected = builder.text_to_image_prompt_ids(caption)
         for given in ({"tokenizer": tokenizer}, {"processor": processor}):
@@ -196,10 +211,17 @@ def test_training_and_sampling_build_the_same_prompt_ids(processor, tiny_model, 
     settings = tiny_model.image_generation_settings(guidance_scale=2.0)
     for negative, expected in (("a blue square", "a blue square"), (None, None)):
         batch = tiny_model._prompt_batch(
-            {"prompt": "a red circle", "input_ids": None, "attention_mask": None, "tokenizer": tokenizer, "processor": None},
+            {
+                "prompt": "a red circle",
+                "input_ids": None,
+                "attention_mask": None,
+                "tokenizer": tokenizer,
+                "processor": None,
+            },
             {"prompt": negative, "input_ids": None, "attention_mask": None, "tokenizer": tokenizer, "processor": None},
-            settings, 1,
-        )  # fmt: skip
+            settings,
+            1,
+        )
         rows = [row[mask.bool()].tolist() for row, mask in zip(batch.input_ids, batch.attention_mask)]
         assert rows == [builder.text_to_image_prompt_ids("a red circle"), builder.text_to_image_prompt_ids(expected)]
 
@@ -249,66 +271,78 @@ def _truncating(p: HarmonProcessor):
 
 # case -> (call on the processor, expected message)
 BAD_INPUTS = {
-    "zero-size PIL": (
-        lambda p: p.image_processor(Image.new("RGB", (0, 4))), r"images\[0\] is empty"),
-    "zero-size array": (
-        lambda p: p.image_processor(np.zeros((0, 4, 3), np.uint8)), r"images\[0\] is empty"),
+    "zero-size PIL": (lambda p: p.image_processor(Image.new("RGB", (0, 4))), r"images\[0\] is empty"),
+    "zero-size array": (lambda p: p.image_processor(np.zeros((0, 4, 3), np.uint8)), r"images\[0\] is empty"),
     "too many pixels": (
         lambda p: p.image_processor([IMAGE, IMAGE], max_pixels=100),
-        r"images\[0\] has 12 x 20 = 240 pixels, more than max_pixels \(100\)"),
+        r"images\[0\] has 12 x 20 = 240 pixels, more than max_pixels \(100\)",
+    ),
     "too many pixels (init)": (
-        lambda p: HarmonImageProcessor(size=32, vae_stride=4, max_pixels=100)(IMAGE), "more than max_pixels"),
+        lambda p: HarmonImageProcessor(size=32, vae_stride=4, max_pixels=100)(IMAGE),
+        "more than max_pixels",
+    ),
     "non-path string": (
-        lambda p: p.image_processor("not an image"), r"images\[0\] is the string 'not an image', which is neither"),
-    "dict": (
-        lambda p: p.image_processor([IMAGE, {"pixels": 1}]), r"images\[1\] must be a PIL image.*got a dict"),
-    "1-D array": (
-        lambda p: p.image_processor(np.zeros(5)), r"images\[0\] must be an image of shape .* got .* \(5,\)"),
-    "2 channels": (
-        lambda p: p.image_processor(np.zeros((6, 6, 2), np.uint8)), r"images\[0\] must have 1 \(grey\), 3"),
-    "NaN": (
-        lambda p: p.image_processor(np.full((6, 6, 3), np.nan, np.float32)), r"images\[0\] contains NaN"),
+        lambda p: p.image_processor("not an image"),
+        r"images\[0\] is the string 'not an image', which is neither",
+    ),
+    "dict": (lambda p: p.image_processor([IMAGE, {"pixels": 1}]), r"images\[1\] must be a PIL image.*got a dict"),
+    "1-D array": (lambda p: p.image_processor(np.zeros(5)), r"images\[0\] must be an image of shape .* got .* \(5,\)"),
+    "2 channels": (lambda p: p.image_processor(np.zeros((6, 6, 2), np.uint8)), r"images\[0\] must have 1 \(grey\), 3"),
+    "NaN": (lambda p: p.image_processor(np.full((6, 6, 3), np.nan, np.float32)), r"images\[0\] contains NaN"),
     "floats in [-1, 1]": (
         lambda p: p.image_processor(np.full((6, 6, 3), -0.5, np.float32)),
-        r"images\[0\] holds floats in \[-0.5, -0.5\], but float images must lie in \[0, 1\]"),
+        r"images\[0\] holds floats in \[-0.5, -0.5\], but float images must lie in \[0, 1\]",
+    ),
     "ints above 255": (
-        lambda p: p.image_processor(np.full((6, 6, 3), 300)), r"images\[0\] holds integers in \[300, 300\]"),
-    "empty batch": (
-        lambda p: p.image_processor([]), "images must hold at least one image"),
+        lambda p: p.image_processor(np.full((6, 6, 3), 300)),
+        r"images\[0\] holds integers in \[300, 300\]",
+    ),
+    "empty batch": (lambda p: p.image_processor([]), "images must hold at least one image"),
     "unsupported option": (
-        lambda p: p(images=IMAGE, text="<image>", do_normalize=False), r"unsupported arguments \['do_normalize'\]"),
+        lambda p: p(images=IMAGE, text="<image>", do_normalize=False),
+        r"unsupported arguments \['do_normalize'\]",
+    ),
     "size not a multiple": (
         lambda p: HarmonImageProcessor(size=30, vae_stride=4),
-        r"size must have .* multiples of vae_stride \(4\), got \{'height': 30"),
+        r"size must have .* multiples of vae_stride \(4\), got \{'height': 30",
+    ),
     "call size not a multiple": (
-        lambda p: p.image_processor(IMAGE, size={"height": 32, "width": 6}), "size must have"),
-    "size keys": (
-        lambda p: p.image_processor(IMAGE, size={"shortest_edge": 32}), "size must be an int or a dict"),
+        lambda p: p.image_processor(IMAGE, size={"height": 32, "width": 6}),
+        "size must have",
+    ),
+    "size keys": (lambda p: p.image_processor(IMAGE, size={"shortest_edge": 32}), "size must be an int or a dict"),
     "placeholders without images": (
-        lambda p: p(text="<image>\nhi"), r"text holds 1 <image> placeholders \(\[1\] per text\) but images holds 0"),
+        lambda p: p(text="<image>\nhi"),
+        r"text holds 1 <image> placeholders \(\[1\] per text\) but images holds 0",
+    ),
     "images without placeholders": (
-        lambda p: p(images=[IMAGE, IMAGE], text="hi"), "text holds 0 <image> placeholders"),
-    "too many images": (
-        lambda p: p(images=[IMAGE, IMAGE], text="<image>"), "but images holds 2 images"),
+        lambda p: p(images=[IMAGE, IMAGE], text="hi"),
+        "text holds 0 <image> placeholders",
+    ),
+    "too many images": (lambda p: p(images=[IMAGE, IMAGE], text="<image>"), "but images holds 2 images"),
     "images per text": (
         lambda p: p(images=[[IMAGE, IMAGE], []], text=["<image>", "<image>"]),
-        r"\[1, 1\] <image> placeholders per text but images holds \[2, 0\]"),
+        r"\[1, 1\] <image> placeholders per text but images holds \[2, 0\]",
+    ),
     "truncated image": (
         lambda p: _truncating(p)(images=IMAGE, text="<image>q", truncation=True, max_length=10),
-        r"text\[0\] has 10 image placeholder tokens after tokenisation, expected 1 x 68; truncation"),
-    "text type": (
-        lambda p: p(text=[1, 2]), "text must be a string or a non-empty list of strings"),
+        r"text\[0\] has 10 image placeholder tokens after tokenisation, expected 1 x 68; truncation",
+    ),
+    "text type": (lambda p: p(text=[1, 2]), "text must be a string or a non-empty list of strings"),
     "token type ids": (
-        lambda p: p(text="hi", return_mm_token_type_ids=True), "does not support return_mm_token_type_ids"),
+        lambda p: p(text="hi", return_mm_token_type_ids=True),
+        "does not support return_mm_token_type_ids",
+    ),
     "postprocess type": (
         lambda p: p.image_processor.postprocess(torch.zeros(1, 3, 4, 4), output_type="latent"),
-        "output_type must be one of"),
+        "output_type must be one of",
+    ),
     "postprocess shape": (
         lambda p: p.image_processor.postprocess(torch.zeros(1, 4, 4, 4)),
-        r"images must be floats of shape \(B, 3, H, W\)"),
-    "prompt type": (
-        lambda p: p.format_text_to_image_prompt(3), "prompt must be a string or None"),
-}  # fmt: skip
+        r"images must be floats of shape \(B, 3, H, W\)",
+    ),
+    "prompt type": (lambda p: p.format_text_to_image_prompt(3), "prompt must be a string or None"),
+}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -396,20 +430,26 @@ def test_pipeline_with_the_package(saved):
     result = answerer(text=_chat(Image.open(image_path)), max_new_tokens=4, generate_kwargs={"do_sample": False})
     assert result[0]["generated_text"][-1] == {"role": "assistant", "content": expected["text"]}
     # A plain question with one image (the pipeline passes it to the processor as it is): the placeholder is put in.
-    plain = answerer(images=Image.open(image_path), text="What color is it?", max_new_tokens=4,
-                     generate_kwargs={"do_sample": False})  # fmt: skip
+    plain = answerer(
+        images=Image.open(image_path), text="What color is it?", max_new_tokens=4, generate_kwargs={"do_sample": False}
+    )
     assert isinstance(plain[0]["generated_text"], str)
 
 
 def test_one_image_without_a_placeholder_gets_one_before_the_question(processor):
     question = "What color is it?"
-    assert torch.equal(processor(images=IMAGE, text=question)["input_ids"],
-                       processor(images=IMAGE, text=f"<image>\n{question}")["input_ids"])  # fmt: skip
+    assert torch.equal(
+        processor(images=IMAGE, text=question)["input_ids"],
+        processor(images=IMAGE, text=f"<image>\n{question}")["input_ids"],
+    )
     chat = processor.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
     expected = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}], add_generation_prompt=True
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
+        add_generation_prompt=True,
     )
-    assert torch.equal(processor(images=IMAGE, text=chat)["input_ids"], processor(images=IMAGE, text=expected)["input_ids"])
+    assert torch.equal(
+        processor(images=IMAGE, text=chat)["input_ids"], processor(images=IMAGE, text=expected)["input_ids"]
+    )
     batch = processor(images=[IMAGE, IMAGE], text=[question, "and the shape?"])
     assert (batch["input_ids"] == processor.image_token_id).sum(1).tolist() == [68, 68]
 
@@ -449,8 +489,12 @@ def test_remote_code_processor_and_pipeline_in_fresh_process(saved, tmp_path, py
     script.write_text(CHILD)
     result = subprocess.run(
         [python, str(script), str(folder), str(image_path), str(output)],
-        cwd=tmp_path, env=child_env(tmp_path), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=child_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, f"{python} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
     tensors = load_file(f"{output}.safetensors")
     for key in ("input_ids", "attention_mask", "pixel_values"):

@@ -44,13 +44,15 @@ CHILD = textwrap.dedent(
 )
 
 
-
-
 def _reference_outputs(model, tokenizer, inputs):
     with torch.no_grad():
         logits = model(input_ids=inputs["vqa_ids"], pixel_values=inputs["pixels"]).logits
-    text = model.generate(input_ids=inputs["vqa_ids"], pixel_values=inputs["pixels"], max_new_tokens=4, do_sample=False)
-    image = model.generate_images("a red circle", tokenizer=tokenizer, num_iter=3, generator=[torch.Generator().manual_seed(7)])
+    text = model.generate(
+        input_ids=inputs["vqa_ids"], pixel_values=inputs["pixels"], max_new_tokens=4, do_sample=False
+    )
+    image = model.generate_images(
+        "a red circle", tokenizer=tokenizer, num_iter=3, generator=[torch.Generator().manual_seed(7)]
+    )
     return {"logits": logits, "text": text, "latents": image.latents, "images": image.images}
 
 
@@ -74,7 +76,12 @@ def test_saved_folder_is_self_contained(saved):
     folder = saved[0]
     names = {path.name for path in folder.iterdir()}
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= names
-    assert {"configuration_harmon.py", "modeling_harmon.py", "modeling_harmon_mar.py", "modeling_harmon_diffusion.py"} <= names
+    assert {
+        "configuration_harmon.py",
+        "modeling_harmon.py",
+        "modeling_harmon_mar.py",
+        "modeling_harmon_diffusion.py",
+    } <= names
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModel"] == "modeling_harmon.HarmonForConditionalGeneration"
     assert auto_map["AutoModelForImageTextToText"] == "modeling_harmon.HarmonForConditionalGeneration"
@@ -97,8 +104,6 @@ def _run_child(python: str, source: str, inputs: Path, output: Path, env: dict) 
         timeout=600,
     )
     assert result.returncode == 0, f"{python} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
-
-
 
 
 def _assert_same(outputs: dict, expected: dict) -> None:

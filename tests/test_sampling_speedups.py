@@ -19,8 +19,9 @@ def _generate(model, tokenizer, speedups, **kwargs):
         settings = dict(num_iter=4, guidance_scale=3.0, x0_clamp=2.0, height=32, width=48, temperature=0.9)
         settings.update(kwargs)
         generators = [torch.Generator().manual_seed(seed) for seed in (11, 12)]
-        return model.generate_images(["a red circle", "two blue squares"], tokenizer=tokenizer, generator=generators,
-                                     **settings)  # fmt: skip
+        return model.generate_images(
+            ["a red circle", "two blue squares"], tokenizer=tokenizer, generator=generators, **settings
+        )
     finally:
         model.sampling_speedups = previous
 
@@ -29,8 +30,10 @@ def _generate(model, tokenizer, speedups, **kwargs):
 @pytest.mark.parametrize("enabled", ["all", *FIELDS])
 def test_each_shortcut_matches_the_reference_work(tiny_model, tokenizer, enabled, cfg_schedule):
     baseline = _generate(tiny_model, tokenizer, HarmonSamplingSpeedups.none(), cfg_schedule=cfg_schedule)
-    speedups = HarmonSamplingSpeedups() if enabled == "all" else dataclasses.replace(
-        HarmonSamplingSpeedups.none(), **{enabled: True}
+    speedups = (
+        HarmonSamplingSpeedups()
+        if enabled == "all"
+        else dataclasses.replace(HarmonSamplingSpeedups.none(), **{enabled: True})
     )
     fast = _generate(tiny_model, tokenizer, speedups, cfg_schedule=cfg_schedule)
     scale = baseline.latents.abs().max()
@@ -78,8 +81,9 @@ def test_head_modulations_are_processed_in_chunks(tiny_model, monkeypatch):
     def run():
         generator = torch.Generator().manual_seed(2)
         noise = lambda shape: torch.randn(shape, generator=generator)  # noqa: E731
-        return diffusion.sample(head, condition, noise, unconditional=condition.flip(0), guidance_scale=2.0,
-                                num_steps=7, x0_clamp=3.0)  # fmt: skip
+        return diffusion.sample(
+            head, condition, noise, unconditional=condition.flip(0), guidance_scale=2.0, num_steps=7, x0_clamp=3.0
+        )
 
     whole = run()
     monkeypatch.setattr(modeling_harmon_diffusion, "_MODULATION_CHUNK_BYTES", 1)

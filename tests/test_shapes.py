@@ -87,11 +87,17 @@ def test_detect_reads_each_object():
     scene = Scene("two", objects, "to the left of")
     found = sorted(detect(render(scene, random.Random(0))), key=lambda obj: obj.centroid[0])
     assert [(obj.color, obj.shape, obj.position) for obj in found] == [
-        ("purple", "triangle", "left"), ("yellow", "circle", "right"),
-    ]  # fmt: skip
+        ("purple", "triangle", "left"),
+        ("yellow", "circle", "right"),
+    ]
     assert check(scene, render(scene)) == {
-        "color": True, "shape": True, "position": True, "count": True, "color_attr": True, "overall": True,
-    }  # fmt: skip
+        "color": True,
+        "shape": True,
+        "position": True,
+        "count": True,
+        "color_attr": True,
+        "overall": True,
+    }
     # A single scene judges no colour attribution, a count scene no position.
     single_scene = Scene("single", (ShapeObject("square", "red", "top"),))
     single = check(single_scene, render(single_scene))
@@ -117,8 +123,11 @@ def _corruptions(scene: Scene) -> dict[str, tuple[Scene, str]]:
         "shape": (replace(scene, objects=(replace(first, shape=_other(first.shape, SHAPES)), *objects[1:])), "shape"),
     }
     if scene.kind == "single":
-        two = (first, replace(first, position=OPPOSITE[first.position])) if first.position in OPPOSITE else (
-            replace(first, position="top"), replace(first, position="bottom"))  # fmt: skip
+        two = (
+            (first, replace(first, position=OPPOSITE[first.position]))
+            if first.position in OPPOSITE
+            else (replace(first, position="top"), replace(first, position="bottom"))
+        )
         wrong["count"] = (replace(scene, objects=two), "count")
         elsewhere = replace(first, position=_other(first.position, ("left", "right")))
         wrong["position"] = (replace(scene, objects=(elsewhere,)), "position")
@@ -189,15 +198,25 @@ def test_generation_metric_arithmetic():
     columns = dict(zip(("kind", "held_out", "color", "shape", "position", "count", "color_attr"), zip(*rows)))
     scores = load_metric("shapes_generation").compute(**{key: list(values) for key, values in columns.items()})
     assert scores == {
-        "overall": 3 / 7, "single_object": 1 / 3, "two_object": 1 / 2, "counting": 1 / 2, "colors": 2 / 3,
-        "position": 3 / 5, "color_attr": 1 / 2,
+        "overall": 3 / 7,
+        "single_object": 1 / 3,
+        "two_object": 1 / 2,
+        "counting": 1 / 2,
+        "colors": 2 / 3,
+        "position": 3 / 5,
+        "color_attr": 1 / 2,
         "attributes": {"color": 6 / 7, "shape": 1.0, "position": 3 / 5, "count": 6 / 7},
         "held_out": {
-            "overall": 1 / 3, "single_object": 0.0, "two_object": 0.0, "counting": 1.0, "colors": 1.0,
-            "position": 0.0, "color_attr": 0.0,
+            "overall": 1 / 3,
+            "single_object": 0.0,
+            "two_object": 0.0,
+            "counting": 1.0,
+            "colors": 1.0,
+            "position": 0.0,
+            "color_attr": 0.0,
             "attributes": {"color": 1.0, "shape": 1.0, "position": 0.0, "count": 1.0},
         },
-    }  # fmt: skip
+    }
 
 
 def test_generation_metric_rejects_malformed_rows():
@@ -217,8 +236,9 @@ def test_vqa_metric_normalises_and_groups_by_type():
         question_type=["color", "count", "exists", "shape", "position", "exists"],
     )
     assert scores == {
-        "accuracy": 5 / 6, "by_type": {"color": 1.0, "shape": 1.0, "position": 1.0, "count": 1.0, "exists": 0.5},
-    }  # fmt: skip
+        "accuracy": 5 / 6,
+        "by_type": {"color": 1.0, "shape": 1.0, "position": 1.0, "count": 1.0, "exists": 0.5},
+    }
     empty_types = load_metric("shapes_vqa").compute(predictions=["red"], references=["blue"], question_type=["color"])
     assert empty_types == {"accuracy": 0.0, "by_type": {"color": 0.0, **dict.fromkeys(QUESTION_TYPES - {"color"})}}
 
@@ -329,28 +349,64 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
     as training/configs/shapes/README.md."""
     from pathlib import Path
 
-    from training.shapes.demo_card import ABLATION_COMMANDS, RECIPE_COMMANDS, main as write_card
+    from training.shapes.demo_card import ABLATION_COMMANDS, RECIPE_COMMANDS
+    from training.shapes.demo_card import main as write_card
 
     evaluation_json = {
-        "n": 36, "seed": 0, "seconds_per_image": 0.123,
+        "n": 36,
+        "seed": 0,
+        "seconds_per_image": 0.123,
         "hardware": {"device": "cpu", "threads": 2, "processor": "Test CPU @ 2.1GHz"},
         "settings": {"num_iter": 16, "guidance_scale": 1.5, "temperature": 0.1},
-        "generation": {"overall": 0.8125, "single_object": 0.5, "two_object": 0.25, "counting": 1.0, "colors": 0.75,
-                       "position": 0.625, "color_attr": 0.375, "attributes": {"color": 0.97, "shape": 0.44},
-                       "held_out": {"overall": 0.9, "attributes": {"color": 0.9685}}},
+        "generation": {
+            "overall": 0.8125,
+            "single_object": 0.5,
+            "two_object": 0.25,
+            "counting": 1.0,
+            "colors": 0.75,
+            "position": 0.625,
+            "color_attr": 0.375,
+            "attributes": {"color": 0.97, "shape": 0.44},
+            "held_out": {"overall": 0.9, "attributes": {"color": 0.9685}},
+        },
         "vqa": {"accuracy": 0.875, "by_type": {"shape": 0.66}},
-    }  # fmt: skip
-    files = {"eval": evaluation_json, "timings": {"stage I (3400 steps)": 2160.0, "stage II": 600.0},
-             "ablation": {"generation-only": {"generation": {"overall": 0.3, "attributes": {"shape": 0.4}}}}}  # fmt: skip
+    }
+    files = {
+        "eval": evaluation_json,
+        "timings": {"stage I (3400 steps)": 2160.0, "stage II": 600.0},
+        "ablation": {"generation-only": {"generation": {"overall": 0.3, "attributes": {"shape": 0.4}}}},
+    }
     for name, content in files.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(content))
-    write_card(["--folder", str(tmp_path), "--eval", str(tmp_path / "eval.json"), "--timings",
-                str(tmp_path / "timings.json"), "--ablation", str(tmp_path / "ablation.json"), "--note", "NOTE"])  # fmt: skip
+    write_card(
+        [
+            "--folder",
+            str(tmp_path),
+            "--eval",
+            str(tmp_path / "eval.json"),
+            "--timings",
+            str(tmp_path / "timings.json"),
+            "--ablation",
+            str(tmp_path / "ablation.json"),
+            "--note",
+            "NOTE",
+        ]
+    )
     card = (tmp_path / "README.md").read_text()
-    for expected in ("| 0.81 | 0.50 | 0.25 | 1.00 | 0.75 | 0.62 | 0.38 |", "Per attribute: color 0.970, shape 0.440",
-                     "combinations: overall 0.90; per attribute: color 0.969", "accuracy 0.88", "shape 0.66",
-                     "| stage I (3400 steps) | 36.0 min |", "| **total** | **46.0 min** |", "generation-only: generation overall 0.300, shape 0.400",
-                     "0.12 s per image on 2 CPU threads (Test CPU @ 2.1GHz).", "NOTE", RECIPE_COMMANDS, ABLATION_COMMANDS.rstrip()):  # fmt: skip
+    for expected in (
+        "| 0.81 | 0.50 | 0.25 | 1.00 | 0.75 | 0.62 | 0.38 |",
+        "Per attribute: color 0.970, shape 0.440",
+        "combinations: overall 0.90; per attribute: color 0.969",
+        "accuracy 0.88",
+        "shape 0.66",
+        "| stage I (3400 steps) | 36.0 min |",
+        "| **total** | **46.0 min** |",
+        "generation-only: generation overall 0.300, shape 0.400",
+        "0.12 s per image on 2 CPU threads (Test CPU @ 2.1GHz).",
+        "NOTE",
+        RECIPE_COMMANDS,
+        ABLATION_COMMANDS.rstrip(),
+    ):
         assert expected in card, expected
     readme = (Path(__file__).resolve().parent.parent / "training" / "configs" / "shapes" / "README.md").read_text()
     assert RECIPE_COMMANDS in readme and ABLATION_COMMANDS.rstrip() in readme
@@ -372,8 +428,20 @@ def test_shipped_card_is_rendered_from_the_committed_measurements(tmp_path):
     repo = Path(__file__).resolve().parent.parent
     inputs = repo / "training" / "configs" / "shapes" / "card_inputs"
     note = (inputs / "note.md").read_text().rstrip("\n")  # as the README's "$(cat note.md)" passes it
-    write_card(["--folder", str(tmp_path), "--eval", str(inputs / "eval.json"), "--timings", str(inputs / "timings.json"),
-                "--ablation", str(inputs / "ablation.json"), "--note", note])  # fmt: skip
+    write_card(
+        [
+            "--folder",
+            str(tmp_path),
+            "--eval",
+            str(inputs / "eval.json"),
+            "--timings",
+            str(inputs / "timings.json"),
+            "--ablation",
+            str(inputs / "ablation.json"),
+            "--note",
+            note,
+        ]
+    )
     assert (tmp_path / "README.md").read_text() == (repo / "pipelines" / "default_model" / "README.md").read_text()
     # A user reads what the model is first: the opening under the title, status note included, stays short, and the
     # training history lives in training/configs/shapes/README.md.
@@ -404,13 +472,33 @@ def test_demo_card_puts_the_user_first_and_the_note_in_its_sections(tmp_path):
     from training.shapes import world
     from training.shapes.demo_card import render_card
 
-    evaluation = {"n": 36, "seed": 0, "seconds_per_image": 0.1, "settings": {"num_iter": 6},
-                  "generation": {"overall": 0.8125, "single_object": 0.5, "two_object": 0.25}, "vqa": {"accuracy": 0.875}}  # fmt: skip
+    evaluation = {
+        "n": 36,
+        "seed": 0,
+        "seconds_per_image": 0.1,
+        "settings": {"num_iter": 6},
+        "generation": {"overall": 0.8125, "single_object": 0.5, "two_object": 0.25},
+        "vqa": {"accuracy": 0.875},
+    }
     note = "STATUS\n\n## What it scores\n\nSCORES\n\n## Wall time\n\nTIMES\n\n## Synergy ablation\n\nABLATION"
-    card = str(render_card(evaluation, {"stage I": 60.0}, {"joint": {"generation": {"overall": 0.5, "attributes": {"shape": 0.5}}}}, note))  # fmt: skip
+    card = str(
+        render_card(
+            evaluation,
+            {"stage I": 60.0},
+            {"joint": {"generation": {"overall": 0.5, "attributes": {"shape": 0.5}}}},
+            note,
+        )
+    )
     headings = [line for line in card.splitlines() if line.startswith("#")]
-    assert headings == ["# Harmon Shapes demo model", "## How to use it", "## What it scores", "## What it cannot do",
-                        "## Reproduce it", "## Wall time", "## Synergy ablation"]  # fmt: skip
+    assert headings == [
+        "# Harmon Shapes demo model",
+        "## How to use it",
+        "## What it scores",
+        "## What it cannot do",
+        "## Reproduce it",
+        "## Wall time",
+        "## Synergy ablation",
+    ]
 
     def section(name: str) -> str:
         start = card.index(f"## {name}")
@@ -439,12 +527,12 @@ def test_make_data_writes_conversations_that_fit_the_stage_configs(tmp_path):
     from pathlib import Path
 
     import yaml
+    from transformers import AutoTokenizer
 
     from modeling_harmon import HarmonConfig
     from training.data.chat import ChatEncoder
     from training.data.examples import to_messages
     from training.shapes.make_data import QUESTIONS_PER_SCENE, write_data
-    from transformers import AutoTokenizer
 
     write_data(tmp_path / "data", scenes=60, seed=3)
     records = [json.loads(line) for line in (tmp_path / "data" / "vqa.jsonl").read_text().splitlines()]

@@ -2,8 +2,8 @@
 resume, and two-process DDP under torchrun."""
 
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -35,10 +35,23 @@ def data_dir(tmp_path_factory):
         pixels[top : top + 14, left : left + 14] = rgb
         Image.fromarray(pixels).save(root / f"{index}.png")
         records.append({"image": f"{index}.png", "text": f"a {name} square"})
-        vqa.append({"image": f"{index}.png", "conversations": [
-            {"from": "human", "value": "<image>\nwhat color is the square?"}, {"from": "gpt", "value": name}]})  # fmt: skip
-        text.append({"messages": [{"role": "user", "content": f"name a colour like {name}"},
-                                  {"role": "assistant", "content": name}]})  # fmt: skip
+        vqa.append(
+            {
+                "image": f"{index}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nwhat color is the square?"},
+                    {"from": "gpt", "value": name},
+                ],
+            }
+        )
+        text.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"name a colour like {name}"},
+                    {"role": "assistant", "content": name},
+                ]
+            }
+        )
     for name, rows in (("captions", records), ("vqa", vqa), ("text", text)):
         (root / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return root
@@ -46,14 +59,42 @@ def data_dir(tmp_path_factory):
 
 def tiny_arguments(config: str, model: Path, data: Path, output: Path, *extra: str) -> list[str]:
     return [
-        "--config", str(CONFIGS / f"{config}.yaml"), "--model", str(model), "--output-dir", str(output),
-        "--data", f"caption=jsonl:{data / 'captions.jsonl'}", "--data", f"t2i=jsonl:{data / 'captions.jsonl'}",
-        "--data", f"vqa=jsonl:{data / 'vqa.jsonl'}", "--data", f"text=jsonl:{data / 'text.jsonl'}",
-        "--set", "image_size=32", "--set", "data.micro_batch_size={text: 2, image2text: 2, text2image: 2}",
-        "--set", "data.max_length=256", "--set", "train.global_batch_size=null", "--set", "train.cycles_per_step=1",
-        "--set", "train.save_steps=3", "--set", "train.logging_steps=1", "--set", "optim.warmup=0",
-        "--set", "train.bf16=false", "--max-steps", "3", *extra,
-    ]  # fmt: skip
+        "--config",
+        str(CONFIGS / f"{config}.yaml"),
+        "--model",
+        str(model),
+        "--output-dir",
+        str(output),
+        "--data",
+        f"caption=jsonl:{data / 'captions.jsonl'}",
+        "--data",
+        f"t2i=jsonl:{data / 'captions.jsonl'}",
+        "--data",
+        f"vqa=jsonl:{data / 'vqa.jsonl'}",
+        "--data",
+        f"text=jsonl:{data / 'text.jsonl'}",
+        "--set",
+        "image_size=32",
+        "--set",
+        "data.micro_batch_size={text: 2, image2text: 2, text2image: 2}",
+        "--set",
+        "data.max_length=256",
+        "--set",
+        "train.global_batch_size=null",
+        "--set",
+        "train.cycles_per_step=1",
+        "--set",
+        "train.save_steps=3",
+        "--set",
+        "train.logging_steps=1",
+        "--set",
+        "optim.warmup=0",
+        "--set",
+        "train.bf16=false",
+        "--max-steps",
+        "3",
+        *extra,
+    ]
 
 
 def train(*arguments):
@@ -66,7 +107,9 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
-@pytest.mark.parametrize("config", ["stage1_alignment", "stage2_joint", "stage3_high_quality", "finetune", "decoder_only"])
+@pytest.mark.parametrize(
+    "config", ["stage1_alignment", "stage2_joint", "stage3_high_quality", "finetune", "decoder_only"]
+)
 def test_stage_config_trains_three_steps(config, tiny_dir, data_dir, tmp_path):
     from transformers import AutoModel
 
@@ -140,8 +183,11 @@ def test_resume_matches_an_uninterrupted_run(tiny_dir, data_dir, tmp_path, monke
     # Resuming a run that already reached max_steps (here: lowered to its first checkpoint's step) takes no step:
     # the final model is that checkpoint's.
     shutil.rmtree(tmp_path / "resumed" / "checkpoint-4")
-    again = train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "resumed", *common[:-2],
-                                  "--max-steps", "2", "--resume"))  # fmt: skip
+    again = train(
+        *tiny_arguments(
+            "stage2_joint", tiny_dir, data_dir, tmp_path / "resumed", *common[:-2], "--max-steps", "2", "--resume"
+        )
+    )
     assert not (tmp_path / "resumed" / "checkpoint-3").exists()
     c, d = weights(again), weights(tmp_path / "resumed" / "checkpoint-2")
     for name in c:
@@ -152,9 +198,19 @@ def test_lora_trains_adapters_saves_reloads_and_merges(tiny_dir, data_dir, tmp_p
     from peft import PeftModel
     from transformers import AutoModel
 
-    final = train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "run", "--lora",
-                                  "--set", "optim.groups.mar_encoder.trainable=false",
-                                  "--set", "lora.merge_at_end=true"))  # fmt: skip
+    final = train(
+        *tiny_arguments(
+            "stage2_joint",
+            tiny_dir,
+            data_dir,
+            tmp_path / "run",
+            "--lora",
+            "--set",
+            "optim.groups.mar_encoder.trainable=false",
+            "--set",
+            "lora.merge_at_end=true",
+        )
+    )
     assert (final / "adapter_config.json").is_file() and (final / "adapter_model.safetensors").is_file()
     base = AutoModel.from_pretrained(tiny_dir)
     adapted = PeftModel.from_pretrained(AutoModel.from_pretrained(tiny_dir), str(final)).eval()
@@ -220,9 +276,21 @@ def test_two_process_ddp_keeps_ranks_identical(task_clip, tiny_dir, data_dir, tm
     with socket.socket() as probe:  # a free port, so a lingering process elsewhere cannot block the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               str(script), str(tmp_path), *tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "run", *extra)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        str(script),
+        str(tmp_path),
+        *tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "run", *extra),
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-12000:]
     # Ranks draw different diffusion noise, masking orders and timesteps (seed + rank), yet keep identical weights.
     rng0, rng1 = (torch.load(tmp_path / f"rng{rank}.pt", weights_only=True) for rank in (0, 1))
@@ -233,8 +301,11 @@ def test_two_process_ddp_keeps_ranks_identical(task_clip, tiny_dir, data_dir, tm
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
     before = weights(tiny_dir)
-    assert any(not torch.equal(before[name.removeprefix("module.")], value) for name, value in rank0.items()
-               if name.removeprefix("module.") in before)  # fmt: skip
+    assert any(
+        not torch.equal(before[name.removeprefix("module.")], value)
+        for name, value in rank0.items()
+        if name.removeprefix("module.") in before
+    )
 
 
 def test_new_model_from_config_around_a_tokenizer_vae_and_llm(tiny_model, tokenizer, data_dir, tmp_path):
@@ -244,20 +315,34 @@ def test_new_model_from_config_around_a_tokenizer_vae_and_llm(tiny_model, tokeni
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     tiny_model.model.vae.save_pretrained(tmp_path / "vae")
     tiny_model.model.language_model.save_pretrained(tmp_path / "llm")
-    mar = ("{encoder_hidden_size: 32, encoder_num_layers: 1, encoder_num_heads: 2, decoder_hidden_size: 32, "
-           "decoder_num_layers: 1, decoder_num_heads: 2, buffer_size: 2, image_size: 32, diffusion_head_depth: 1, "
-           "diffusion_head_width: 32, num_sampling_steps: 5}")  # fmt: skip
+    mar = (
+        "{encoder_hidden_size: 32, encoder_num_layers: 1, encoder_num_heads: 2, decoder_hidden_size: 32, "
+        "decoder_num_layers: 1, decoder_num_heads: 2, buffer_size: 2, image_size: 32, diffusion_head_depth: 1, "
+        "diffusion_head_width: 32, num_sampling_steps: 5}"
+    )
     arguments = tiny_arguments("stage2_joint", "unused", data_dir, tmp_path / "run")
     arguments = arguments[: arguments.index("--model")] + arguments[arguments.index("--model") + 2 :]
-    final = train(*arguments, "--set", "model.init=from_config", "--set", f"model.config={mar}",
-                  "--set", f"model.tokenizer={tmp_path / 'tokenizer'}", "--set", f"model.vae={tmp_path / 'vae'}",
-                  "--set", f"model.llm={tmp_path / 'llm'}")  # fmt: skip
+    final = train(
+        *arguments,
+        "--set",
+        "model.init=from_config",
+        "--set",
+        f"model.config={mar}",
+        "--set",
+        f"model.tokenizer={tmp_path / 'tokenizer'}",
+        "--set",
+        f"model.vae={tmp_path / 'vae'}",
+        "--set",
+        f"model.llm={tmp_path / 'llm'}",
+    )
     model = AutoModel.from_pretrained(final)
     assert (model.config.encoder_hidden_size, model.config.buffer_size) == (32, 2)
     assert model.config.image_token_id == tokenizer.image_token_id
     assert model.config.text_config.hidden_size == tiny_model.config.text_config.hidden_size
     trained_vae, given_vae = model.model.vae.state_dict(), tiny_model.model.vae.state_dict()
-    assert all(torch.equal(trained_vae[name], given_vae[name]) for name in given_vae)  # frozen, and it is the given one
+    assert all(
+        torch.equal(trained_vae[name], given_vae[name]) for name in given_vae
+    )  # frozen, and it is the given one
     embed = model.model.language_model.embed_tokens.weight
     given = tiny_model.model.language_model.embed_tokens.weight
     assert (embed - given).abs().max() < 1e-2  # started from the given LLM (3 small steps since)
@@ -286,8 +371,16 @@ def test_ema_is_the_final_model_and_resumes(tiny_dir, data_dir, tmp_path, monkey
 
     from harmon_training.ema import EMA_FILE
 
-    common = ["--set", "train.ema_decay=0.25", "--set", "train.save_steps=1", "--set", "train.save_total_limit=null",
-              "--max-steps", "4"]  # fmt: skip
+    common = [
+        "--set",
+        "train.ema_decay=0.25",
+        "--set",
+        "train.save_steps=1",
+        "--set",
+        "train.save_total_limit=null",
+        "--max-steps",
+        "4",
+    ]
     straight = train(*tiny_arguments("stage2_joint", tiny_dir, data_dir, tmp_path / "straight", *common))
     raw = [weights(tmp_path / "straight" / f"checkpoint-{step}") for step in range(1, 5)]
     decays = [0.0, 2 / 11, 0.25, 0.25]  # step 1: the average starts at the weights; then min((1 + s) / (10 + s), 0.25)

@@ -14,7 +14,9 @@ STAGES = ["stage1_alignment", "stage2_joint", "stage3_high_quality", "finetune",
 
 
 def test_set_parses_yaml_and_rejects_unknown_keys():
-    config = load_config(None, ["image_size=512", "optim.groups.llm.lr=2e-6", "data.ratio={text: 1, image2text: 3, text2image: 16}"])
+    config = load_config(
+        None, ["image_size=512", "optim.groups.llm.lr=2e-6", "data.ratio={text: 1, image2text: 3, text2image: 16}"]
+    )
     assert config["image_size"] == 512
     assert config["optim"]["groups"]["llm"]["lr"] == 2e-6
     assert config["data"]["ratio"] == {"text": 1, "image2text": 3, "text2image": 16}
@@ -97,7 +99,9 @@ def test_groups_freezing_and_decay_rules(tiny_model):
             expect_no_decay = parameter.ndim <= 1 or name.endswith(".bias") or "diffusion_head" in name
             assert group["group_name"].endswith("no_decay") == expect_no_decay, name
     decoder_matrices = [n for n, p in model.named_parameters() if "diffusion_head" in n and p.ndim == 2]
-    assert decoder_matrices and all(no_decay(n, torch.zeros(2, 2), [r"model\.diffusion_head\."]) for n in decoder_matrices)
+    assert decoder_matrices and all(
+        no_decay(n, torch.zeros(2, 2), [r"model\.diffusion_head\."]) for n in decoder_matrices
+    )
     # the MAR position embeddings (3-D) and mask token decay, as in the reference
     assert not no_decay("model.mar_decoder.mask_token", torch.zeros(1, 1, 4), config["optim"]["no_decay_patterns"])
 

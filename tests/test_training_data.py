@@ -60,15 +60,20 @@ def data(tmp_path_factory):
     captions = [{"image": f"images/{i}.png", "text": f"caption number {i}"} for i in range(NUM_RECORDS)]
     turns = [("human", "<image>\nWhat colour is it?"), ("gpt", "colour {i}"), ("human", "Sure?"), ("gpt", "Yes.")]
     conversations = [
-        {"image": f"images/{i}.png", "conversations": [{"from": who, "value": text.format(i=i)} for who, text in turns]}
+        {
+            "image": f"images/{i}.png",
+            "conversations": [{"from": who, "value": text.format(i=i)} for who, text in turns],
+        }
         for i in range(NUM_RECORDS)
     ]
     chats = [
         {"messages": [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i}!"}]}
         for i in range(NUM_RECORDS)
     ]
-    bad = [{"image": f"images/{name}.png", "text": f"caption number {90 + n}"}
-           for n, name in enumerate(["tiny", "wide", "corrupt", "missing"])]  # fmt: skip
+    bad = [
+        {"image": f"images/{name}.png", "text": f"caption number {90 + n}"}
+        for n, name in enumerate(["tiny", "wide", "corrupt", "missing"])
+    ]
     paths = {
         "t2i": _write_jsonl(root / "t2i.jsonl", captions),
         "vqa": _write_jsonl(root / "vqa.jsonl", conversations),
@@ -123,8 +128,9 @@ def assert_batches_equal(first: dict, second: dict) -> None:
 
 
 def build_examples(processor, model, **overrides) -> ExampleBuilder:
-    settings = dict(image_size=32, max_length=256, t2i_max_length=128, caption_dropout=0.0, min_image_side=8,
-                    max_aspect_ratio=10.0)  # fmt: skip
+    settings = dict(
+        image_size=32, max_length=256, t2i_max_length=128, caption_dropout=0.0, min_image_side=8, max_aspect_ratio=10.0
+    )
     return ExampleBuilder(processor, model.config, **{**settings, **overrides})
 
 
@@ -200,8 +206,12 @@ def test_every_format_loads_records(data):
 
 # ------------------------------------------------------------------------------------------------- mixture
 def test_task_ratio_is_exact_and_interleaved(data, processor, tiny_model):
-    sources = [f"t2i=jsonl:{data['t2i']}", f"caption=jsonl:{data['t2i']}", f"vqa=jsonl:{data['vqa']}",
-               f"text=jsonl:{data['text']}"]  # fmt: skip
+    sources = [
+        f"t2i=jsonl:{data['t2i']}",
+        f"caption=jsonl:{data['t2i']}",
+        f"vqa=jsonl:{data['vqa']}",
+        f"text=jsonl:{data['text']}",
+    ]
     stream = make_stream(processor, tiny_model, sources, {"text": 1, "image2text": 3, "text2image": 8})
     assert len(stream.cycle) == 12
     tasks = [stream.task_at(position) for position in range(5 * 12)]
@@ -280,8 +290,12 @@ def test_vqa_and_text_labels_supervise_every_answer(data, processor, tiny_model,
 
 def test_truncation_keeps_prompt_and_placeholders(processor, tiny_model, tokenizer):
     placeholders = tiny_model.config.num_image_placeholders(32, 32)
-    messages = [{"role": "user", "content": "<image>\nDescribe."}, {"role": "assistant", "content": "x" * 40},
-                {"role": "user", "content": "More?"}, {"role": "assistant", "content": "No."}]  # fmt: skip
+    messages = [
+        {"role": "user", "content": "<image>\nDescribe."},
+        {"role": "assistant", "content": "x" * 40},
+        {"role": "user", "content": "More?"},
+        {"role": "assistant", "content": "No."},
+    ]
     eos = tiny_model.config.eos_token_id
     full_ids, _ = ChatEncoder(processor, eos, 1000).encode(messages, placeholders)
     prompt = "<|im_start|>user\n\nDescribe.<|im_end|>\n<|im_start|>assistant\n"  # without its <image>
@@ -298,10 +312,15 @@ def test_truncation_keeps_prompt_and_placeholders(processor, tiny_model, tokeniz
 def test_too_long_samples_are_skipped_and_counted(data, processor, tiny_model, tmp_path):
     image = str(data["t2i"].parent / "images" / "0.png")
     records = [
-        {"image": image, "conversations": [{"from": "human", "value": "<image>\n" + "why? " * (60 if i % 2 else 1)},
-                                           {"from": "gpt", "value": "ok"}]}
+        {
+            "image": image,
+            "conversations": [
+                {"from": "human", "value": "<image>\n" + "why? " * (60 if i % 2 else 1)},
+                {"from": "gpt", "value": "ok"},
+            ],
+        }
         for i in range(8)
-    ]  # fmt: skip
+    ]
     source = f"vqa=jsonl:{_write_jsonl(tmp_path / 'long.jsonl', records)}"
     stream = make_stream(processor, tiny_model, [source], {"image2text": 1}, 4, max_length=150)
     for position in range(4):
@@ -341,8 +360,10 @@ def test_batches_are_deterministic_and_resume_exactly(data, processor, tiny_mode
 
 def test_ranks_get_disjoint_samples_and_the_same_tasks(data, processor, tiny_model, tokenizer):
     sources = [f"t2i=jsonl:{data['t2i']}", f"caption=jsonl:{data['t2i']}"]
-    ranks = [make_stream(processor, tiny_model, sources, {"image2text": 1, "text2image": 1}, 3, rank=rank, world_size=2)
-             for rank in range(2)]  # fmt: skip
+    ranks = [
+        make_stream(processor, tiny_model, sources, {"image2text": 1, "text2image": 1}, 3, rank=rank, world_size=2)
+        for rank in range(2)
+    ]
     seen = Counter()
     for position in range(8):
         batches = [stream.batch_at(position) for stream in ranks]

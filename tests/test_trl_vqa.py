@@ -26,9 +26,17 @@ from modeling_harmon import HarmonForConditionalGeneration, HarmonProcessor
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 QUESTION = "what color is the square?"
 TRAIN_SETTINGS = dict(
-    lora={"r": 4, "alpha": 8, "dropout": 0.0}, max_steps=3, per_device_train_batch_size=2, learning_rate=1e-3,
-    bf16=False, use_cpu=True, report_to="none", logging_steps=1, save_strategy="no", seed=0,
-)  # fmt: skip
+    lora={"r": 4, "alpha": 8, "dropout": 0.0},
+    max_steps=3,
+    per_device_train_batch_size=2,
+    learning_rate=1e-3,
+    bf16=False,
+    use_cpu=True,
+    report_to="none",
+    logging_steps=1,
+    save_strategy="no",
+    seed=0,
+)
 
 
 def square(rgb: tuple[int, int, int], seed: int) -> Image.Image:
@@ -47,8 +55,12 @@ def llava_file(tmp_path_factory):
     for index in range(6):
         name, rgb = list(COLORS.items())[index % len(COLORS)]
         square(rgb, index).save(root / f"{index}.png")
-        records.append({"image": f"{index}.png", "conversations": [
-            {"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": name}]})  # fmt: skip
+        records.append(
+            {
+                "image": f"{index}.png",
+                "conversations": [{"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": name}],
+            }
+        )
     records[-1]["conversations"] += [{"from": "human", "value": "is it big?"}, {"from": "gpt", "value": "no"}]
     (root / "vqa.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
     return root / "vqa.jsonl"
@@ -85,9 +97,15 @@ def logits(model, batch) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------------------- data
 def test_llava_record_becomes_one_row_per_answer(tmp_path):
-    record = {"image": "a.png", "conversations": [
-        {"from": "human", "value": "Describe it.\n<image>"}, {"from": "gpt", "value": "A square."},
-        {"from": "human", "value": "Colour?"}, {"from": "gpt", "value": "Red."}]}  # fmt: skip
+    record = {
+        "image": "a.png",
+        "conversations": [
+            {"from": "human", "value": "Describe it.\n<image>"},
+            {"from": "gpt", "value": "A square."},
+            {"from": "human", "value": "Colour?"},
+            {"from": "gpt", "value": "Red."},
+        ],
+    }
     rows = llava_to_prompt_completion(record, tmp_path)
     assert [row["images"] for row in rows] == [[str(tmp_path / "a.png")]] * 2
     question = [{"type": "image"}, {"type": "text", "text": "Describe it."}]
@@ -192,9 +210,24 @@ def test_command_line_trains_and_saves_a_loadable_adapter(tiny_model, tokenizer,
     model_dir, output_dir = tmp_path / "model", tmp_path / "run"
     tiny_model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    arguments = ["--model", str(model_dir), "--data", str(llava_file), "--output-dir", str(output_dir),
-                 "--max-steps", "1", "--batch-size", "2", "--lora-r", "2", "--last-turn-only", "--no-bf16",
-                 "--logging-steps", "1"]  # fmt: skip
+    arguments = [
+        "--model",
+        str(model_dir),
+        "--data",
+        str(llava_file),
+        "--output-dir",
+        str(output_dir),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--lora-r",
+        "2",
+        "--last-turn-only",
+        "--no-bf16",
+        "--logging-steps",
+        "1",
+    ]
     assert main(arguments) == 0
     assert json.loads((output_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(model_dir)
     # The module docstring's reload recipe.

@@ -112,8 +112,11 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
-               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.nan)$", re.X),  # fmt: skip
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.nan)$",
+        re.X,
+    ),
     list("-+0123456789."),
 )
 
@@ -209,7 +212,9 @@ def validate(config: dict) -> None:
     for name, group in config["optim"]["groups"].items():
         unknown = set(group) - {"patterns", "lr", "trainable", "weight_decay"}
         if unknown:
-            raise ConfigError(f"optim.groups.{name}: unknown keys {sorted(unknown)}; valid: lr, patterns, trainable, weight_decay.")
+            raise ConfigError(
+                f"optim.groups.{name}: unknown keys {sorted(unknown)}; valid: lr, patterns, trainable, weight_decay."
+            )
         if not isinstance(group.get("lr"), (int, float)) or group["lr"] < 0:
             raise ConfigError(f"optim.groups.{name}.lr must be a number >= 0, got {group.get('lr')!r}.")
     train = config["train"]

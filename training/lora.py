@@ -13,7 +13,10 @@ from .trainer import group_of
 
 
 # Harmon modules that PEFT can keep as full trainable copies (`modules_to_save`), per parameter group.
-FULL_MODULES = {"mar_encoder": ["mar_encoder", "proj_in"], "mar_decoder": ["proj_out", "mar_decoder", "diffusion_head"]}
+FULL_MODULES = {
+    "mar_encoder": ["mar_encoder", "proj_in"],
+    "mar_decoder": ["proj_out", "mar_decoder", "diffusion_head"],
+}
 
 
 def apply_lora(model, lora: dict, groups: dict):
@@ -35,8 +38,11 @@ def apply_lora(model, lora: dict, groups: dict):
     targeted = [name for name, module in wrapped.named_modules() if name.endswith("lora_A")]
     if not targeted:
         raise ConfigError(f"lora.target_modules {lora['target_modules']!r} matched no module of the model.")
-    unmatched = [name for name, p in wrapped.named_parameters() if p.requires_grad and "lora_" not in name
-                 and group_of(name, groups) is None]  # fmt: skip
+    unmatched = [
+        name
+        for name, p in wrapped.named_parameters()
+        if p.requires_grad and "lora_" not in name and group_of(name, groups) is None
+    ]
     if unmatched:
         raise ConfigError(f"trainable parameters outside every optim group after LoRA: {unmatched[:5]}")
     return wrapped

@@ -8,15 +8,18 @@ pretrained Qwen2 folder.
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from .config import ConfigError
 from modeling_harmon import HARMON_PRESETS, HarmonConfig, HarmonForConditionalGeneration
+
+from .config import ConfigError
 
 
 def _tokenizer_with_image_token(path: str):
     # trust_remote_code=False throughout: a checkpoint's own code runs only where the user asked for it.
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if getattr(tokenizer, "image_token", None) is None:
-        tokenizer = AutoTokenizer.from_pretrained(path, extra_special_tokens={"image_token": "<image>"}, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, extra_special_tokens={"image_token": "<image>"}, trust_remote_code=False
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

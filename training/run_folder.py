@@ -40,22 +40,28 @@ def prepare_run_folder(output_dir: str, resume: bool, overwrite: bool, inputs: I
     shown = f"--output-dir {str(folder)!r}"
     inputs = list(inputs)
     if resume and overwrite:
-        raise ConfigError("give --resume (continue the run in --output-dir) or --overwrite (train into it again), not both.")
+        raise ConfigError(
+            "give --resume (continue the run in --output-dir) or --overwrite (train into it again), not both."
+        )
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{shown} exists and is not a folder.")
     entries = sorted(entry.name for entry in folder.iterdir() if entry.name != MARKER) if folder.is_dir() else []
     if entries and not resume and not overwrite:
-        raise ConfigError(f"{shown} already holds {len(entries)} entries ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}); "
-                "pass --resume to continue that run, --overwrite to train into it again (harmon's checkpoints there "
-                "are removed first), or choose a new folder.")  # fmt: skip
+        raise ConfigError(
+            f"{shown} already holds {len(entries)} entries ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}); "
+            "pass --resume to continue that run, --overwrite to train into it again (harmon's checkpoints there "
+            "are removed first), or choose a new folder."
+        )
     checkpoints = sorted(folder.glob("checkpoint-*")) if folder.is_dir() else []
     try:
         check_output_folder(folder / "final", overwrite=True, inputs=inputs, argument=f"{shown}: final/")
         if overwrite and not resume:
             for checkpoint in checkpoints:
                 if not is_marked(checkpoint):
-                    raise ConfigError(f"{shown} holds {checkpoint.name}/, which harmon did not write; --overwrite removes "
-                            "harmon's checkpoints only: move it away or choose a new folder.")  # fmt: skip
+                    raise ConfigError(
+                        f"{shown} holds {checkpoint.name}/, which harmon did not write; --overwrite removes "
+                        "harmon's checkpoints only: move it away or choose a new folder."
+                    )
                 check_output_folder(checkpoint, overwrite=True, inputs=inputs, argument=f"{shown}: {checkpoint.name}/")
     except OutputFolderError as error:
         raise ConfigError(str(error)) from None

@@ -51,8 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default=None, help="run folder (checkpoints, final model)")
     parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="train into a non-empty --output-dir again (harmon's checkpoints there are removed first)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train into a non-empty --output-dir again (harmon's checkpoints there are removed first)",
+    )
     parser.add_argument("--data", action="append", default=[], metavar="KIND=FORMAT:PATH[?opts]")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     parser.add_argument("--lora", action="store_true", help="same as --set lora.enabled=true")
@@ -194,11 +197,18 @@ def run(args) -> Path:
         ema=ema,
     )
     if rank == 0:
-        print(f"trainable parameters by group: {counts}; micro-batches per optimizer step: "
-              f"{arguments.gradient_accumulation_steps}; ranks: {world}", file=sys.stderr)  # fmt: skip
+        print(
+            f"trainable parameters by group: {counts}; micro-batches per optimizer step: "
+            f"{arguments.gradient_accumulation_steps}; ranks: {world}",
+            file=sys.stderr,
+        )
     checkpoint = None
     if args.resume:
-        checkpoint = get_last_checkpoint(config["train"]["output_dir"]) if Path(config["train"]["output_dir"]).is_dir() else None
+        checkpoint = (
+            get_last_checkpoint(config["train"]["output_dir"])
+            if Path(config["train"]["output_dir"]).is_dir()
+            else None
+        )
         if checkpoint is None:
             raise ConfigError(f"--resume: no checkpoint-* folder in {config['train']['output_dir']!r}.")
         state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
@@ -242,7 +252,9 @@ def save_final(trainer, final: Path, inputs: list[str], config: dict, tokenizer,
     if not trainer.args.should_save:
         trainer.save_model(str(final))  # a collective on some backends; this rank writes nothing
         return
-    with replace_folder(final, "training.train", overwrite=True, inputs=inputs, argument="--output-dir final/") as staging:
+    with replace_folder(
+        final, "training.train", overwrite=True, inputs=inputs, argument="--output-dir final/"
+    ) as staging:
         trainer.save_model(str(staging))
         if config["lora"]["enabled"] and config["lora"]["merge_at_end"]:
             from harmon_pipelines.hub import write_hub_files
@@ -259,9 +271,13 @@ def report_skips(counts: dict[str, int], output_dir: Path, is_main: bool) -> Non
 
     total = sum(counts.values())
     shown = ", ".join(f"{reason} {count}" for reason, count in counts.items()) or "none"
-    print(f"data: {total} samples skipped as unusable ({shown}); see {output_dir / 'data_skips.json'}", file=sys.stderr)
-    write_json({"skipped": counts, "total": total, "note": "counted by this process run (since its start or resume)"},
-               output_dir / "data_skips.json")  # fmt: skip
+    print(
+        f"data: {total} samples skipped as unusable ({shown}); see {output_dir / 'data_skips.json'}", file=sys.stderr
+    )
+    write_json(
+        {"skipped": counts, "total": total, "note": "counted by this process run (since its start or resume)"},
+        output_dir / "data_skips.json",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

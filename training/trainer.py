@@ -23,8 +23,14 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from modeling_harmon.output_folders import (
-    clean_stale_siblings, is_marked, staging_name, swap_in_folder, usual_permissions, write_marker, writer_id,
-)  # fmt: skip
+    clean_stale_siblings,
+    is_marked,
+    staging_name,
+    swap_in_folder,
+    usual_permissions,
+    write_marker,
+    writer_id,
+)
 
 
 TASKS = ("text", "image2text", "text2image")
@@ -90,8 +96,14 @@ def parameter_groups(model, groups: dict, weight_decay: float, no_decay_patterns
     result = []
     for (group, skip_decay), parameters in sorted(buckets.items()):
         decay = 0.0 if skip_decay else groups[group].get("weight_decay", weight_decay)
-        result.append({"params": parameters, "lr": groups[group]["lr"], "weight_decay": decay,
-                       "group_name": f"{group}{'/no_decay' if skip_decay else ''}"})  # fmt: skip
+        result.append(
+            {
+                "params": parameters,
+                "lr": groups[group]["lr"],
+                "weight_decay": decay,
+                "group_name": f"{group}{'/no_decay' if skip_decay else ''}",
+            }
+        )
     return result
 
 
@@ -106,8 +118,15 @@ class HarmonTrainer(Trainer):
         ema: an `EmaCallback` to step after each optimizer step and save with each checkpoint (None: no EMA).
     """
 
-    def __init__(self, *args, harmon_config: dict, stream_factory: Callable, hub_writer: Callable | None = None,
-                 ema=None, **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        *args,
+        harmon_config: dict,
+        stream_factory: Callable,
+        hub_writer: Callable | None = None,
+        ema=None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.ema = ema
         if ema is not None:
@@ -145,8 +164,12 @@ class HarmonTrainer(Trainer):
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         if self.optimizer is None:
             optim = self.harmon_config["optim"]
-            groups = parameter_groups(model or self.model, optim["groups"], optim["weight_decay"], optim["no_decay_patterns"])
-            self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, betas=tuple(optim["betas"]), eps=optim["eps"])
+            groups = parameter_groups(
+                model or self.model, optim["groups"], optim["weight_decay"], optim["no_decay_patterns"]
+            )
+            self.optimizer = torch.optim.AdamW(
+                groups, lr=self.args.learning_rate, betas=tuple(optim["betas"]), eps=optim["eps"]
+            )
         return self.optimizer
 
     # ------------------------------------------------------------------------------------------------ loss
@@ -313,9 +336,10 @@ def _keep_newest_checkpoints(run_dir: Path, limit: int | None) -> None:
     if not limit or limit < 1:
         return
     steps = sorted(
-        int(path.name.split("-")[1]) for path in run_dir.glob("checkpoint-*")
+        int(path.name.split("-")[1])
+        for path in run_dir.glob("checkpoint-*")
         if path.name.split("-")[1].isdigit() and is_marked(path)  # only the checkpoints harmon wrote
-    )  # fmt: skip
+    )
     for step in steps[:-limit]:
         shutil.rmtree(run_dir / f"checkpoint-{step}", ignore_errors=True)
 

@@ -46,7 +46,9 @@ class ChatEncoder:
     def _render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         if not messages and not add_generation_prompt:
             return ""
-        return self.processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+        return self.processor.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=False
+        )
 
     def _pieces(self, messages: list[dict]) -> list[tuple[str, bool]]:
         """The rendered conversation as consecutive `(text, supervised)` pieces."""
@@ -59,7 +61,7 @@ class ChatEncoder:
                 if not step.startswith(rendered):
                     raise ValueError(
                         "the processor's chat template must render a conversation as its first turns followed by the "
-                        f"next one; rendering {len(messages[:index + 1])} messages gave {step!r:.300}, which does not "
+                        f"next one; rendering {len(messages[: index + 1])} messages gave {step!r:.300}, which does not "
                         f"start with the rendering of the earlier ones {rendered!r:.300}."
                     )
             if message["role"] != "assistant":

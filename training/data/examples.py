@@ -127,9 +127,11 @@ class ExampleBuilder:
     ) -> None:
         stride = model_config.vae_stride * model_config.patch_size
         for name, value, minimum in (
-            ("image_size", image_size, stride), ("max_length", max_length, 1), ("t2i_max_length", t2i_max_length, 1),
+            ("image_size", image_size, stride),
+            ("max_length", max_length, 1),
+            ("t2i_max_length", t2i_max_length, 1),
             ("min_image_side", min_image_side, 1),
-        ):  # fmt: skip
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
         if image_size % stride:
@@ -263,7 +265,9 @@ class ExampleBuilder:
         return self._image_to_text(messages, record["image"])
 
     def _image_to_text(self, messages: list[dict], stored_image: object) -> Example:
-        input_ids, labels = self.chat.encode(messages, self.num_placeholders)  # first: a too-long sample reads no image
+        input_ids, labels = self.chat.encode(
+            messages, self.num_placeholders
+        )  # first: a too-long sample reads no image
         image = self._read_image(stored_image)
         try:
             pixels = self.processor.image_processor(image, size=self.image_size, return_tensors="pt")

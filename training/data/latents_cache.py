@@ -88,7 +88,12 @@ def cache_text_to_image_latents(
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {**_describe(source), "image_size": image_size, "crop": "center", "dtype": str(dtype).removeprefix("torch.")}
+    meta = {
+        **_describe(source),
+        "image_size": image_size,
+        "crop": "center",
+        "dtype": str(dtype).removeprefix("torch."),
+    }
     index_path = out / INDEX_FILE
     if index_path.is_file():
         if {key: value for key, value in json.loads(index_path.read_text()).items() if key != "shards"} == meta:

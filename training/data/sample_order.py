@@ -15,7 +15,9 @@ class EpochOrder:
     read each epoch once, and any entry is found without reading the ones before.
     """
 
-    def __init__(self, length: int, seed: int, source_number: int, rank: int, world_size: int, batch_size: int) -> None:
+    def __init__(
+        self, length: int, seed: int, source_number: int, rank: int, world_size: int, batch_size: int
+    ) -> None:
         self.length, self.seed, self.source_number = length, seed, source_number
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self._permutations = OrderedDict()  # the last two epochs: a micro-batch may straddle their boundary

@@ -100,7 +100,12 @@ class SourceSpec:
         if not isinstance(self.path, str) or not self.path:
             raise ValueError(f"path must be a non-empty string, got {self.path!r}.")
         weight = self.weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, (int, float))
+            or not math.isfinite(weight)
+            or weight <= 0
+        ):
             raise ValueError(f"weight must be a finite number > 0, got {weight!r}.")
         for name in ("split", "image_folder", "annotation_folder"):
             value = getattr(self, name)
@@ -304,8 +309,7 @@ class LlavaJsonSource(Source):
             self._records = json.load(handle)
         if not isinstance(self._records, list):
             raise ValueError(
-                f"llava_json file {self._path} must hold a JSON list of records, got a "
-                f"{type(self._records).__name__}."
+                f"llava_json file {self._path} must hold a JSON list of records, got a {type(self._records).__name__}."
             )
 
     def __len__(self) -> int:
@@ -386,7 +390,9 @@ def _load_hf(spec: SourceSpec):
         if isinstance(data, datasets.DatasetDict):
             split = spec.split if spec.split is not None or len(data) != 1 else next(iter(data))
             if split not in data:
-                raise ValueError(f"split must be one of {list(data)} for the saved dataset {path}, got {spec.split!r}.")
+                raise ValueError(
+                    f"split must be one of {list(data)} for the saved dataset {path}, got {spec.split!r}."
+                )
             data = data[split]
         elif spec.split is not None:
             raise ValueError(f"split must be None for {path}, a saved single split; got {spec.split!r}.")

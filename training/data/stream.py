@@ -143,8 +143,11 @@ class MicroBatchStream(IterableDataset):
             else:
                 logger.warning(
                     "Ignoring data source %s=%s:%s: the ratio gives %s no micro-batches.",
-                    spec.kind, spec.format, spec.path, spec.task,
-                )  # fmt: skip
+                    spec.kind,
+                    spec.format,
+                    spec.path,
+                    spec.task,
+                )
         without = [task for task in active if task not in {spec.task for _, spec, _ in pairs}]
         if without:
             feeders = {task: [kind for kind, fed in KIND_TO_TASK.items() if fed == task] for task in without}
@@ -153,18 +156,27 @@ class MicroBatchStream(IterableDataset):
             )
 
         self._builder = ExampleBuilder(
-            processor, model_config, image_size=image_size, max_length=max_length, t2i_max_length=t2i_max_length,
-            caption_dropout=caption_dropout, min_image_side=min_image_side, max_aspect_ratio=max_aspect_ratio,
-            kinds=tuple({spec.kind for _, spec, _ in pairs}), caption_prompts=caption_prompts,
-        )  # fmt: skip
+            processor,
+            model_config,
+            image_size=image_size,
+            max_length=max_length,
+            t2i_max_length=t2i_max_length,
+            caption_dropout=caption_dropout,
+            min_image_side=min_image_side,
+            max_aspect_ratio=max_aspect_ratio,
+            kinds=tuple({spec.kind for _, spec, _ in pairs}),
+            caption_prompts=caption_prompts,
+        )
         pad_token_id = processor.tokenizer.pad_token_id
         self.pad_token_id = model_config.pad_token_id if pad_token_id is None else pad_token_id
         self._entries = {task: [] for task in active}
         for number, spec, source in pairs:
             source = load_source(spec) if source is None else source
-            order = None if source.streaming else EpochOrder(
-                len(source), seed, number, rank, world_size, self.micro_batch_size[spec.task]
-            )  # fmt: skip
+            order = (
+                None
+                if source.streaming
+                else EpochOrder(len(source), seed, number, rank, world_size, self.micro_batch_size[spec.task])
+            )
             latents = None
             if latents_cache is not None and spec.task == "text2image" and not source.streaming:
                 latents = latents_cache.find(source, image_size)
@@ -276,7 +288,9 @@ class MicroBatchStream(IterableDataset):
             self.position = position
             if self.report_skips:
                 # The consumer may be in another process (DataLoader workers), so the counts travel with the batch.
-                batch["skipped"] = {key: count - before[key] for key, count in self.stats.items() if count > before[key]}
+                batch["skipped"] = {
+                    key: count - before[key] for key, count in self.stats.items() if count > before[key]
+                }
             yield batch
 
     def __getstate__(self) -> dict:

@@ -115,8 +115,10 @@ def _hardware(evaluation: dict) -> str:
 
 
 def _generation_table(generation: dict) -> str:
-    rows = ["| overall | single object | two objects | counting | colours | position | colour attribution |",
-            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        "| overall | single object | two objects | counting | colours | position | colour attribution |",
+        "|---|---|---|---|---|---|---|",
+    ]
     keys = ("overall", "single_object", "two_object", "counting", "colors", "position", "color_attr")
     rows.append("| " + " | ".join(_fraction(generation.get(key)) for key in keys) + " |")
     attributes = generation.get("attributes") or {}
@@ -146,8 +148,10 @@ def split_note(note: str) -> dict[str, str]:
         if line.startswith("## ") and not fenced:
             current = line[3:].strip()
             if current not in NOTE_SECTIONS:
-                raise ValueError(f"the note's heading {line!r} names no section the note can add to; use one of: "
-                                 + ", ".join(f"'## {name}'" for name in NOTE_SECTIONS))  # fmt: skip
+                raise ValueError(
+                    f"the note's heading {line!r} names no section the note can add to; use one of: "
+                    + ", ".join(f"'## {name}'" for name in NOTE_SECTIONS)
+                )
             if current in parts:
                 raise ValueError(f"the note has the heading {line!r} twice")
             parts[current] = []
@@ -211,7 +215,8 @@ def render_card(evaluation: dict, timings: dict, ablation: dict | None = None, n
     if ablation:
         ablation_text = "\n".join(
             f"- {name}: generation overall {_fraction(result['generation']['overall'], 3)}, shape "
-            f"{_fraction(result['generation']['attributes']['shape'], 3)}" for name, result in ablation.items()
+            f"{_fraction(result['generation']['attributes']['shape'], 3)}"
+            for name, result in ablation.items()
         )
     by_type = ", ".join(f"{key} {_fraction(value)}" for key, value in (vqa.get("by_type") or {}).items())
     timing_lines = "\n".join(f"| {name} | {seconds / 60:.1f} min |" for name, seconds in timings.items())
@@ -220,9 +225,11 @@ def render_card(evaluation: dict, timings: dict, ablation: dict | None = None, n
     held_out = _words(f"{color} {shape}" for color, shape in sorted(world.HELD_OUT_PAIRS))
     side, words = world.IMAGE_SIZE, sum(word.isalpha() for word in world.vocabulary())
     front_matter = ModelCardData(
-        library_name="transformers", pipeline_tag="any-to-any", license="apache-2.0",
+        library_name="transformers",
+        pipeline_tag="any-to-any",
+        license="apache-2.0",
         tags=["harmon", "toy", "shapes", "text-to-image", "image-text-to-text"],
-    ).to_yaml()  # fmt: skip
+    ).to_yaml()
     intro = f"""# Harmon Shapes demo model
 
 A tiny Harmon trained from scratch, on a CPU, by this repository's own recipe on the toy Shapes world: one or two \
@@ -274,13 +281,16 @@ shipped joint recipe, and a generation-only one whose understanding micro-batche
 ones (ShapesEval generation):
 
 {ablation_text}"""
-    synergy = with_note("Synergy ablation", synergy) + f"""
+    synergy = (
+        with_note("Synergy ablation", synergy)
+        + f"""
 
 The generation-only arm:
 
 ```bash
 {ABLATION_COMMANDS}
 ```"""
+    )
     sections = [
         intro,
         USAGE,
@@ -299,8 +309,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval", type=Path, required=True)
     parser.add_argument("--timings", type=Path, required=True)
     parser.add_argument("--ablation", type=Path, default=None)
-    parser.add_argument("--note", default="", help="Markdown: a status line for under the opening paragraph, then "
-                        "optional parts headed '## <section>' (one of NOTE_SECTIONS) for the end of those sections")
+    parser.add_argument(
+        "--note",
+        default="",
+        help="Markdown: a status line for under the opening paragraph, then "
+        "optional parts headed '## <section>' (one of NOTE_SECTIONS) for the end of those sections",
+    )
     args = parser.parse_args(argv)
     card = render_card(
         json.loads(args.eval.read_text()),

@@ -101,9 +101,14 @@ def generation_settings(
     model's own (`generation_config.image_generation`, or its `preset`), so ShapesEval measures a model as it draws
     for its users."""
     return model.resolve_image_generation_settings(
-        preset, num_iter=num_iter, guidance_scale=guidance_scale, temperature=temperature,
-        num_sampling_steps=num_sampling_steps, x0_clamp=x0_clamp, cfg_schedule=cfg_schedule,
-    )  # fmt: skip
+        preset,
+        num_iter=num_iter,
+        guidance_scale=guidance_scale,
+        temperature=temperature,
+        num_sampling_steps=num_sampling_steps,
+        x0_clamp=x0_clamp,
+        cfg_schedule=cfg_schedule,
+    )
 
 
 def generate(
@@ -205,8 +210,10 @@ def evaluate_shapes(
         "settings": {**settings, "max_new_tokens": MAX_NEW_TOKENS},
         "seconds_per_image": None,
         "hardware": {
-            "device": str(model.device), "threads": torch.get_num_threads(), "processor": processor_name(model.device)
-        },  # fmt: skip
+            "device": str(model.device),
+            "threads": torch.get_num_threads(),
+            "processor": processor_name(model.device),
+        },
         "generation": None,
         "vqa": None,
     }

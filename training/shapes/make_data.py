@@ -13,7 +13,8 @@ import random
 from pathlib import Path
 
 from modeling_harmon.output_folders import OutputFolderError, replace_folder
-from .world import render, questions, sample_scene, vocabulary
+
+from .world import questions, render, sample_scene, vocabulary
 
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

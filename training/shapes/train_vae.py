@@ -19,6 +19,7 @@ from diffusers import AutoencoderKL
 
 from modeling_harmon.atomic_files import atomic_path
 from modeling_harmon.output_folders import OutputFolderError, check_output_folder, replace_folder
+
 from .world import IMAGE_SIZE, render, sample_scene
 
 
@@ -52,8 +53,16 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(4.0 / max(mse, 1e-12))
 
 
-def train(output: Path, steps: int, batch_size: int, lr: float, kl_weight: float, seed: int, resume: bool,
-          overwrite: bool = False) -> dict:
+def train(
+    output: Path,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    kl_weight: float,
+    seed: int,
+    resume: bool,
+    overwrite: bool = False,
+) -> dict:
     check_output_folder(output, overwrite)  # before the training, not after it
     torch.manual_seed(seed)
     vae = AutoencoderKL(**VAE_CONFIG)
@@ -89,8 +98,15 @@ def train(output: Path, steps: int, batch_size: int, lr: float, kl_weight: float
             print(f"step {step + 1}/{steps} loss {loss.item():.4f} ({time.time() - began:.0f} s)", flush=True)
         if (step + 1) % 500 == 0 and step + 1 < steps:
             with atomic_path(state_path) as temporary:
-                torch.save({"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
-                            "torch_rng": torch.get_rng_state(), "step": step + 1}, temporary)  # fmt: skip
+                torch.save(
+                    {
+                        "model": vae.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "step": step + 1,
+                    },
+                    temporary,
+                )
 
     vae.eval()
     with torch.no_grad():
@@ -102,8 +118,12 @@ def train(output: Path, steps: int, batch_size: int, lr: float, kl_weight: float
     with replace_folder(output, "training.shapes.train_vae", overwrite) as staging:
         vae.save_pretrained(staging)
     state_path.unlink(missing_ok=True)
-    report = {"steps": steps, "psnr_db": round(psnr(reconstruction, pixels), 2), "scaling_factor": scaling,
-              "seconds": round(time.time() - began, 1)}  # fmt: skip
+    report = {
+        "steps": steps,
+        "psnr_db": round(psnr(reconstruction, pixels), 2),
+        "scaling_factor": scaling,
+        "seconds": round(time.time() - began, 1),
+    }
     print(report)
     return report
 
@@ -120,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace --output if a harmon writer made it")
     args = parser.parse_args(argv)
     try:
-        train(args.output, args.steps, args.batch_size, args.lr, args.kl_weight, args.seed, args.resume, args.overwrite)
+        train(
+            args.output, args.steps, args.batch_size, args.lr, args.kl_weight, args.seed, args.resume, args.overwrite
+        )
     except OutputFolderError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 

@@ -152,7 +152,9 @@ def questions(scene: Scene, rng: random.Random) -> list[tuple[str, str, str]]:
         items.append(("shape", f"what shape are the {objs[0].color} objects?", objs[0].shape))
     present = {(obj.color, obj.shape) for obj in objs}
     color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
-    items.append(("exists", f"is there {_article(color)} {color} {shape}?", "yes" if (color, shape) in present else "no"))
+    items.append(
+        ("exists", f"is there {_article(color)} {color} {shape}?", "yes" if (color, shape) in present else "no")
+    )
     first = objs[0]
     items.append(("exists", f"is there {_article(first.color)} {first.color} {first.shape}?", "yes"))
     return items
@@ -160,8 +162,10 @@ def questions(scene: Scene, rng: random.Random) -> list[tuple[str, str, str]]:
 
 def vocabulary() -> list[str]:
     """Every word of every caption, question and answer of the world (for the word-level tokenizer)."""
-    words = set("a an the on in of to is are there what where how many color shape shapes objects center left "
-                "right top bottom above below yes no one two generate image describe".split())  # fmt: skip
+    words = set(
+        "a an the on in of to is are there what where how many color shape shapes objects center left "
+        "right top bottom above below yes no one two generate image describe".split()
+    )
     words |= set(COLORS) | set(SHAPES) | {f"{shape}s" for shape in SHAPES}
     return sorted(words) + ["?", ".", ":", ","]
 
