@@ -19,6 +19,13 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_harmon import DEFAULT_IMAGE_GENERATION, HarmonConfig
+from .modeling_harmon_canvas import (
+    init_pixels,
+    random_redraw_tokens,
+    redraw_count,
+    redraw_tokens,
+    scaled_iterations,
+)
 from .modeling_harmon_diffusion import HarmonDiffusionHead, HarmonGaussianDiffusion
 from .modeling_harmon_mar import HarmonMARDecoder, HarmonMAREncoder
 from .modeling_harmon_onednn import onednn_linears
@@ -788,6 +795,8 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         num_inference_steps: int | None = None,
         strength: float | None = None,
         image_guidance_scale: float | None = None,
+        init_image=None,
+        mask_image=None,
     ) -> HarmonImageGenerationOutput | tuple:
         r"""
         Text-to-image generation by masked autoregression in MAR token space.
@@ -806,8 +815,15 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             x0_clamp: clamp the head's x0 prediction to [-x0_clamp, x0_clamp] (None: no clamp, as the reference).
             preset: a named preset of the checkpoint (`generation_config.image_generation_presets`), under the
                 settings given here.
-            strength, image_guidance_scale: settings of image-conditioned generation (an init image, context
-                images); text-to-image takes them at 1 only.
+            init_image: the canvas to start from (PIL image(s), or (3, H, W) / (B, 3, H, W) in [0, 1]; one, or
+                one per prompt): its tokens are kept except those `mask_image` or `strength` selects, which are
+                drawn. Its size sets `height` and `width` (sides must be multiples of the token stride).
+            mask_image: which tokens of `init_image` to redraw: white = redraw (diffusers' convention); a token is
+                redrawn if any pixel of its cell is at least half white (`modeling_harmon_canvas.redraw_tokens`).
+            strength: without a mask, the share of `init_image`'s tokens redrawn (variations), at positions drawn
+                from `generator`: 0 keeps the image (its VAE round trip), 1 redraws everything. With a mask, 1.
+                The MAR iterations scale with the share of tokens drawn unless `num_iter` is given.
+            image_guidance_scale: guidance of context images (instruction editing); 1 until those are taken.
             num_images_per_prompt: images generated for each prompt.
             generator: one `torch.Generator`, or one per image: drives the token orders and all noise.
             callback: `callback(step, num_iter, tokens, mask)` after each iteration, with tokens (B, L, D) and
@@ -821,6 +837,12 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             [`HarmonImageGenerationOutput`] with `images` (B, 3, H, W) float32 in about [-1, 1] and `latents`
             (B, C, H/stride, W/stride) in scaled VAE space.
         """
+        pixels = None
+        if init_image is not None:
+            pixels = init_pixels(init_image)
+            height, width = self._canvas_size(pixels, height, width)
+        elif mask_image is not None:
+            raise ValueError("mask_image needs an init_image (the canvas whose tokens it selects).")
         settings = self.image_generation_settings(
             preset,
             height=height,
@@ -835,13 +857,18 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             strength=strength,
             image_guidance_scale=image_guidance_scale,
         )
-        for name in ("strength", "image_guidance_scale"):
-            if getattr(settings, name) != 1.0:
-                raise HarmonSettingError(
-                    name,
-                    "applies to an init image or context images, which text-to-image "
-                    f"generation does not take; use 1 (got {getattr(settings, name)!r}).",
-                )
+        if settings.image_guidance_scale != 1.0:
+            raise HarmonSettingError(
+                "image_guidance_scale",
+                f"applies to context images, which this version does not take yet; use 1 (got "
+                f"{settings.image_guidance_scale!r}).",
+            )
+        if pixels is None and settings.strength != 1.0:
+            raise HarmonSettingError(
+                "strength", "applies to an init_image (the share of its tokens redrawn); pass one."
+            )
+        if mask_image is not None and settings.strength != 1.0:
+            raise HarmonSettingError("strength", "with a mask_image must be 1: the mask says what to redraw.")
         if not _is_int(num_images_per_prompt) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}.")
         if input_ids is None and prompt is None:
@@ -860,12 +887,22 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         )
         grid = (settings.height // self._token_stride(), settings.width // self._token_stride())
         orders, noise_fn = self._randomness(generator, prompts.num_images, grid[0] * grid[1], orders, noise_fn)
+        known_tokens = known_mask = None
+        if pixels is not None:
+            known_tokens, known_mask = self._canvas(
+                pixels, mask_image, settings, prompts.num_images, num_images_per_prompt, grid, generator
+            )
+            given = num_iter is not None or num_inference_steps is not None
+            settings = self._canvas_iterations(settings, known_mask, given)
 
         sampler = HarmonMARSampler(self.model, settings, grid, self.sampling_speedups, noise_fn)
-        cache = sampler.encode_prompts(prompts)
-        state = SamplerState.start(orders, self.config.token_dim, self.dtype)
-        state = sampler.run(state, prompts, cache, callback)
-        latents, images = sampler.decode(state.tokens, prompts.guided, decode)
+        if known_mask is not None and bool(known_mask.all()):  # strength 0: nothing to draw
+            latents, images = sampler.decode(known_tokens, False, decode)
+        else:
+            cache = sampler.encode_prompts(prompts)
+            state = SamplerState.start(orders, self.config.token_dim, self.dtype, known_tokens, known_mask)
+            state = sampler.run(state, prompts, cache, callback)
+            latents, images = sampler.decode(state.tokens, prompts.guided, decode)
 
         self._check_finite(latents, "latents", settings)
         if images is not None:
@@ -873,6 +910,78 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         if not return_dict:
             return images, latents
         return HarmonImageGenerationOutput(images=images, latents=latents)
+
+    def _canvas_size(self, pixels: torch.Tensor, height: int | None, width: int | None) -> tuple[int, int]:
+        """(height, width) of an init image; given sizes must match it, and its sides must fit the token grid."""
+        stride = self._token_stride()
+        rows, cols = pixels.shape[-2:]
+        if rows % stride or cols % stride:
+            raise ValueError(
+                f"init_image is {cols}x{rows} pixels; its sides must be multiples of {stride} (the token stride): "
+                "resize or crop it (or pad it, for outpainting)."
+            )
+        for name, given, actual in (("height", height, rows), ("width", width, cols)):
+            if given is not None and given != actual:
+                raise ValueError(
+                    f"{name} ({given}) must match init_image ({actual} pixels); resize the image instead."
+                )
+        return rows, cols
+
+    def _canvas(self, pixels, mask_image, settings, batch: int, per_prompt: int, grid, generator):
+        """Phase 2b: the known tokens (B, L, D) of the init image and which are known (B, L; True = keep), from the
+        mask or, without one, from `strength` (positions drawn from the generators)."""
+        seq_len = grid[0] * grid[1]
+        known = self.model.encode_images(pixels.to(self.device, self.dtype)).reshape(pixels.shape[0], seq_len, -1)
+        known = self._per_image(known, batch, per_prompt, "init_image")
+        if mask_image is not None:
+            redraw = redraw_tokens(mask_image, settings.height, settings.width, self._token_stride())
+            redraw = self._per_image(redraw.reshape(redraw.shape[0], seq_len), batch, per_prompt, "mask_image")
+            counts = redraw.sum(1)
+            if not bool(counts.any()):
+                raise ValueError(
+                    "mask_image selects no token to redraw (it is black everywhere); white marks what to redraw."
+                )
+            if bool((counts != counts[0]).any()):
+                raise ValueError(
+                    f"mask_image selects {sorted(set(counts.tolist()))} tokens for different images; the images of one "
+                    "call must redraw as many tokens each: draw them in separate calls."
+                )
+        else:
+            count = redraw_count(settings.strength, seq_len)
+            if count == seq_len:
+                redraw = torch.ones(batch, seq_len, dtype=torch.bool)
+            else:
+                generators = _as_generator_list(generator, batch) or [generator] * batch
+                redraw = random_redraw_tokens(count, *grid, generators).reshape(batch, seq_len)
+        return known, ~redraw.to(self.device)
+
+    @staticmethod
+    def _per_image(value: torch.Tensor, batch: int, per_prompt: int, name: str) -> torch.Tensor:
+        """One row per image drawn, from a single row (for every image) or one per prompt (for its images)."""
+        if value.shape[0] == 1:
+            return value.expand(batch, *value.shape[1:])
+        if value.shape[0] == batch // per_prompt:
+            return value.repeat_interleave(per_prompt, dim=0)
+        raise ValueError(f"{name} holds {value.shape[0]} images; give one, or one per prompt ({batch // per_prompt}).")
+
+    @staticmethod
+    def _canvas_iterations(settings, known_mask: torch.BoolTensor, given: bool):
+        """The MAR iterations for the tokens to draw: the full image's scaled by the share drawn, unless given (then
+        at most the tokens drawn)."""
+        import dataclasses
+
+        seq_len = known_mask.shape[1]
+        num_unknown = seq_len - int(known_mask[0].sum())
+        if num_unknown == 0:
+            return settings
+        if not given:
+            return dataclasses.replace(settings, num_iter=scaled_iterations(settings.num_iter, num_unknown, seq_len))
+        if settings.num_iter > num_unknown:
+            raise HarmonSettingError(
+                "num_iter",
+                f"must be an integer in [1, {num_unknown}] (the tokens to draw), got {settings.num_iter!r}.",
+            )
+        return settings
 
     def _check_prompt_length(self, mask: torch.Tensor, name: str, seq_len: int, settings) -> None:
         """The longest prompt (real tokens of `mask`), the image tokens and the buffers must fit the LLM's positions."""

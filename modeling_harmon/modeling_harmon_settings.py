@@ -54,7 +54,7 @@ class HarmonImageGenerationSettings:
     # For image-conditioned generation: the share of an init image's tokens redrawn, and the guidance scale of the
     # context images an instruction refers to. 1 leaves text-to-image unchanged.
     strength: float = _setting(
-        1.0, "share of the init image's tokens redrawn (0 < strength <= 1)", "--strength", stored=False
+        1.0, "share of the init image's tokens redrawn (0 <= strength <= 1)", "--strength", stored=False
     )
     image_guidance_scale: float = _setting(
         1.0, "classifier-free guidance scale of the context images (>= 1; 1 = off)", "--image-cfg", stored=False
@@ -127,8 +127,8 @@ class HarmonImageGenerationSettings:
             fail("num_sampling_steps", f"must be an integer in [1, {config.num_train_timesteps}], got {steps!r}.")
         if self.x0_clamp is not None and (not _is_number(self.x0_clamp) or not self.x0_clamp > 0):
             fail("x0_clamp", f"must be None or a number > 0, got {self.x0_clamp!r}.")
-        if not _is_number(self.strength) or not 0.0 < self.strength <= 1.0:
-            fail("strength", f"must be a number in (0, 1], got {self.strength!r}.")
+        if not _is_number(self.strength) or not 0.0 <= self.strength <= 1.0:
+            fail("strength", f"must be a number in [0, 1], got {self.strength!r}.")
         return self
 
 

@@ -47,7 +47,7 @@ def test_values_come_from_defaults_then_stored_then_preset_then_given(tiny_model
         ({"num_iter": 2, "num_inference_steps": 2}, "num_iter", "num_iter", "given twice"),
         ({"guidance_scale": 0.5}, "guidance_scale", "guidance_scale", ">= 1"),
         ({"image_guidance_scale": float("nan")}, "image_guidance_scale", "image_guidance_scale", "finite"),
-        ({"strength": 0.0}, "strength", "strength", "(0, 1]"),
+        ({"strength": -0.1}, "strength", "strength", "[0, 1]"),
         ({"height": 30}, "height", "height", "multiple of"),
         ({"temperature": True}, "temperature", "temperature", "finite number > 0"),
         ({"steps": 3}, "steps", "steps", "not an image-generation setting"),
@@ -85,7 +85,7 @@ def test_the_model_and_generate_images_use_the_checkpoints_presets(tiny_model, t
             callback=lambda step, *_: steps.append(step),
         )
         assert steps == [0, 1]
-        with pytest.raises(HarmonSettingError, match="applies to an init image"):
+        with pytest.raises(HarmonSettingError, match="applies to an init_image"):
             tiny_model.generate_images("a red circle", tokenizer=tokenizer, preset="tiny", strength=0.5)
     finally:
         tiny_model.generation_config.image_generation_presets = previous

@@ -1,0 +1,152 @@
+"""Generation conditioned on an image through the MAR mask (issue 21, model level): inpainting (`init_image` +
+`mask_image`), variations (`strength`), the pixel-mask -> token-mask rule and the iteration scaling."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modeling_harmon.modeling_harmon_canvas import init_pixels, redraw_count, redraw_tokens, scaled_iterations
+from modeling_harmon.modeling_harmon_settings import HarmonSettingError
+
+
+SIZE = 32  # the tiny model's image side; its token stride is 4, so an 8 x 8 grid of 64 tokens
+STRIDE = 4
+FAST = {"num_sampling_steps": 2, "guidance_scale": 2.0}
+
+
+def _seed(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def init_image() -> Image.Image:
+    pixels = np.zeros((SIZE, SIZE, 3), dtype=np.uint8)
+    pixels[4:20, 6:26] = (220, 30, 30)
+    pixels[20:, :] = (30, 40, 220)
+    return Image.fromarray(pixels)
+
+
+def _mask(box=None, value: int = 255, mode: str = "L") -> Image.Image:
+    """A mask white inside `box` (top, left, bottom, right) and black elsewhere; `box=None`: all white."""
+    array = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    if box is None:
+        array[:] = value
+    else:
+        top, left, bottom, right = box
+        array[top:bottom, left:right] = value
+    return Image.fromarray(array).convert(mode)
+
+
+def test_one_white_pixel_redraws_exactly_its_token_and_grey_below_half_redraws_none():
+    mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    mask[9, 13] = 255  # token (row 2, col 3)
+    tokens = redraw_tokens(Image.fromarray(mask), SIZE, SIZE, STRIDE)
+    assert tokens.shape == (1, 8, 8) and tokens.sum() == 1 and bool(tokens[0, 2, 3])
+    mask[9, 13] = 127  # less than half white: kept
+    assert redraw_tokens(Image.fromarray(mask), SIZE, SIZE, STRIDE).sum() == 0
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "1", "I;16"])
+def test_masks_of_every_mode_give_the_same_tokens(mode):
+    expected = redraw_tokens(_mask((0, 0, 12, 16)), SIZE, SIZE, STRIDE)
+    mask = _mask((0, 0, 12, 16)).convert(mode) if mode != "I;16" else _mask((0, 0, 12, 16), 255).convert("I;16")
+    assert torch.equal(redraw_tokens(mask, SIZE, SIZE, STRIDE), expected)
+    assert expected.sum() == 3 * 4  # rows 0..2, cols 0..3
+
+
+def test_an_all_white_mask_with_full_iterations_is_text_to_image(tiny_model, tokenizer, init_image):
+    common = dict(tokenizer=tokenizer, num_iter=4, **FAST)
+    plain = tiny_model.generate_images("a red circle", generator=_seed(3), **common)
+    masked = tiny_model.generate_images(
+        "a red circle", init_image=init_image, mask_image=_mask(), generator=_seed(3), **common
+    )
+    assert torch.equal(plain.latents, masked.latents) and torch.equal(plain.images, masked.images)
+
+
+def test_known_tokens_are_kept_exactly_and_both_guidance_halves_see_them(tiny_model, tokenizer, init_image):
+    box = (0, 0, 16, 32)  # the top half: rows 0..3 of the token grid are redrawn
+    output = tiny_model.generate_images(
+        "a red circle", init_image=init_image, mask_image=_mask(box), generator=_seed(1), tokenizer=tokenizer, **FAST
+    )
+    known = tiny_model.model.encode_images(init_pixels(init_image))  # (1, rows, cols, D)
+    drawn = tiny_model.model.latents_to_tokens(output.latents)
+    assert torch.equal(drawn[:, 4:], known[:, 4:].to(drawn.dtype))
+    assert not torch.allclose(drawn[:, :4], known[:, :4].to(drawn.dtype))
+
+
+def test_iterations_scale_with_the_share_drawn_unless_given(tiny_model, tokenizer, init_image):
+    steps = []
+
+    def count(step, num_iter, tokens, mask):
+        steps.append(num_iter)
+
+    mask = _mask((0, 0, 8, 32))  # 2 of 8 token rows: 16 of 64 tokens
+    tiny_model.generate_images(
+        "a red circle",
+        init_image=init_image,
+        mask_image=mask,
+        tokenizer=tokenizer,
+        callback=count,
+        generator=_seed(),
+        **FAST,
+    )
+    default = tiny_model.image_generation_settings().num_iter
+    assert steps[0] == scaled_iterations(default, 16, 64) == -(-default * 16 // 64)
+    steps.clear()
+    tiny_model.generate_images(
+        "a red circle",
+        init_image=init_image,
+        mask_image=mask,
+        tokenizer=tokenizer,
+        callback=count,
+        generator=_seed(),
+        num_iter=3,
+        **FAST,
+    )
+    assert steps[0] == 3 and len(steps) == 3
+    with pytest.raises(HarmonSettingError, match=r"num_iter must be an integer in \[1, 16\]"):
+        tiny_model.generate_images(
+            "a red circle", init_image=init_image, mask_image=mask, tokenizer=tokenizer, num_iter=17, **FAST
+        )
+
+
+def test_variations_redraw_the_share_strength_says(tiny_model, tokenizer, init_image):
+    known = tiny_model.model.encode_images(init_pixels(init_image)).reshape(1, 64, -1)
+    for strength in (0.25, 0.5):
+        output = tiny_model.generate_images(
+            "a red circle", init_image=init_image, strength=strength, tokenizer=tokenizer, generator=_seed(2), **FAST
+        )
+        drawn = tiny_model.model.latents_to_tokens(output.latents).reshape(1, 64, -1)
+        kept = (drawn == known).all(-1).sum()
+        assert int(kept) == 64 - redraw_count(strength, 64), strength
+    again = tiny_model.generate_images(
+        "a red circle", init_image=init_image, strength=0.5, tokenizer=tokenizer, generator=_seed(2), **FAST
+    )
+    other = tiny_model.generate_images(
+        "a red circle", init_image=init_image, strength=0.5, tokenizer=tokenizer, generator=_seed(5), **FAST
+    )
+    assert torch.equal(again.latents, output.latents) and not torch.equal(other.latents, output.latents)
+    untouched = tiny_model.generate_images("a red circle", init_image=init_image, strength=0.0, tokenizer=tokenizer)
+    assert torch.equal(tiny_model.model.latents_to_tokens(untouched.latents).reshape(1, 64, -1), known)
+
+
+@pytest.mark.parametrize(
+    "arguments, words",
+    [
+        ({"mask_image": "BLACK"}, "mask_image selects no token to redraw"),
+        ({"mask_image": Image.new("L", (16, 16), 255)}, "mask_image is 16x16 pixels but the image is 32x32"),
+        ({"init_image": Image.new("RGB", (30, 32))}, "init_image is 30x32 pixels"),
+        ({"height": 64}, "height (64) must match init_image"),
+        ({"strength": 1.5}, "strength must be a number in [0, 1]"),
+        ({"init_image": None, "strength": 0.5}, "strength applies to an init_image"),
+        ({"init_image": None, "mask_image": "WHITE"}, "mask_image needs an init_image"),
+    ],
+)
+def test_bad_canvases_are_refused_naming_the_argument(tiny_model, tokenizer, init_image, arguments, words):
+    arguments = {"init_image": init_image, **arguments}
+    if arguments.get("mask_image") in ("BLACK", "WHITE"):
+        arguments["mask_image"] = _mask(value=0) if arguments["mask_image"] == "BLACK" else _mask()
+    with pytest.raises(ValueError) as caught:
+        tiny_model.generate_images("a red circle", tokenizer=tokenizer, **arguments, **FAST)
+    assert words in str(caught.value)
