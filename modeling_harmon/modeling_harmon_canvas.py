@@ -104,4 +104,30 @@ def scaled_iterations(num_iter: int, num_unknown: int, seq_len: int) -> int:
     return max(1, min(num_unknown, math.ceil(num_iter * num_unknown / seq_len)))
 
 
-__all__ = ["init_pixels", "random_redraw_tokens", "redraw_count", "redraw_tokens", "scaled_iterations"]
+def outpaint_canvas(image: Image.Image, stride: int, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0):
+    """(canvas, mask) to outpaint `image` by the given pixels on each side: the image on a larger canvas (the padding
+    repeats its edge pixels, so the VAE sees no hard border next to the kept tokens) and a mask white over the
+    padding. Each padding must be a multiple of the token `stride`, so no token mixes kept and new pixels."""
+    pads = {"left": left, "right": right, "top": top, "bottom": bottom}
+    for name, value in pads.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value % stride:
+            raise ValueError(
+                f"{name} must be a non-negative multiple of {stride} pixels (the token stride), got {value!r}."
+            )
+    if not any(pads.values()):
+        raise ValueError("outpainting needs padding on at least one side (left, right, top or bottom > 0).")
+    pixels = np.asarray(_pil(image, "image", 3))
+    canvas = np.pad(pixels, ((top, bottom), (left, right), (0, 0)), mode="edge")
+    mask = np.full(canvas.shape[:2], 255, dtype=np.uint8)
+    mask[top : top + pixels.shape[0], left : left + pixels.shape[1]] = 0
+    return Image.fromarray(canvas), Image.fromarray(mask)
+
+
+__all__ = [
+    "init_pixels",
+    "outpaint_canvas",
+    "random_redraw_tokens",
+    "redraw_count",
+    "redraw_tokens",
+    "scaled_iterations",
+]

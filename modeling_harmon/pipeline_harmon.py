@@ -44,8 +44,8 @@ class HarmonPipeline(DiffusionPipeline):
     r"""
     Text-to-image generation with Harmon (masked autoregression in MAR token space + a diffusion-MLP head): the
     diffusers pipeline, named as diffusers names a model's text-to-image pipeline (`FluxPipeline`). The pipelines of
-    image-conditioned generation follow the same scheme: `HarmonInpaintPipeline`, `HarmonImg2ImgPipeline`
-    (variations) and `HarmonEditPipeline` (instruction editing); see docs/adr-0003-image-inputs.md for the names of
+    image-conditioned generation follow the same scheme: `HarmonInpaintPipeline` (inpainting, outpainting and
+    variations) and `HarmonEditPipeline` (instruction editing); see docs/adr-0003-image-inputs.md for the names of
     their image inputs.
 
     Args:
@@ -60,6 +60,7 @@ class HarmonPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(model=model, tokenizer=tokenizer)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=True)
+        self._canvas = {}  # image-conditioned inputs of a subclass's call (HarmonInpaintPipeline)
 
     # ------------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -223,6 +224,16 @@ class HarmonPipeline(DiffusionPipeline):
             )
         return self.model.image_generation_settings(**settings)
 
+    def _generation_arguments(self, settings, preset: str | None, num_inference_steps: int | None) -> dict:
+        """`generate_images` arguments: the resolved settings, plus the image-conditioned inputs of a subclass's call,
+        whose MAR iterations the model scales by the share of tokens drawn unless the caller gave them."""
+        arguments = settings.to_dict()
+        if self._canvas:
+            arguments.update({name: value for name, value in self._canvas.items() if name != "strength"})
+            if num_inference_steps is None:
+                arguments.update(num_iter=None, preset=preset)
+        return arguments
+
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
@@ -313,6 +324,7 @@ class HarmonPipeline(DiffusionPipeline):
             temperature=temperature,
             num_sampling_steps=num_sampling_steps,
             x0_clamp=x0_clamp,
+            strength=self._canvas.get("strength"),
         )
         self._guidance_scale = settings.guidance_scale
         self._num_timesteps = settings.num_iter
@@ -336,6 +348,8 @@ class HarmonPipeline(DiffusionPipeline):
         with self.progress_bar(total=settings.num_iter) as progress_bar:
 
             def on_iteration(step, num_iter, tokens, mask):
+                if progress_bar.total != num_iter:  # an image-conditioned call draws fewer iterations
+                    progress_bar.total = self._num_timesteps = num_iter
                 progress_bar.update()
                 if callback_on_step_end is None:
                     return None
@@ -353,7 +367,7 @@ class HarmonPipeline(DiffusionPipeline):
                 attention_mask=attention_mask,
                 negative_input_ids=negative_ids,
                 negative_attention_mask=negative_mask,
-                **settings.to_dict(),
+                **self._generation_arguments(settings, preset, num_inference_steps),
                 num_images_per_prompt=num_images_per_prompt,
                 generator=generator,
                 callback=on_iteration,
@@ -383,3 +397,38 @@ class HarmonText2ImagePipeline(HarmonPipeline):
             stacklevel=2,
         )
         super().__init__(*args, **kwargs)
+
+
+class HarmonInpaintPipeline(HarmonPipeline):
+    r"""
+    Inpainting, outpainting and variations with Harmon, by the masked-autoregressive sampler itself: it starts from
+    `image`'s tokens and draws only those `mask_image` marks (white = redraw; a token is redrawn if any pixel of its
+    cell is at least half white), or, without a mask, a `strength` share of them at random positions (variations).
+    No retraining is involved: MAR already predicts masked tokens from visible ones. For outpainting, pad the image
+    and mark the padding (`modeling_harmon_canvas.outpaint_canvas`).
+
+    Takes every argument of [`HarmonPipeline`] plus `image` (PIL image(s), or (B, 3, H, W) in [0, 1]; its size is the
+    output's), `mask_image` and `strength`. Unless `num_inference_steps` is given, the MAR iterations are the
+    model's, scaled by the share of tokens drawn.
+    """
+
+    @torch.no_grad()
+    def __call__(self, prompt=None, image=None, mask_image=None, strength: float | None = None, **kwargs):
+        if image is None:
+            raise ValueError("image is required: the picture to inpaint, outpaint or vary.")
+        if hasattr(image, "size") and not isinstance(image, torch.Tensor):
+            images = image if isinstance(image, list) else [image]
+            height, width = images[0].size[1], images[0].size[0]
+        else:
+            height, width = image.shape[-2:]
+        for name, value in (("height", height), ("width", width)):
+            if kwargs.get(name) not in (None, value):
+                raise ValueError(
+                    f"{name} ({kwargs[name]}) must match image ({value} pixels); resize the image instead."
+                )
+            kwargs[name] = int(value)
+        self._canvas = {"init_image": image, "mask_image": mask_image, "strength": strength}
+        try:
+            return super().__call__(prompt, **kwargs)
+        finally:
+            self._canvas = {}

@@ -9,7 +9,7 @@ and registers the transformers `text-to-image` task.
 from transformers import AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from modeling_harmon.pipeline_harmon import HarmonPipeline, HarmonText2ImagePipeline
+from modeling_harmon.pipeline_harmon import HarmonInpaintPipeline, HarmonPipeline, HarmonText2ImagePipeline
 from modeling_harmon.pipeline_text_to_image_harmon import HarmonTextToImagePipeline
 
 
@@ -22,4 +22,9 @@ if "text-to-image" not in PIPELINE_REGISTRY.get_supported_tasks():
     )
 
 
-__all__ = ["HarmonPipeline", "HarmonText2ImagePipeline", "HarmonTextToImagePipeline"]
+__all__ = [
+    "HarmonInpaintPipeline",
+    "HarmonPipeline",
+    "HarmonText2ImagePipeline",
+    "HarmonTextToImagePipeline",
+]

@@ -150,3 +150,103 @@ def test_bad_canvases_are_refused_naming_the_argument(tiny_model, tokenizer, ini
     with pytest.raises(ValueError) as caught:
         tiny_model.generate_images("a red circle", tokenizer=tokenizer, **arguments, **FAST)
     assert words in str(caught.value)
+
+
+# ------------------------------------------------------------------------------------------------ the pipeline
+@pytest.fixture(scope="module")
+def inpaint(tiny_model, tokenizer):
+    from harmon_pipelines import HarmonInpaintPipeline
+
+    pipe = HarmonInpaintPipeline(model=tiny_model, tokenizer=tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_the_inpaint_pipeline_with_an_all_white_mask_draws_what_text_to_image_draws(inpaint, init_image):
+    from harmon_pipelines import HarmonPipeline
+
+    plain = HarmonPipeline(model=inpaint.model, tokenizer=inpaint.tokenizer)
+    plain.set_progress_bar_config(disable=True)
+    common = dict(num_inference_steps=4, output_type="np", **FAST)
+    expected = plain("a red circle", generator=_seed(4), **common).images
+    drawn = inpaint("a red circle", image=init_image, mask_image=_mask(), generator=_seed(4), **common).images
+    np.testing.assert_array_equal(drawn, expected)
+
+
+def test_the_inpaint_pipeline_keeps_what_the_mask_leaves_and_counts_its_iterations(inpaint, init_image):
+    steps = []
+
+    def count(pipe, step, timestep, callback_kwargs):
+        steps.append(step)
+        return {}
+
+    mask = _mask((0, 0, 8, 32))  # 16 of 64 tokens
+    output = inpaint(
+        "a red circle",
+        image=init_image,
+        mask_image=mask,
+        generator=_seed(),
+        output_type="latent",
+        callback_on_step_end=count,
+        **FAST,
+    )
+    default = inpaint.model.image_generation_settings().num_iter
+    assert len(steps) == scaled_iterations(default, 16, 64) == inpaint.num_timesteps
+    known = inpaint.model.model.encode_images(init_pixels(init_image))
+    drawn = inpaint.model.model.latents_to_tokens(output.images)
+    assert torch.equal(drawn[:, 2:], known[:, 2:])
+    with pytest.raises(ValueError, match="image is required"):
+        inpaint("a red circle", mask_image=mask)
+    with pytest.raises(ValueError, match=r"height \(64\) must match image \(32 pixels\)"):
+        inpaint("a red circle", image=init_image, height=64)
+
+
+def test_variations_through_the_pipeline(inpaint, init_image):
+    common = dict(image=init_image, output_type="np", **FAST)
+    kept = inpaint("a red circle", strength=0.0, generator=_seed(), **common).images
+    round_trip = inpaint.model.model.decode_latents(
+        inpaint.model.model.tokens_to_latents(inpaint.model.model.encode_images(init_pixels(init_image)))
+    )
+    np.testing.assert_allclose(kept[0], ((round_trip[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy(), atol=1e-6)
+    first, second = (inpaint("a red circle", strength=0.5, generator=_seed(s), **common).images for s in (1, 2))
+    assert not np.array_equal(first, second)
+
+
+@pytest.mark.parametrize("pads, size", [({"right": 16}, (32, 48)), ({"top": 8, "left": 4}, (40, 36))])
+def test_outpainting_draws_a_larger_and_non_square_canvas(inpaint, init_image, pads, size):
+    from modeling_harmon.modeling_harmon_canvas import outpaint_canvas
+
+    canvas, mask = outpaint_canvas(init_image, STRIDE, **pads)
+    assert (canvas.height, canvas.width) == size
+    tokens = redraw_tokens(mask, *size, STRIDE)
+    assert int(tokens.sum()) == size[0] * size[1] // STRIDE**2 - 64  # exactly the padding's tokens
+    output = inpaint("a red circle", image=canvas, mask_image=mask, generator=_seed(), output_type="latent", **FAST)
+    drawn = inpaint.model.model.latents_to_tokens(output.images)
+    known = inpaint.model.model.encode_images(init_pixels(canvas))
+    assert drawn.shape[1:3] == (size[0] // STRIDE, size[1] // STRIDE)
+    assert torch.equal(drawn[~tokens], known[~tokens])
+
+
+@pytest.mark.parametrize(
+    "pads, words",
+    [
+        ({}, "needs padding on at least one side"),
+        ({"left": 6}, "left must be a non-negative multiple of 4"),
+        ({"right": -4}, "right must be a non-negative multiple of 4"),
+    ],
+)
+def test_bad_outpainting_is_refused(init_image, pads, words):
+    from modeling_harmon.modeling_harmon_canvas import outpaint_canvas
+
+    with pytest.raises(ValueError, match=words):
+        outpaint_canvas(init_image, STRIDE, **pads)
+
+
+def test_a_canvas_beyond_the_llms_positions_is_refused_before_drawing(inpaint, init_image):
+    from modeling_harmon.modeling_harmon_canvas import outpaint_canvas
+
+    limit = inpaint.model.config.text_config.max_position_embeddings
+    side = STRIDE * (int(limit**0.5) + 2)  # more tokens than the LLM has positions
+    canvas, mask = outpaint_canvas(init_image, STRIDE, right=side - SIZE, bottom=side - SIZE)
+    with pytest.raises(ValueError, match="do not fit in the language model's max_position_embeddings"):
+        inpaint("a red circle", image=canvas, mask_image=mask, **FAST)
