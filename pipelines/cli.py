@@ -199,7 +199,9 @@ def _add_setting_arguments(parser: argparse.ArgumentParser, fields: tuple[str, .
 def build_parser() -> argparse.ArgumentParser:
     """The `harmon` argument parser with its five subcommands."""
     parser = _Parser(prog="harmon", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{generate,ask,convert,push,eval}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{generate,ask,inpaint,outpaint,vary,convert,push,eval}"
+    )
 
     generate = commands.add_parser(
         "generate",
@@ -330,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--skip-vqa", action="store_true", help="only generation")
     _add_model_arguments(evaluation)
     evaluation.set_defaults(run=run_eval)
+
+    from .cli_canvas import add_canvas_commands  # imports this module's helpers, so not at the top
+
+    add_canvas_commands(commands, _add_setting_arguments, _add_model_arguments)
     return parser
 
 
@@ -448,12 +454,12 @@ def image_metadata(prompt: str, seed: int, settings: dict, model_name: str) -> d
     return {"prompt": prompt, "seed": seed, "settings": settings, "model": model_name}
 
 
-def draw(pipe, prompts: list[str], seeds: list[int], settings: dict) -> list:
-    """PIL images, image i drawn from `prompts[i]` with its own generator seeded `seeds[i]`. Running out of
-    memory is a [`CommandError`] that says what to shrink."""
+def draw(pipe, prompts: list[str], seeds: list[int], settings: dict, **inputs) -> list:
+    """PIL images, image i drawn from `prompts[i]` with its own generator seeded `seeds[i]` (`inputs`: the image
+    inputs of an image-conditioned pipeline). Running out of memory is a [`CommandError`] that says what to shrink."""
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     try:
-        return pipe(prompt=prompts, generator=generators, output_type="pil", **settings).images
+        return pipe(prompt=prompts, generator=generators, output_type="pil", **settings, **inputs).images
     except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
         if not any(text in str(error).lower() for text in OUT_OF_MEMORY) and not isinstance(error, MemoryError):
             raise
@@ -471,7 +477,7 @@ def save(image, path: Path, metadata: dict) -> None:
 
 def _settings_options(args) -> dict:
     """The settings given on the command line (None where left out), keyed as in `SETTINGS`."""
-    return {key: getattr(args, key) for key in SETTINGS}
+    return {key: getattr(args, key, None) for key in SETTINGS}
 
 
 def _show(key: str, value) -> str:
@@ -739,17 +745,17 @@ def _generate_jobs(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------- ask
-def read_image(path: Path):
+def read_image(path: Path, shown: str = "IMAGE"):
     """The image at `path` as an RGB PIL image; a missing or unreadable file, or one too large to decode safely
-    (PIL's decompression-bomb limit, whose warning is treated as the error), is a [`CommandError`]."""
-    regular_file(path, f"IMAGE {str(path)!r}")
+    (PIL's decompression-bomb limit, whose warning is treated as the error), is a [`CommandError`] naming `shown`."""
+    regular_file(path, f"{shown} {str(path)!r}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 return to_rgb_image(image)
     except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise CommandError(f"IMAGE {str(path)!r} is not an image PIL can read ({error})") from None
+        raise CommandError(f"{shown} {str(path)!r} is not an image PIL can read ({error})") from None
 
 
 def run_ask(args) -> None:

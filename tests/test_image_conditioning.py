@@ -250,3 +250,50 @@ def test_a_canvas_beyond_the_llms_positions_is_refused_before_drawing(inpaint, i
     canvas, mask = outpaint_canvas(init_image, STRIDE, right=side - SIZE, bottom=side - SIZE)
     with pytest.raises(ValueError, match="do not fit in the language model's max_position_embeddings"):
         inpaint("a red circle", image=canvas, mask_image=mask, **FAST)
+
+
+# ------------------------------------------------------------------------------------------------ the commands
+def test_inpaint_outpaint_and_vary_commands(tmp_path, capsys):
+    import json
+
+    from harmon_pipelines.cli import main
+
+    scene, mask = tmp_path / "scene.png", tmp_path / "mask.png"
+    assert main(["generate", "a red circle to the left of a blue square", "-o", str(scene), "--seed", "1"]) == 0
+    _mask((0, 0, 32, 16)).save(mask)
+    runs = {
+        "inpaint": ["inpaint", str(scene), "--mask", str(mask), "a green triangle to the left of a blue square"],
+        "outpaint": ["outpaint", str(scene), "--right", "16", "a red circle to the left of a blue square"],
+        "vary": ["vary", str(scene), "--strength", "0.5", "-n", "2"],
+    }
+    for name, argv in runs.items():
+        assert main([*argv, "-o", str(tmp_path / f"{name}.png")]) == 0, capsys.readouterr().err
+    metadata = {
+        name: json.loads(Image.open(tmp_path / f"{name}{'_0' if name == 'vary' else ''}.png").text["harmon"])
+        for name in runs
+    }
+    assert Image.open(tmp_path / "outpaint.png").size == (48, 32)
+    assert (
+        metadata["inpaint"]["inputs"]["mask"] == str(mask) and len(metadata["inpaint"]["inputs"]["mask_sha256"]) == 64
+    )
+    assert metadata["vary"]["prompt_source"] == "the model's caption of IMAGE" and metadata["vary"]["prompt"]
+    assert metadata["vary"]["strength"] == 0.5 and metadata["outpaint"]["inputs"]["right"] == 16
+    capsys.readouterr()
+    Image.new("L", (16, 16), 255).save(tmp_path / "small_mask.png")
+    Image.new("RGB", (30, 32), "white").save(tmp_path / "odd.png")
+    refusals = [
+        (
+            ["inpaint", str(scene), "--mask", str(tmp_path / "small_mask.png"), "x"],
+            "--mask is 16x16 pixels but IMAGE is 32x32",
+        ),
+        (["outpaint", str(scene), "x"], "outpaint needs --left, --right, --top or --bottom"),
+        (["outpaint", str(scene), "--left", "6", "x"], "--left must be a non-negative multiple of 4"),
+        (["vary", str(scene), "--strength", "2"], "argument --strength: must be a number in [0, 1]"),
+        (["inpaint", str(tmp_path / "nope.png"), "--mask", str(mask), "x"], "IMAGE"),
+        (["vary", str(tmp_path / "odd.png"), "x"], "is 30x32 pixels; its sides must be multiples of 4"),
+    ]
+    for argv, words in refusals:
+        assert main([*argv, "-o", str(tmp_path / "refused.png")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, (argv, err)
+    assert not (tmp_path / "refused.png").exists()
