@@ -297,3 +297,35 @@ def test_inpaint_outpaint_and_vary_commands(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err, (argv, err)
     assert not (tmp_path / "refused.png").exists()
+
+
+# ------------------------------------------------------------------------------------------------ ShapesEval
+def test_inpaint_items_change_one_attribute_of_one_object_within_the_worlds_rules():
+    from harmon_training.shapes.evaluation_inpaint import inpaint_items, object_mask
+    from harmon_training.shapes.world import HELD_OUT_PAIRS
+
+    items = inpaint_items(40, seed=3)
+    assert items == inpaint_items(40, seed=3) and items != inpaint_items(40, seed=4)
+    for item in items:
+        source, target, index = item["source"], item["target"], item["index"]
+        assert source.objects[1 - index] == target.objects[1 - index] and source.relation == target.relation
+        before, after = source.objects[index], target.objects[index]
+        assert (before.color != after.color) == (item["attribute"] == "color") != (before.shape != after.shape)
+        colors, shapes = {obj.color for obj in target.objects}, {obj.shape for obj in target.objects}
+        assert len(colors) == len(shapes) == 2 and not target.held_out
+        assert not any((obj.color, obj.shape) in HELD_OUT_PAIRS for obj in target.objects)
+        mask = object_mask(source, index, 32)
+        other = object_mask(source, 1 - index, 32)
+        assert mask.any() and not (mask & other).any()  # the two cells never overlap
+
+
+def test_harmon_eval_shapes_inpaint_writes_its_scores(tmp_path, capsys):
+    import json
+
+    from harmon_pipelines.cli import main
+
+    assert main(["eval", "shapes", "--task", "inpaint", "--n", "2", "--json", str(tmp_path / "inpaint.json")]) == 0
+    results = json.loads((tmp_path / "inpaint.json").read_text())
+    for name in ("success", "kept", "text_to_image"):
+        assert set(results[name]) == {"value", "count", "n", "se"} and results[name]["n"] == 2
+    assert "success" in capsys.readouterr().out and results["psnr_unmasked_db"] > 0
