@@ -93,6 +93,14 @@ def add_canvas_commands(commands, add_setting_arguments, add_model_arguments) ->
             nargs="?" if name == "vary" else None,
             help="what to draw" + (" (default: the model's caption)" if name == "vary" else ""),
         )
+        if name != "vary":
+            parser.add_argument(
+                "--no-paste-back",
+                dest="paste_back",
+                action="store_false",
+                help="keep the drawn pixels outside the mask too (by default the picture's own pixels are put back "
+                "there: the VAE round trip changes every pixel a little)",
+            )
         parser.add_argument("-o", "--output", type=Path, required=True, metavar="FILE.png", help="PNG file to write")
         parser.add_argument("-n", "--num-images", type=_positive_int_argument, default=1, metavar="N")
         parser.add_argument("--seed", type=_seed_argument, default=0, help="seed of image 0; image k uses seed + k")
@@ -163,6 +171,8 @@ def run_canvas(args) -> None:
         inputs.update(pads)
     if args.canvas == "vary":
         extra["strength"] = args.strength
+    else:
+        extra["paste_back"] = args.paste_back
     prompt, source = args.prompt, "given"
     if prompt is None:
         prompt, source = _caption(model, tokenizer, args.model, image), "the model's caption of IMAGE"

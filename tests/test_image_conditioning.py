@@ -329,3 +329,16 @@ def test_harmon_eval_shapes_inpaint_writes_its_scores(tmp_path, capsys):
     for name in ("success", "kept", "text_to_image"):
         assert set(results[name]) == {"value", "count", "n", "se"} and results[name]["n"] == 2
     assert "success" in capsys.readouterr().out and results["psnr_unmasked_db"] > 0
+
+
+def test_paste_back_keeps_the_source_pixels_outside_the_mask(inpaint, init_image):
+    mask = _mask((0, 0, 16, 32))
+    pasted = inpaint("a red circle", image=init_image, mask_image=mask, paste_back=True, generator=_seed(), **FAST)
+    raw = inpaint("a red circle", image=init_image, mask_image=mask, paste_back=False, generator=_seed(), **FAST)
+    default = inpaint("a red circle", image=init_image, mask_image=mask, generator=_seed(), **FAST)
+    assert np.array_equal(np.asarray(default.images[0]), np.asarray(pasted.images[0]))  # on by default
+    pasted, raw, source = (np.asarray(image) for image in (pasted.images[0], raw.images[0], init_image))
+    assert np.array_equal(pasted[16:], source[16:]) and not np.array_equal(raw[16:], source[16:])
+    assert np.array_equal(pasted[:16], raw[:16])  # inside the mask: what was drawn
+    with pytest.raises(ValueError, match="paste_back needs a mask_image"):
+        inpaint("a red circle", image=init_image, strength=0.5, paste_back=True, **FAST)

@@ -84,9 +84,10 @@ def _kept(item: dict, output: np.ndarray, source: np.ndarray, unmasked: np.ndarr
 
 
 def evaluate_inpaint(
-    model, tokenizer, n: int = 60, seed: int = 0, settings: dict | None = None, batch_size: int = 8
+    model, tokenizer, n: int = 60, seed: int = 0, settings: dict | None = None, paste_back: bool = True
 ) -> dict:
-    """Inpainting scores of `model` on `n` items (see the module docstring), with standard errors and counts."""
+    """Inpainting scores of `model` on `n` items (see the module docstring), with standard errors and counts;
+    `paste_back` puts the source's pixels back outside the mask (`HarmonInpaintPipeline(paste_back=True)`)."""
     from PIL import Image
 
     from harmon_pipelines import HarmonInpaintPipeline, HarmonPipeline
@@ -108,7 +109,12 @@ def evaluate_inpaint(
         prompt = item["target"].caption()
         generator = torch.Generator().manual_seed(seed + position)
         output = inpaint(
-            prompt, image=source, mask_image=Image.fromarray(mask), generator=generator, **settings
+            prompt,
+            image=source,
+            mask_image=Image.fromarray(mask),
+            generator=generator,
+            paste_back=paste_back,
+            **settings,
         ).images[0]
         pixels, source_pixels = np.asarray(output), np.asarray(source)
         checked = check(item["target"], pixels)
@@ -137,6 +143,7 @@ def evaluate_inpaint(
         "n": n,
         "seed": seed,
         "settings": settings,
+        "paste_back": paste_back,
         "success": share(success),
         "success_by_change": {name: share(values) for name, values in by_change.items() if values},
         "failed_checks": dict(sorted(failed.items())),
@@ -156,12 +163,13 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--no-paste-back", dest="paste_back", action="store_false")
     args = parser.parse_args()
     from harmon_pipelines.default_model import load_default_model
 
     torch.set_num_threads(1)
     model, tokenizer = load_default_model()
-    results = evaluate_inpaint(model, tokenizer, n=args.n, seed=args.seed)
+    results = evaluate_inpaint(model, tokenizer, n=args.n, seed=args.seed, paste_back=args.paste_back)
     print(json.dumps(results, indent=2))
     if args.json:
         from modeling_harmon.atomic_files import write_json
