@@ -308,10 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("benchmark", choices=("shapes",), help="what to evaluate (shapes: ShapesEval)")
     evaluation.add_argument(
         "--task",
-        choices=("generate", "inpaint"),
+        choices=("generate", "inpaint", "vary"),
         default="generate",
         help="generate: text-to-image and VQA (default); inpaint: redraw one object of a two-object scene "
-        "(harmon_training.shapes.evaluation_inpaint)",
+        "(harmon_training.shapes.evaluation_inpaint); vary: variations at strengths 0.3 and 0.6 "
+        "(harmon_training.shapes.evaluation_vary)",
     )
     evaluation.add_argument(
         "--n",
@@ -828,8 +829,8 @@ def run_eval(args) -> None:
             raise CommandError(f"--preset {args.preset}: {error}") from None
         flagged = given.get(error.field) is not None  # else the default (ShapesEval's or the model's) is at fault
         raise CommandError(f"{flags[error.field]} {given[error.field]}: {error}" if flagged else str(error)) from None
-    if args.task == "inpaint":
-        return _run_inpaint_eval(args, model, tokenizer, given)
+    if args.task in ("inpaint", "vary"):
+        return _run_canvas_eval(args, model, tokenizer, given)
     processor = load_processor(args.model, model, tokenizer)
     results = evaluate_shapes(
         model,
@@ -849,18 +850,32 @@ def run_eval(args) -> None:
         print(f"wrote {args.json}", file=sys.stderr)
 
 
-def _run_inpaint_eval(args, model, tokenizer, given: dict) -> None:
-    from harmon_training.shapes.evaluation_inpaint import evaluate_inpaint
-
+def _run_canvas_eval(args, model, tokenizer, given: dict) -> None:
+    """`harmon eval shapes --task inpaint|vary`: prints the scores (fractions, counts, standard errors)."""
     # Only what the flags set: the rest is the model's, and its MAR iterations scale with the share drawn.
     settings = {PIPELINE_NAMES.get(field, field): value for field, value in given.items() if value is not None}
     if args.preset is not None:
         settings["preset"] = args.preset
-    results = evaluate_inpaint(model, tokenizer, n=args.n, seed=args.seed, settings=settings)
-    for name in ("success", "kept", "text_to_image"):
-        score = results[name]
-        print(f"{name:14} {score['value']:.3f} ({score['count']}/{score['n']}, SE {score['se']:.3f})")
-    print(f"PSNR of the unmasked region: {results['psnr_unmasked_db']} dB; {results['seconds_per_item']} s per item")
+
+    def line(name: str, score: dict) -> str:
+        return f"{name:22} {score['value']:.3f} ({score['count']}/{score['n']}, SE {score['se']:.3f})"
+
+    if args.task == "inpaint":
+        from harmon_training.shapes.evaluation_inpaint import evaluate_inpaint
+
+        results = evaluate_inpaint(model, tokenizer, n=args.n, seed=args.seed, settings=settings)
+        for name in ("success", "kept", "text_to_image"):
+            print(line(name, results[name]))
+        print(
+            f"PSNR of the unmasked region: {results['psnr_unmasked_db']} dB; {results['seconds_per_item']} s per item"
+        )
+    else:
+        from harmon_training.shapes.evaluation_vary import evaluate_vary
+
+        results = evaluate_vary(model, tokenizer, n=args.n, seed=args.seed, settings=settings)
+        for strength, scores in results["strengths"].items():
+            print(line(f"strength {strength} preserved", scores["preserved"]))
+            print(line(f"strength {strength} distinct", scores["distinct"]))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json(results, args.json)

@@ -342,3 +342,16 @@ def test_paste_back_keeps_the_source_pixels_outside_the_mask(inpaint, init_image
     assert np.array_equal(pasted[:16], raw[:16])  # inside the mask: what was drawn
     with pytest.raises(ValueError, match="paste_back needs a mask_image"):
         inpaint("a red circle", image=init_image, strength=0.5, paste_back=True, **FAST)
+
+
+def test_harmon_eval_shapes_vary_writes_its_scores(tmp_path, capsys):
+    import json
+
+    from harmon_pipelines.cli import main
+
+    assert main(["eval", "shapes", "--task", "vary", "--n", "2", "--json", str(tmp_path / "vary.json")]) == 0
+    results = json.loads((tmp_path / "vary.json").read_text())
+    assert set(results["strengths"]) == {"0.3", "0.6"}
+    for scores in results["strengths"].values():
+        assert scores["preserved"]["n"] == 4 and scores["distinct"]["n"] == 2 and scores["mean_abs_change"] >= 0
+    assert "strength 0.3 preserved" in capsys.readouterr().out
