@@ -308,10 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("benchmark", choices=("shapes",), help="what to evaluate (shapes: ShapesEval)")
     evaluation.add_argument(
         "--task",
-        choices=("generate", "inpaint", "vary"),
+        choices=("generate", "inpaint", "outpaint", "vary"),
         default="generate",
         help="generate: text-to-image and VQA (default); inpaint: redraw one object of a two-object scene "
-        "(harmon_training.shapes.evaluation_inpaint); vary: variations at strengths 0.3 and 0.6 "
+        "(harmon_training.shapes.evaluation_inpaint); outpaint: draw the half of a two-object scene that is missing "
+        "(harmon_training.shapes.evaluation_outpaint); vary: variations at strengths 0.3 and 0.6 "
         "(harmon_training.shapes.evaluation_vary)",
     )
     evaluation.add_argument(
@@ -829,7 +830,7 @@ def run_eval(args) -> None:
             raise CommandError(f"--preset {args.preset}: {error}") from None
         flagged = given.get(error.field) is not None  # else the default (ShapesEval's or the model's) is at fault
         raise CommandError(f"{flags[error.field]} {given[error.field]}: {error}" if flagged else str(error)) from None
-    if args.task in ("inpaint", "vary"):
+    if args.task in ("inpaint", "outpaint", "vary"):
         return _run_canvas_eval(args, model, tokenizer, given)
     processor = load_processor(args.model, model, tokenizer)
     results = evaluate_shapes(
@@ -851,7 +852,7 @@ def run_eval(args) -> None:
 
 
 def _run_canvas_eval(args, model, tokenizer, given: dict) -> None:
-    """`harmon eval shapes --task inpaint|vary`: prints the scores (fractions, counts, standard errors)."""
+    """`harmon eval shapes --task inpaint|outpaint|vary`: prints the scores (fractions, counts, standard errors)."""
     # Only what the flags set: the rest is the model's, and its MAR iterations scale with the share drawn.
     settings = {PIPELINE_NAMES.get(field, field): value for field, value in given.items() if value is not None}
     if args.preset is not None:
@@ -869,6 +870,12 @@ def _run_canvas_eval(args, model, tokenizer, given: dict) -> None:
         print(
             f"PSNR of the unmasked region: {results['psnr_unmasked_db']} dB; {results['seconds_per_item']} s per item"
         )
+    elif args.task == "outpaint":
+        from harmon_training.shapes.evaluation_outpaint import evaluate_outpaint
+
+        results = evaluate_outpaint(model, tokenizer, n=args.n, seed=args.seed, settings=settings)
+        for name in ("success", "text_to_image"):
+            print(line(name, results[name]))
     else:
         from harmon_training.shapes.evaluation_vary import evaluate_vary
 

@@ -355,3 +355,25 @@ def test_harmon_eval_shapes_vary_writes_its_scores(tmp_path, capsys):
     for scores in results["strengths"].values():
         assert scores["preserved"]["n"] == 4 and scores["distinct"]["n"] == 2 and scores["mean_abs_change"] >= 0
     assert "strength 0.3 preserved" in capsys.readouterr().out
+
+
+def test_outpaint_items_keep_one_object_in_the_given_half_and_the_cli_scores_them(tmp_path, capsys):
+    import json
+
+    from harmon_pipelines.cli import main
+    from harmon_training.shapes.checker import detect
+    from harmon_training.shapes.evaluation_outpaint import half_and_padding, outpaint_items
+    from harmon_training.shapes.world import render
+
+    for scene in outpaint_items(12, seed=1):
+        half, padding = half_and_padding(scene, render(scene))
+        assert sum(padding.values()) == 16 and half.size in ((16, 32), (32, 16))
+        canvas = Image.new("RGB", (32, 32), (235, 235, 235))
+        offset = (padding.get("left", 0), padding.get("top", 0))
+        canvas.paste(half, offset)
+        found = detect(canvas)
+        first = scene.objects[0]
+        assert [(obj.color, obj.shape) for obj in found] == [(first.color, first.shape)]  # only the kept object
+    assert main(["eval", "shapes", "--task", "outpaint", "--n", "2", "--json", str(tmp_path / "out.json")]) == 0
+    results = json.loads((tmp_path / "out.json").read_text())
+    assert results["success"]["n"] == results["text_to_image"]["n"] == 2
