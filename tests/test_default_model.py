@@ -32,6 +32,23 @@ def test_shipped_model_stays_above_its_measured_floor():
         assert value >= measured - TOLERANCE, f"{path}: {value:.3f} < shipped {measured:.3f} - {TOLERANCE}"
 
 
+def test_shipped_model_stays_above_its_image_conditioned_floors():
+    """Inpainting, outpainting and variations (issue 21) on the floor file's fixed items, within TOLERANCE."""
+    from harmon_pipelines.default_model import load_default_model
+    from harmon_training.shapes.write_floor import measure_canvas_floors
+
+    floor = json.loads(FLOOR_FILE.read_text())
+    if "canvas" not in floor:
+        pytest.skip("the floor file was written before the image-conditioned floors")
+    model, tokenizer = load_default_model(dtype=torch.float32)
+    measured = measure_canvas_floors(model, tokenizer, floor["seed"])
+    for task, shipped in floor["canvas"].items():
+        assert measured[task]["n"] == shipped["n"], task
+        for key, value in shipped["scores"].items():
+            got = measured[task]["scores"][key]
+            assert got >= value - TOLERANCE, f"{task}.{key}: {got:.3f} < shipped {value:.3f} - {TOLERANCE}"
+
+
 def test_every_entry_point_draws_with_the_models_own_defaults(tmp_path, capsys):
     """No settings given: the diffusers pipeline, the transformers `pipeline("text-to-image")` and `harmon generate`
     all draw with the model's stored defaults, so the same prompt and seed give the same pixels."""

@@ -32,6 +32,30 @@ FLOOR_SCORES = (
 )
 
 
+# Image-conditioned tasks (issue 21): items per task and the scores kept, measured with the model's own settings
+# (MAR iterations scaled by the share drawn, paste-back on) and without the text-to-image reference drawings.
+CANVAS_FLOORS = {"inpaint": (36, ("success", "kept")), "outpaint": (36, ("success",)), "vary": (18, ("0.3", "0.6"))}
+
+
+def measure_canvas_floors(model, tokenizer, seed: int = FLOOR_SEED) -> dict:
+    """{task: {"n", "scores"}} for CANVAS_FLOORS; vary's scores are the `preserved` share at each strength."""
+    from .evaluation_inpaint import evaluate_inpaint
+    from .evaluation_outpaint import evaluate_outpaint
+    from .evaluation_vary import evaluate_vary
+
+    floors = {}
+    for task, (n, keys) in CANVAS_FLOORS.items():
+        if task == "vary":
+            results = evaluate_vary(model, tokenizer, n=n, seed=seed)
+            scores = {key: results["strengths"][key]["preserved"]["value"] for key in keys}
+        else:
+            evaluate = evaluate_inpaint if task == "inpaint" else evaluate_outpaint
+            results = evaluate(model, tokenizer, n=n, seed=seed, reference=False)
+            scores = {key: results[key]["value"] for key in keys}
+        floors[task] = {"n": n, "seed": seed, "scores": {key: round(float(value), 4) for key, value in scores.items()}}
+    return floors
+
+
 def score_at(results: dict, path: str):
     """The score at a dotted `path` of FLOOR_SCORES (e.g. "generation.attributes.shape") in ShapesEval results."""
     value = results
@@ -49,10 +73,16 @@ def measure_floor(folder: str, n: int = FLOOR_N, seed: int = FLOOR_SEED) -> dict
 
     model, tokenizer = load_model_and_tokenizer(folder, device="cpu", dtype=torch.float32)
     processor = load_processor(folder, model, tokenizer)
-    settings = generation_settings(model)
+    # Text-to-image's settings only: the image-conditioned ones (strength, image guidance) are 1 here anyway.
+    settings = {
+        key: value
+        for key, value in generation_settings(model).items()
+        if key not in ("strength", "image_guidance_scale")
+    }
     results = evaluate_shapes(model, tokenizer, processor, n=n, seed=seed, settings=settings, progress=False)
     scores = {path: round(float(score_at(results, path)), 4) for path in FLOOR_SCORES}
-    return {"n": n, "seed": seed, "dtype": "float32", "settings": settings, "scores": scores}
+    canvas = measure_canvas_floors(model, tokenizer, seed)
+    return {"n": n, "seed": seed, "dtype": "float32", "settings": settings, "scores": scores, "canvas": canvas}
 
 
 def main(argv=None) -> None:
