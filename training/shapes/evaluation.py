@@ -9,6 +9,7 @@ The prompt set depends on `n` and `seed` only, and image i is drawn with `torch.
 so two models (or two settings) are compared on the same prompts and noise.
 """
 
+import math
 import platform
 import random
 import time
@@ -157,6 +158,18 @@ def answer(
             answers.extend(text.strip() for text in processor.batch_decode(output[:, inputs["input_ids"].shape[1] :]))
             bar.update(len(batch))
     return answers
+
+
+def share_with_se(values: list[bool]) -> dict:
+    """The share of True in `values` with its count and binomial standard error (the image-conditioned tasks'
+    scores)."""
+    p = sum(values) / len(values)
+    return {
+        "value": round(p, 4),
+        "count": sum(values),
+        "n": len(values),
+        "se": round(math.sqrt(p * (1 - p) / len(values)), 4),
+    }
 
 
 def generation_scores(scenes: list[Scene], checks: list[dict]) -> dict:

@@ -14,6 +14,8 @@ over that object's cell and the model inpaints it, prompted with the changed sce
 Why a cell and not the object's exact pixels: a user paints a rough mask, and a cell (the object's box, the
 renderer's one-pixel jitter and one more pixel: 16 x 16 around the object's centre) covers it whole while leaving the
 other object's cell, and its tokens, untouched.
+
+Run it with `harmon eval shapes --task inpaint [--n N] [--seed S] [--json OUT]`.
 """
 
 import math
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from .checker import check, detect
+from .evaluation import share_with_se
 from .world import CENTERS, COLORS, HELD_OUT_PAIRS, OBJECT_SIZE, SHAPES, Scene, ShapeObject, render, sample_scene
 
 
@@ -137,48 +140,17 @@ def evaluate_inpaint(
             plain_success.append(bool(check(item["target"], np.asarray(drawn))["overall"]))
     seconds = (time.perf_counter() - started) / n
 
-    def share(values: list[bool]) -> dict:
-        p = sum(values) / len(values)
-        return {
-            "value": round(p, 4),
-            "count": sum(values),
-            "n": len(values),
-            "se": round(math.sqrt(p * (1 - p) / len(values)), 4),
-        }
-
     return {
         "n": n,
         "seed": seed,
         "settings": settings,
         "paste_back": paste_back,
-        "success": share(success),
-        "success_by_change": {name: share(values) for name, values in by_change.items() if values},
+        "success": share_with_se(success),
+        "success_by_change": {name: share_with_se(values) for name, values in by_change.items() if values},
         "failed_checks": dict(sorted(failed.items())),
-        "kept": share(kept),
-        "text_to_image": share(plain_success) if reference else None,
+        "kept": share_with_se(kept),
+        "text_to_image": share_with_se(plain_success) if reference else None,
         "psnr_unmasked_db": round(float(np.mean(psnrs)), 2),
         "kept_psnr_threshold_db": KEPT_PSNR_DB,
         "seconds_per_item": round(seconds, 3),
     }
-
-
-if __name__ == "__main__":
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(description="Pilot of the inpainting ShapesEval on the embedded demo model.")
-    parser.add_argument("--n", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None)
-    parser.add_argument("--no-paste-back", dest="paste_back", action="store_false")
-    args = parser.parse_args()
-    from harmon_pipelines.default_model import load_default_model
-
-    torch.set_num_threads(1)
-    model, tokenizer = load_default_model()
-    results = evaluate_inpaint(model, tokenizer, n=args.n, seed=args.seed, paste_back=args.paste_back)
-    print(json.dumps(results, indent=2))
-    if args.json:
-        from modeling_harmon.atomic_files import write_json
-
-        write_json(results, args.json)

@@ -9,9 +9,10 @@ counts and standard errors):
 - `success`: the checker reads the whole scene in the output: both objects, their colours, and the relation;
 - `text_to_image`: the same captions drawn from scratch with the same seeds, which the goal is set against
   (outpainting success >= 0.8 x text-to-image success).
+
+Run it with `harmon eval shapes --task outpaint [--n N] [--seed S] [--json OUT]`.
 """
 
-import math
 import random
 import time
 
@@ -19,17 +20,8 @@ import numpy as np
 import torch
 
 from .checker import check
+from .evaluation import share_with_se
 from .world import IMAGE_SIZE, render, sample_scene
-
-
-def _share(values: list[bool]) -> dict:
-    p = sum(values) / len(values)
-    return {
-        "value": round(p, 4),
-        "count": sum(values),
-        "n": len(values),
-        "se": round(math.sqrt(p * (1 - p) / len(values)), 4),
-    }
 
 
 def outpaint_items(n: int, seed: int = 0) -> list:
@@ -84,28 +76,7 @@ def evaluate_outpaint(
         "n": n,
         "seed": seed,
         "settings": settings,
-        "success": _share(success),
-        "text_to_image": _share(plain_success) if reference else None,
+        "success": share_with_se(success),
+        "text_to_image": share_with_se(plain_success) if reference else None,
         "seconds_per_item": round((time.perf_counter() - started) / n, 3),
     }
-
-
-if __name__ == "__main__":
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(description="Pilot of the outpainting ShapesEval on the embedded demo model.")
-    parser.add_argument("--n", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
-    from harmon_pipelines.default_model import load_default_model
-
-    torch.set_num_threads(1)
-    model, tokenizer = load_default_model()
-    results = evaluate_outpaint(model, tokenizer, n=args.n, seed=args.seed)
-    print(json.dumps(results, indent=2))
-    if args.json:
-        from modeling_harmon.atomic_files import write_json
-
-        write_json(results, args.json)

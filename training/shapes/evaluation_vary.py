@@ -6,9 +6,10 @@ its caption as the prompt. Scores per strength (fractions, with counts and stand
 - `preserved`: the model-free checker still reads the source scene in the variation (`check(...)["overall"]`);
 - `distinct`: the two variations of a scene differ (some pixel by more than `DISTINCT_LEVELS` / 255);
 - `mean_abs_change`: the mean absolute pixel change against the source, in 1/255 steps.
+
+Run it with `harmon eval shapes --task vary [--n N] [--seed S] [--json OUT]`.
 """
 
-import math
 import random
 import time
 
@@ -16,22 +17,12 @@ import numpy as np
 import torch
 
 from .checker import check
-from .evaluation import prompt_scenes
+from .evaluation import prompt_scenes, share_with_se
 from .world import render
 
 
 STRENGTHS = (0.3, 0.6)
 DISTINCT_LEVELS = 8
-
-
-def _share(values: list[bool]) -> dict:
-    p = sum(values) / len(values)
-    return {
-        "value": round(p, 4),
-        "count": sum(values),
-        "n": len(values),
-        "se": round(math.sqrt(p * (1 - p) / len(values)), 4),
-    }
 
 
 def evaluate_vary(
@@ -62,30 +53,9 @@ def evaluate_vary(
                 pair.append(pixels.astype(np.int16))
             distinct.append(bool(np.abs(pair[0] - pair[1]).max() > DISTINCT_LEVELS))
         results["strengths"][str(strength)] = {
-            "preserved": _share(preserved),
-            "distinct": _share(distinct),
+            "preserved": share_with_se(preserved),
+            "distinct": share_with_se(distinct),
             "mean_abs_change": round(float(np.mean(changes)), 2),
         }
     results["seconds_per_image"] = round((time.perf_counter() - started) / (2 * n * len(strengths)), 3)
     return results
-
-
-if __name__ == "__main__":
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(description="Pilot of the variations ShapesEval on the embedded demo model.")
-    parser.add_argument("--n", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
-    from harmon_pipelines.default_model import load_default_model
-
-    torch.set_num_threads(1)
-    model, tokenizer = load_default_model()
-    results = evaluate_vary(model, tokenizer, n=args.n, seed=args.seed)
-    print(json.dumps(results, indent=2))
-    if args.json:
-        from modeling_harmon.atomic_files import write_json
-
-        write_json(results, args.json)
