@@ -77,8 +77,6 @@ written, so a resumed job gives the same files as an uninterrupted one.
 GENERATE_FIELDS = ("height", "width", "num_iter", "num_sampling_steps", "guidance_scale", "temperature")
 # The settings an image is drawn with and recorded by (its JSON sidecar), under the pipeline's argument names.
 DRAWN_FIELDS = (*GENERATE_FIELDS, "cfg_schedule")
-# `harmon eval shapes`'s setting flags.
-EVAL_FIELDS = ("num_iter", "guidance_scale", "temperature", "num_sampling_steps", "x0_clamp")
 
 
 def _setting_keys(fields: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
@@ -298,52 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--token", default=None, help="Hub token (default: the saved login or HF_TOKEN)")
     push.set_defaults(run=run_push)
 
-    evaluation = commands.add_parser(
-        "eval",
-        help="score a model on a benchmark (shapes: ShapesEval)",
-        description="ShapesEval: draw a fixed, seeded set of Shapes-world prompts (single objects, two objects, "
-        "counting, held-out colour-shape pairs), judge each image with a model-free checker, and ask as many "
-        "questions about ground-truth renders. Prints a table; --json writes the scores (fractions).",
-    )
-    evaluation.add_argument("benchmark", choices=("shapes",), help="what to evaluate (shapes: ShapesEval)")
-    evaluation.add_argument(
-        "--task",
-        choices=("generate", "inpaint", "outpaint", "vary"),
-        default="generate",
-        help="generate: text-to-image and VQA (default); inpaint: redraw one object of a two-object scene "
-        "(harmon_training.shapes.evaluation_inpaint); outpaint: draw the half of a two-object scene that is missing "
-        "(harmon_training.shapes.evaluation_outpaint); vary: variations at strengths 0.3 and 0.6 "
-        "(harmon_training.shapes.evaluation_vary)",
-    )
-    evaluation.add_argument(
-        "--n",
-        type=_positive_int_argument,
-        default=180,
-        metavar="N",
-        help="generation prompts, and VQA questions (default 180)",
-    )
-    evaluation.add_argument(
-        "--seed",
-        type=_seed_argument,
-        default=0,
-        help="picks the prompts and questions; image i is drawn with seed + i (default 0)",
-    )
-    _add_setting_arguments(evaluation, EVAL_FIELDS)
-    evaluation.add_argument(
-        "--batch-size",
-        type=_positive_int_argument,
-        default=16,
-        metavar="B",
-        help="prompts (questions) per model call (default 16)",
-    )
-    evaluation.add_argument("--json", type=Path, metavar="OUT.json", help="also write the scores as JSON")
-    evaluation.add_argument("--skip-generation", action="store_true", help="only VQA")
-    evaluation.add_argument("--skip-vqa", action="store_true", help="only generation")
-    _add_model_arguments(evaluation)
-    evaluation.set_defaults(run=run_eval)
+    # Imported here: these modules import this one's helpers.
+    from .cli_canvas import add_canvas_commands
+    from .cli_eval import add_eval_command
 
-    from .cli_canvas import add_canvas_commands  # imports this module's helpers, so not at the top
-
+    add_eval_command(commands, _add_setting_arguments, _add_model_arguments)
     add_canvas_commands(commands, _add_setting_arguments, _add_model_arguments)
     return parser
 
@@ -810,85 +767,6 @@ def run_push(args) -> None:
     print(info.commit_url)
 
 
-# ------------------------------------------------------------------------------------------------------ eval
-def run_eval(args) -> None:
-    # Imported here: it loads `evaluate`, which takes seconds that the other subcommands need not spend.
-    from harmon_training.shapes.evaluation import evaluate_shapes, format_table, generation_settings
-
-    check_device(args.device)
-    if args.skip_generation and args.skip_vqa:
-        raise CommandError("--skip-generation with --skip-vqa leaves nothing to evaluate")
-    if args.json is not None and args.json.is_dir():
-        raise CommandError(f"--json {str(args.json)!r} is a folder; give a file name")
-    model, tokenizer = _load(args)
-    flags = HarmonImageGenerationSettings.flags()
-    given = {field: getattr(args, flags[field][2:].replace("-", "_")) for field in EVAL_FIELDS}
-    try:
-        settings = generation_settings(model, preset=args.preset, **given)
-    except HarmonSettingError as error:
-        if error.field == "preset":
-            raise CommandError(f"--preset {args.preset}: {error}") from None
-        flagged = given.get(error.field) is not None  # else the default (ShapesEval's or the model's) is at fault
-        raise CommandError(f"{flags[error.field]} {given[error.field]}: {error}" if flagged else str(error)) from None
-    if args.task in ("inpaint", "outpaint", "vary"):
-        return _run_canvas_eval(args, model, tokenizer, given)
-    processor = load_processor(args.model, model, tokenizer)
-    results = evaluate_shapes(
-        model,
-        tokenizer,
-        processor,
-        n=args.n,
-        seed=args.seed,
-        settings=settings,
-        batch_size=args.batch_size,
-        generation=not args.skip_generation,
-        vqa=not args.skip_vqa,
-    )
-    print(format_table(results))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_json(results, args.json)
-        print(f"wrote {args.json}", file=sys.stderr)
-
-
-def _run_canvas_eval(args, model, tokenizer, given: dict) -> None:
-    """`harmon eval shapes --task inpaint|outpaint|vary`: prints the scores (fractions, counts, standard errors)."""
-    # Only what the flags set: the rest is the model's, and its MAR iterations scale with the share drawn.
-    settings = {PIPELINE_NAMES.get(field, field): value for field, value in given.items() if value is not None}
-    if args.preset is not None:
-        settings["preset"] = args.preset
-
-    def line(name: str, score: dict) -> str:
-        return f"{name:22} {score['value']:.3f} ({score['count']}/{score['n']}, SE {score['se']:.3f})"
-
-    if args.task == "inpaint":
-        from harmon_training.shapes.evaluation_inpaint import evaluate_inpaint
-
-        results = evaluate_inpaint(model, tokenizer, n=args.n, seed=args.seed, settings=settings)
-        for name in ("success", "kept", "text_to_image"):
-            print(line(name, results[name]))
-        print(
-            f"PSNR of the unmasked region: {results['psnr_unmasked_db']} dB; {results['seconds_per_item']} s per item"
-        )
-    elif args.task == "outpaint":
-        from harmon_training.shapes.evaluation_outpaint import evaluate_outpaint
-
-        results = evaluate_outpaint(model, tokenizer, n=args.n, seed=args.seed, settings=settings)
-        for name in ("success", "text_to_image"):
-            print(line(name, results[name]))
-    else:
-        from harmon_training.shapes.evaluation_vary import evaluate_vary
-
-        results = evaluate_vary(model, tokenizer, n=args.n, seed=args.seed, settings=settings)
-        for strength, scores in results["strengths"].items():
-            print(line(f"strength {strength} preserved", scores["preserved"]))
-            print(line(f"strength {strength} distinct", scores["distinct"]))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_json(results, args.json)
-        print(f"wrote {args.json}", file=sys.stderr)
-
-
 # ------------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     """Run `harmon` with `argv` (default: the command line); returns the exit status."""
@@ -900,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()
     try:
         args = parser.parse_args(argv)
-        prog = f"harmon {args.command}"
+        prog = " ".join(filter(None, ("harmon", args.command, getattr(args, "benchmark", None))))
         args.run(args)
     except SystemExit as stop:  # --help
         return stop.code or 0

@@ -329,7 +329,7 @@ def test_harmon_eval_shapes_writes_the_json(tmp_path, capsys):
 def test_harmon_eval_errors_are_one_line(argv, message, capsys):
     assert main(["eval", "shapes", *argv]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("NOTE:")]
-    assert len(errors) == 1 and errors[0].startswith("harmon eval: error: ") and message in errors[0], errors
+    assert len(errors) == 1 and errors[0].startswith("harmon eval shapes: error: ") and message in errors[0], errors
 
 
 def test_captions_and_questions_use_an_before_vowels():

@@ -1,0 +1,157 @@
+"""`harmon eval BENCHMARK`: scoring a model on a benchmark, one subcommand a benchmark.
+
+harmon eval shapes --n 180 --json shapes.json          # ShapesEval: GenEval-like + VQA
+harmon eval shapes --task inpaint --n 240              # image-conditioned tasks
+"""
+
+import sys
+from pathlib import Path
+
+from modeling_harmon.atomic_files import write_json
+from modeling_harmon.modeling_harmon_settings import HarmonImageGenerationSettings, HarmonSettingError
+
+from .cli import (
+    PIPELINE_NAMES,
+    CommandError,
+    _load,
+    _positive_int_argument,
+    _seed_argument,
+    check_device,
+    load_processor,
+)
+
+
+# `harmon eval shapes`'s setting flags.
+EVAL_FIELDS = ("num_iter", "guidance_scale", "temperature", "num_sampling_steps", "x0_clamp")
+
+
+def add_eval_command(commands, add_setting_arguments, add_model_arguments) -> None:
+    """`harmon eval BENCHMARK ...` on `commands` (the `harmon` parser's subparsers): one subcommand a benchmark, each
+    with its own arguments."""
+    evaluation = commands.add_parser(
+        "eval",
+        help="score a model on a benchmark (shapes: ShapesEval)",
+        description="Score a model on a benchmark. shapes: ShapesEval of the Shapes world, judged by a model-free "
+        "checker.",
+    )
+    benchmarks = evaluation.add_subparsers(dest="benchmark", required=True, metavar="{shapes}")
+    shapes = benchmarks.add_parser(
+        "shapes",
+        help="ShapesEval: text-to-image, VQA and image-conditioned tasks of the Shapes world",
+        description="ShapesEval: draw a fixed, seeded set of Shapes-world prompts (single objects, two objects, "
+        "counting, held-out colour-shape pairs), judge each image with a model-free checker, and ask as many "
+        "questions about ground-truth renders. Prints a table; --json writes the scores (fractions).",
+    )
+    shapes.add_argument(
+        "--task",
+        choices=("generate", "inpaint", "outpaint", "vary"),
+        default="generate",
+        help="generate: text-to-image and VQA (default); inpaint: redraw one object of a two-object scene "
+        "(harmon_training.shapes.evaluation_inpaint); outpaint: draw the half of a two-object scene that is missing "
+        "(harmon_training.shapes.evaluation_outpaint); vary: variations at strengths 0.3 and 0.6 "
+        "(harmon_training.shapes.evaluation_vary)",
+    )
+    shapes.add_argument(
+        "--n",
+        type=_positive_int_argument,
+        default=180,
+        metavar="N",
+        help="generation prompts, and VQA questions (default 180)",
+    )
+    shapes.add_argument(
+        "--seed",
+        type=_seed_argument,
+        default=0,
+        help="picks the prompts and questions; image i is drawn with seed + i (default 0)",
+    )
+    add_setting_arguments(shapes, EVAL_FIELDS)
+    shapes.add_argument(
+        "--batch-size",
+        type=_positive_int_argument,
+        default=16,
+        metavar="B",
+        help="prompts (questions) per model call (default 16)",
+    )
+    shapes.add_argument("--json", type=Path, metavar="OUT.json", help="also write the scores as JSON")
+    shapes.add_argument("--skip-generation", action="store_true", help="only VQA")
+    shapes.add_argument("--skip-vqa", action="store_true", help="only generation")
+    add_model_arguments(evaluation)
+    shapes.set_defaults(run=run_shapes_eval)
+
+
+def run_shapes_eval(args) -> None:
+    # Imported here: it loads `evaluate`, which takes seconds that the other subcommands need not spend.
+    from harmon_training.shapes.evaluation import evaluate_shapes, format_table, generation_settings
+
+    check_device(args.device)
+    if args.skip_generation and args.skip_vqa:
+        raise CommandError("--skip-generation with --skip-vqa leaves nothing to evaluate")
+    if args.json is not None and args.json.is_dir():
+        raise CommandError(f"--json {str(args.json)!r} is a folder; give a file name")
+    model, tokenizer = _load(args)
+    flags = HarmonImageGenerationSettings.flags()
+    given = {field: getattr(args, flags[field][2:].replace("-", "_")) for field in EVAL_FIELDS}
+    try:
+        settings = generation_settings(model, preset=args.preset, **given)
+    except HarmonSettingError as error:
+        if error.field == "preset":
+            raise CommandError(f"--preset {args.preset}: {error}") from None
+        flagged = given.get(error.field) is not None  # else the default (ShapesEval's or the model's) is at fault
+        raise CommandError(f"{flags[error.field]} {given[error.field]}: {error}" if flagged else str(error)) from None
+    if args.task in ("inpaint", "outpaint", "vary"):
+        return _run_canvas_eval(args, model, tokenizer, given)
+    processor = load_processor(args.model, model, tokenizer)
+    results = evaluate_shapes(
+        model,
+        tokenizer,
+        processor,
+        n=args.n,
+        seed=args.seed,
+        settings=settings,
+        batch_size=args.batch_size,
+        generation=not args.skip_generation,
+        vqa=not args.skip_vqa,
+    )
+    print(format_table(results))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json(results, args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
+
+
+def _run_canvas_eval(args, model, tokenizer, given: dict) -> None:
+    """`harmon eval shapes --task inpaint|outpaint|vary`: prints the scores (fractions, counts, standard errors)."""
+    # Only what the flags set: the rest is the model's, and its MAR iterations scale with the share drawn.
+    settings = {PIPELINE_NAMES.get(field, field): value for field, value in given.items() if value is not None}
+    if args.preset is not None:
+        settings["preset"] = args.preset
+
+    def line(name: str, score: dict) -> str:
+        return f"{name:22} {score['value']:.3f} ({score['count']}/{score['n']}, SE {score['se']:.3f})"
+
+    if args.task == "inpaint":
+        from harmon_training.shapes.evaluation_inpaint import evaluate_inpaint
+
+        results = evaluate_inpaint(model, tokenizer, n=args.n, seed=args.seed, settings=settings)
+        for name in ("success", "kept", "text_to_image"):
+            print(line(name, results[name]))
+        print(
+            f"PSNR of the unmasked region: {results['psnr_unmasked_db']} dB; {results['seconds_per_item']} s per item"
+        )
+    elif args.task == "outpaint":
+        from harmon_training.shapes.evaluation_outpaint import evaluate_outpaint
+
+        results = evaluate_outpaint(model, tokenizer, n=args.n, seed=args.seed, settings=settings)
+        for name in ("success", "text_to_image"):
+            print(line(name, results[name]))
+    else:
+        from harmon_training.shapes.evaluation_vary import evaluate_vary
+
+        results = evaluate_vary(model, tokenizer, n=args.n, seed=args.seed, settings=settings)
+        for strength, scores in results["strengths"].items():
+            print(line(f"strength {strength} preserved", scores["preserved"]))
+            print(line(f"strength {strength} distinct", scores["distinct"]))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json(results, args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
