@@ -4,10 +4,11 @@ harmon eval shapes --n 180 --json shapes.json          # ShapesEval: GenEval-lik
 harmon eval shapes --task inpaint --n 240              # image-conditioned tasks
 """
 
+import json
 import sys
 from pathlib import Path
 
-from modeling_harmon.atomic_files import write_json
+from modeling_harmon.atomic_files import atomic_path, write_json
 from modeling_harmon.modeling_harmon_settings import HarmonImageGenerationSettings, HarmonSettingError
 
 from .cli import (
@@ -34,7 +35,7 @@ def add_eval_command(commands, add_setting_arguments, add_model_arguments) -> No
         description="Score a model on a benchmark. shapes: ShapesEval of the Shapes world, judged by a model-free "
         "checker.",
     )
-    benchmarks = evaluation.add_subparsers(dest="benchmark", required=True, metavar="{shapes}")
+    benchmarks = evaluation.add_subparsers(dest="benchmark", required=True, metavar="{shapes,report}")
     shapes = benchmarks.add_parser(
         "shapes",
         help="ShapesEval: text-to-image, VQA and image-conditioned tasks of the Shapes world",
@@ -75,8 +76,26 @@ def add_eval_command(commands, add_setting_arguments, add_model_arguments) -> No
     shapes.add_argument("--json", type=Path, metavar="OUT.json", help="also write the scores as JSON")
     shapes.add_argument("--skip-generation", action="store_true", help="only VQA")
     shapes.add_argument("--skip-vqa", action="store_true", help="only generation")
-    add_model_arguments(evaluation)
+    shapes.add_argument(
+        "--write-geneval-metadata",
+        type=Path,
+        metavar="FILE.jsonl",
+        help="write ShapesEval's --n prompts of --seed as a GenEval metadata file (for `harmon eval geneval`) and stop",
+    )
+    shapes.add_argument(
+        "--score-geneval",
+        type=Path,
+        metavar="DIR",
+        help="score the images `harmon eval geneval` drew from such a file with the Shapes checker, instead of drawing",
+    )
+    add_model_arguments(shapes)
     shapes.set_defaults(run=run_shapes_eval)
+
+    from .evaluation.cli_report import REPORT_DESCRIPTION, REPORT_HELP, add_report_arguments, run_report
+
+    report = benchmarks.add_parser("report", help=REPORT_HELP, description=REPORT_DESCRIPTION)
+    add_report_arguments(report)
+    report.set_defaults(run=run_report)
 
 
 def run_shapes_eval(args) -> None:
@@ -88,6 +107,8 @@ def run_shapes_eval(args) -> None:
         raise CommandError("--skip-generation with --skip-vqa leaves nothing to evaluate")
     if args.json is not None and args.json.is_dir():
         raise CommandError(f"--json {str(args.json)!r} is a folder; give a file name")
+    if args.write_geneval_metadata is not None or args.score_geneval is not None:
+        return _run_shapes_geneval(args)
     model, tokenizer = _load(args)
     flags = HarmonImageGenerationSettings.flags()
     given = {field: getattr(args, flags[field][2:].replace("-", "_")) for field in EVAL_FIELDS}
@@ -119,6 +140,42 @@ def run_shapes_eval(args) -> None:
         print(f"wrote {args.json}", file=sys.stderr)
 
 
+def _run_shapes_geneval(args) -> None:
+    """`harmon eval shapes --write-geneval-metadata FILE` / `--score-geneval DIR`: ShapesEval through GenEval's files
+    (harmon_training.shapes.evaluation_geneval); neither needs the model."""
+    from harmon_training.shapes.evaluation import format_table
+    from harmon_training.shapes.evaluation_geneval import geneval_metadata, score_geneval_layout
+
+    from .evaluation.geneval_layout import iter_geneval_samples
+
+    if args.write_geneval_metadata is not None and args.score_geneval is not None:
+        raise CommandError("give --write-geneval-metadata or --score-geneval, not both")
+    if args.write_geneval_metadata is not None:
+        target = args.write_geneval_metadata
+        if target.is_dir():
+            raise CommandError(f"--write-geneval-metadata {str(target)!r} is a folder; give a file name")
+        lines = [json.dumps(line, ensure_ascii=False) for line in geneval_metadata(args.n, args.seed)]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as temporary:
+            temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print(f"wrote {len(lines)} prompts to {target}", file=sys.stderr)
+        return
+    folder = args.score_geneval
+    if not folder.is_dir():
+        raise CommandError(f"--score-geneval {str(folder)!r} is not a folder")
+    try:
+        results = score_geneval_layout(iter_geneval_samples(folder))
+    except (ValueError, OSError) as error:
+        raise CommandError(f"--score-geneval {str(folder)!r}: {error}") from None
+    results["layout"] = str(folder)
+    table = {"n": results["n"], "seed": "(per line)", "generation": results["generation"], "vqa": None}
+    print(format_table(table))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json(results, args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
+
+
 def _run_canvas_eval(args, model, tokenizer, given: dict) -> None:
     """`harmon eval shapes --task inpaint|outpaint|vary`: prints the scores (fractions, counts, standard errors)."""
     # Only what the flags set: the rest is the model's, and its MAR iterations scale with the share drawn.
@@ -133,10 +190,11 @@ def _run_canvas_eval(args, model, tokenizer, given: dict) -> None:
         from harmon_training.shapes.evaluation_inpaint import evaluate_inpaint
 
         results = evaluate_inpaint(model, tokenizer, n=args.n, seed=args.seed, settings=settings)
-        for name in ("success", "kept", "text_to_image"):
+        for name in ("success", "kept", "text_to_image", "success_with_paste_back"):
             print(line(name, results[name]))
         print(
-            f"PSNR of the unmasked region: {results['psnr_unmasked_db']} dB; {results['seconds_per_item']} s per item"
+            f"PSNR of the unmasked region: {results['psnr_unmasked_db']} dB raw, "
+            f"{results['psnr_unmasked_db_with_paste_back']} dB with paste-back; {results['seconds_per_item']} s per item"
         )
     elif args.task == "outpaint":
         from harmon_training.shapes.evaluation_outpaint import evaluate_outpaint

@@ -438,6 +438,8 @@ def test_shipped_card_is_rendered_from_the_committed_measurements(tmp_path):
             str(inputs / "timings.json"),
             "--ablation",
             str(inputs / "ablation.json"),
+            "--canvas",
+            str(inputs / "canvas"),
             "--note",
             note,
         ]

@@ -37,7 +37,8 @@ python -m training.train --config training/configs/shapes/stage3_high_quality.ya
 python -m training.shapes.export_default --model runs/shapes/stage3/final --output pipelines/default_model \\
     --overwrite --temperature 0.05 --guidance-scale 1.25 --num-iter 6                    # bf16, sampling defaults
 python -m training.shapes.write_floor --folder pipelines/default_model                  # CI regression floor
-harmon eval shapes --n 540 --json shapes_eval.json"""
+harmon eval shapes --n 540 --json shapes_eval.json
+harmon eval shapes --task inpaint --n 240 --json canvas/inpaint.json     # also --task outpaint (--n 240), vary (--n 120)"""
 
 # The synergy ablation's arm (both arms start from stage I): after the recipe, or beside stages II and III with
 # OMP_NUM_THREADS=1 for both processes (a 2-thread process beside another one ran 2.7x slower here).
@@ -204,7 +205,50 @@ stronger guidance than the default scored lower (`training/configs/shapes/README
 scores do not compare with GenEval or VQA benchmark scores of real models."""
 
 
-def render_card(evaluation: dict, timings: dict, ablation: dict | None = None, note: str = "") -> ModelCard:
+def _score(score: dict) -> str:
+    return f"{score['value']:.2f} ({score['count']}/{score['n']}, SE {score['se']:.2f})"
+
+
+def _canvas_scores(canvas: dict) -> str:
+    """The "Starting from a picture" part of "What it scores": `canvas` holds the JSON of `harmon eval shapes --task
+    inpaint|outpaint|vary` under those names (any may be missing)."""
+    rows = []
+    if "inpaint" in canvas:
+        inpaint = canvas["inpaint"]
+        kept = _score(inpaint["kept"])
+        rows.append(
+            f"| inpainting: one object of a two-object scene recoloured or reshaped | {_score(inpaint['success'])} | "
+            f"{_score(inpaint['text_to_image'])} | other object kept: {kept}; unmasked PSNR "
+            f"{inpaint['psnr_unmasked_db']:.1f} dB raw, exact with the default paste-back (success then "
+            f"{_score(inpaint['success_with_paste_back'])}) |"
+        )
+    if "outpaint" in canvas:
+        outpaint = canvas["outpaint"]
+        rows.append(
+            f"| outpainting: the missing half of a two-object scene | {_score(outpaint['success'])} | "
+            f"{_score(outpaint['text_to_image'])} | |"
+        )
+    if "vary" in canvas:
+        for strength, scores in canvas["vary"]["strengths"].items():
+            rows.append(
+                f"| variations at strength {strength}: the source scene still read | {_score(scores['preserved'])} | "
+                f"| pairs distinct: {_score(scores['distinct'])} |"
+            )
+    if not rows:
+        return ""
+    return (
+        "\n\nStarting from a picture (`harmon eval shapes --task inpaint|outpaint|vary`, seed 0, the stored sampling "
+        "settings, the MAR iterations scaled by the share of tokens drawn; success: the checker reads what the prompt "
+        "asks for; text-to-image: the same prompts and seeds drawn from nothing):\n\n"
+        "| task | success | text-to-image | |\n|---|---|---|---|\n" + "\n".join(rows) + "\n\nThe model was never "
+        "trained to inpaint: it saw 70-100 % of a scene's tokens masked, never a quarter, which is why inpainting "
+        "falls short of drawing from nothing."
+    )
+
+
+def render_card(
+    evaluation: dict, timings: dict, ablation: dict | None = None, note: str = "", canvas: dict | None = None
+) -> ModelCard:
     generation, vqa, settings = evaluation.get("generation") or {}, evaluation.get("vqa") or {}, evaluation["settings"]
     notes = split_note(note)
 
@@ -255,7 +299,8 @@ and shapes it saw in other pairs. (The VQA questions are about training-split sc
 
 VQA (exact match on questions about rendered scenes): accuracy {_fraction(vqa.get("accuracy"))}; by type: {by_type}.
 
-Sampling settings: {sampling}; {evaluation["seconds_per_image"]:.2f} s per image{_hardware(evaluation)}."""
+Sampling settings: {sampling}; {evaluation["seconds_per_image"]:.2f} s per image{_hardware(evaluation)}.\
+{_canvas_scores(canvas or {})}"""
     reproduce = f"""## Reproduce it
 
 For the curious: the commands that trained these weights, in a checkout of the repository (one command at a time, \
@@ -310,6 +355,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timings", type=Path, required=True)
     parser.add_argument("--ablation", type=Path, default=None)
     parser.add_argument(
+        "--canvas",
+        type=Path,
+        default=None,
+        help="folder with inpaint.json, outpaint.json and vary.json of `harmon eval shapes --task ... --json`",
+    )
+    parser.add_argument(
         "--note",
         default="",
         help="Markdown: a status line for under the opening paragraph, then "
@@ -321,6 +372,9 @@ def main(argv: list[str] | None = None) -> None:
         json.loads(args.timings.read_text()),
         json.loads(args.ablation.read_text()) if args.ablation else None,
         args.note,
+        {path.stem: json.loads(path.read_text()) for path in sorted(args.canvas.glob("*.json"))}
+        if args.canvas
+        else None,
     )
     with atomic_path(args.folder / "README.md") as temporary:
         card.save(temporary)

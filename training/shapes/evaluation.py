@@ -253,7 +253,9 @@ def format_table(results: dict) -> str:
     lines = [f"ShapesEval  n={results['n']}  seed={results['seed']}"]
     generation = results["generation"]
     if generation is not None:
-        lines.append(f"generation ({results['seconds_per_image']:.3f} s/image)   all  held-out")
+        seconds = results.get("seconds_per_image")
+        timing = "" if seconds is None else f" ({seconds:.3f} s/image)"
+        lines.append(f"generation{timing}   all  held-out")
         held = generation["held_out"]
         for key in ("overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"):
             lines.append(f"  {key:<22}{_cell(generation[key])}  {_cell(held[key])}")

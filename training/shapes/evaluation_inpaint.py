@@ -9,7 +9,10 @@ over that object's cell and the model inpaints it, prompted with the changed sce
   PSNR against the input is at least `KEPT_PSNR_DB` (judged on the raw output, without any paste-back);
 - `text_to_image`: the same captions drawn from scratch with the same seeds, the reference the goals are set against
   (inpaint success >= 0.9 x text-to-image success);
-- `psnr_unmasked_db`: the mean PSNR of the unmasked region.
+- `psnr_unmasked_db`: the mean PSNR of the unmasked region (raw output);
+- `success_with_paste_back`, `psnr_unmasked_db_with_paste_back`: the same after putting the source's pixels back
+  outside the mask (`HarmonInpaintPipeline`'s default), computed from the same drawings, so the pair measures the
+  paste alone.
 
 Why a cell and not the object's exact pixels: a user paints a rough mask, and a cell (the object's box, the
 renderer's one-pixel jitter and one more pixel: 16 x 16 around the object's centre) covers it whole while leaving the
@@ -92,11 +95,11 @@ def evaluate_inpaint(
     n: int = 60,
     seed: int = 0,
     settings: dict | None = None,
-    paste_back: bool = True,
     reference: bool = True,
 ) -> dict:
-    """Inpainting scores of `model` on `n` items (see the module docstring), with standard errors and counts;
-    `paste_back` puts the source's pixels back outside the mask (`HarmonInpaintPipeline(paste_back=True)`)."""
+    """Inpainting scores of `model` on `n` items (see the module docstring), with standard errors and counts. Each
+    item is drawn once without paste-back (what `kept` must judge); the paste-back scores apply the pipeline's
+    overlay to that drawing."""
     from PIL import Image
 
     from harmon_pipelines import HarmonInpaintPipeline, HarmonPipeline
@@ -108,6 +111,7 @@ def evaluate_inpaint(
     for pipe in (inpaint, plain):
         pipe.set_progress_bar_config(disable=True)
     success, kept, plain_success, psnrs = [], [], [], []
+    pasted_success, pasted_psnrs = [], []
     by_change = {"color": [], "shape": []}
     failed = {}  # checker attribute -> inpainted items where it failed
     started = time.perf_counter()
@@ -122,9 +126,10 @@ def evaluate_inpaint(
             image=source,
             mask_image=Image.fromarray(mask),
             generator=generator,
-            paste_back=paste_back,
+            paste_back=False,
             **settings,
         ).images[0]
+        pasted = np.asarray(inpaint.image_processor.apply_overlay(Image.fromarray(mask), source, output))
         pixels, source_pixels = np.asarray(output), np.asarray(source)
         checked = check(item["target"], pixels)
         success.append(bool(checked["overall"]))
@@ -135,6 +140,8 @@ def evaluate_inpaint(
         is_kept, psnr = _kept(item, pixels, source_pixels, mask == 0)
         kept.append(is_kept)
         psnrs.append(psnr)
+        pasted_success.append(bool(check(item["target"], pasted)["overall"]))
+        pasted_psnrs.append(_psnr(pasted, source_pixels, mask == 0))
         if reference:  # text-to-image on the same captions: the goals' yardstick (floors skip it)
             drawn = plain(prompt, generator=torch.Generator().manual_seed(seed + position), **settings).images[0]
             plain_success.append(bool(check(item["target"], np.asarray(drawn))["overall"]))
@@ -144,7 +151,6 @@ def evaluate_inpaint(
         "n": n,
         "seed": seed,
         "settings": settings,
-        "paste_back": paste_back,
         "success": share_with_se(success),
         "success_by_change": {name: share_with_se(values) for name, values in by_change.items() if values},
         "failed_checks": dict(sorted(failed.items())),
@@ -152,5 +158,7 @@ def evaluate_inpaint(
         "text_to_image": share_with_se(plain_success) if reference else None,
         "psnr_unmasked_db": round(float(np.mean(psnrs)), 2),
         "kept_psnr_threshold_db": KEPT_PSNR_DB,
+        "success_with_paste_back": share_with_se(pasted_success),
+        "psnr_unmasked_db_with_paste_back": round(float(np.mean(pasted_psnrs)), 2),
         "seconds_per_item": round(seconds, 3),
     }
