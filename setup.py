@@ -40,6 +40,10 @@ EXTRAS = {
     "train": ["peft>=0.20,<0.22", "datasets>=3.0", "trl>=1.0", "evaluate>=0.4", "pyyaml>=6.0"],
     "test": ["pytest>=8.0"],
     "lint": ["ruff==0.17.6"],  # pinned: the formatter's output changes between releases
+    # FID and CLIPScore (harmon_pipelines.evaluation.image_metrics). torchmetrics adds lightning-utilities only; not
+    # torch-fidelity (FID's Inception network): it requires torchvision, which would pull a CUDA torch. Install it
+    # with `pip install --no-deps torch-fidelity==0.4.0` for the real FID.
+    "eval": ["torchmetrics>=1.8,<2"],  # 1.8: FID's `antialias` argument
 }
 EXTRAS["dev"] = sorted({requirement for group in EXTRAS.values() for requirement in group})
 

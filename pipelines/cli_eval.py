@@ -31,11 +31,11 @@ def add_eval_command(commands, add_setting_arguments, add_model_arguments) -> No
     with its own arguments."""
     evaluation = commands.add_parser(
         "eval",
-        help="score a model on a benchmark (shapes: ShapesEval)",
+        help="score a model on a benchmark (shapes, fid, clipscore) or put scores into a model card (report)",
         description="Score a model on a benchmark. shapes: ShapesEval of the Shapes world, judged by a model-free "
         "checker.",
     )
-    benchmarks = evaluation.add_subparsers(dest="benchmark", required=True, metavar="{shapes,report}")
+    benchmarks = evaluation.add_subparsers(dest="benchmark", required=True, metavar="{shapes,fid,clipscore,report}")
     shapes = benchmarks.add_parser(
         "shapes",
         help="ShapesEval: text-to-image, VQA and image-conditioned tasks of the Shapes world",
@@ -91,8 +91,18 @@ def add_eval_command(commands, add_setting_arguments, add_model_arguments) -> No
     add_model_arguments(shapes)
     shapes.set_defaults(run=run_shapes_eval)
 
+    from .evaluation.cli_image_metrics import (
+        CLIPSCORE_DESCRIPTION,
+        CLIPSCORE_HELP,
+        FID_DESCRIPTION,
+        FID_HELP,
+        add_clipscore_arguments,
+        add_fid_arguments,
+    )
     from .evaluation.cli_report import REPORT_DESCRIPTION, REPORT_HELP, add_report_arguments, run_report
 
+    add_fid_arguments(benchmarks.add_parser("fid", help=FID_HELP, description=FID_DESCRIPTION))
+    add_clipscore_arguments(benchmarks.add_parser("clipscore", help=CLIPSCORE_HELP, description=CLIPSCORE_DESCRIPTION))
     report = benchmarks.add_parser("report", help=REPORT_HELP, description=REPORT_DESCRIPTION)
     add_report_arguments(report)
     report.set_defaults(run=run_report)
