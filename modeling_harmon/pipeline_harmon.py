@@ -10,6 +10,7 @@ The file is uploaded to the Hub as a custom pipeline (`model_index.json` names i
 only torch, transformers and diffusers.
 """
 
+import contextlib
 import json
 import shutil
 import sys
@@ -60,7 +61,7 @@ class HarmonPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(model=model, tokenizer=tokenizer)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=True)
-        self._canvas = {}  # image-conditioned inputs of a subclass's call (HarmonInpaintPipeline)
+        self._canvas = {}  # image-conditioned inputs of a subclass's call (pipeline_harmon_inpaint.py)
 
     # ------------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -107,6 +108,16 @@ class HarmonPipeline(DiffusionPipeline):
             )
         return cls(model=model.eval(), tokenizer=tokenizer)
 
+    @classmethod
+    def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs) -> "HarmonPipeline":
+        """diffusers' `from_pipe` (this class over `pipeline`'s components, e.g. `HarmonInpaintPipeline.from_pipe(pipe)`),
+        except that the dtype defaults to `pipeline`'s: diffusers casts to float32 when none is given, and the model is
+        shared, so a bfloat16 `pipeline` would silently become float32 too."""
+        if kwargs.get("torch_dtype") is None and kwargs.get("dtype") is None:
+            kwargs.pop("torch_dtype", None)
+            kwargs["dtype"] = pipeline.dtype
+        return super().from_pipe(pipeline, **kwargs)
+
     def model_index(self) -> dict:
         """`model_index.json` content: this file's pipeline class in list form and the model's code file, so
         diffusers loads both as remote code from the repo."""
@@ -122,18 +133,25 @@ class HarmonPipeline(DiffusionPipeline):
         }
 
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
-        """diffusers' layout (`model_index.json`, `model/`, `tokenizer/`) plus this file at the root, named in
-        list form in `model_index.json`, so `DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)` works
-        where the pip package is not installed."""
+        """diffusers' layout (`model_index.json`, `model/`, `tokenizer/`) plus this class's file at the root (and its
+        base classes' files), named in list form in `model_index.json`, so
+        `DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)` works where the pip package is not
+        installed."""
         super().save_pretrained(save_directory, **kwargs)
         save_directory = Path(save_directory)
         index = self.model_index()
         (save_directory / "model_index.json").write_text(
             json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
-        this_file = Path(sys.modules[type(self).__module__].__file__)
-        if this_file.resolve() != (save_directory / this_file.name).resolve():
-            shutil.copyfile(this_file, save_directory / this_file.name)
+        for source in self._code_files():
+            if source.resolve() != (save_directory / source.name).resolve():
+                shutil.copyfile(source, save_directory / source.name)
+
+    def _code_files(self) -> list[Path]:
+        """The file of this pipeline class and of each Harmon pipeline it derives from: a subclass's file (e.g.
+        `pipeline_harmon_inpaint.py`) imports its base's file, which diffusers then fetches from the same folder."""
+        classes = [klass for klass in type(self).__mro__ if issubclass(klass, HarmonPipeline)]
+        return list(dict.fromkeys(Path(sys.modules[klass.__module__].__file__) for klass in classes))
 
     # -------------------------------------------------------------------------------------------- properties
     @property
@@ -345,12 +363,14 @@ class HarmonPipeline(DiffusionPipeline):
         grid = (settings.height // self.vae_scale_factor, settings.width // self.vae_scale_factor)
         inner = self.model.model
 
-        with self.progress_bar(total=settings.num_iter) as progress_bar:
+        with contextlib.ExitStack() as stack:
+            bars = []
 
             def on_iteration(step, num_iter, tokens, mask):
-                if progress_bar.total != num_iter:  # an image-conditioned call draws fewer iterations
-                    progress_bar.total = self._num_timesteps = num_iter
-                progress_bar.update()
+                if not bars:  # opened at the first iteration: a request refused before drawing shows no bar
+                    bars.append(stack.enter_context(self.progress_bar(total=num_iter)))
+                    self._num_timesteps = num_iter  # an image-conditioned call draws fewer iterations
+                bars[0].update()
                 if callback_on_step_end is None:
                     return None
                 latents = inner.tokens_to_latents(tokens.reshape(tokens.shape[0], *grid, -1))
@@ -397,68 +417,3 @@ class HarmonText2ImagePipeline(HarmonPipeline):
             stacklevel=2,
         )
         super().__init__(*args, **kwargs)
-
-
-class HarmonInpaintPipeline(HarmonPipeline):
-    r"""
-    Inpainting, outpainting and variations with Harmon, by the masked-autoregressive sampler itself: it starts from
-    `image`'s tokens and draws only those `mask_image` marks (white = redraw; a token is redrawn if any pixel of its
-    cell is at least half white), or, without a mask, a `strength` share of them at random positions (variations).
-    No retraining is involved: MAR already predicts masked tokens from visible ones. For outpainting, pad the image
-    and mark the padding (`modeling_harmon_canvas.outpaint_canvas`).
-
-    Takes every argument of [`HarmonPipeline`] plus `image` (PIL image(s), or (B, 3, H, W) in [0, 1]; its size is the
-    output's), `mask_image` and `strength`. Unless `num_inference_steps` is given, the MAR iterations are the
-    model's, scaled by the share of tokens drawn.
-    """
-
-    @torch.no_grad()
-    def __call__(
-        self,
-        prompt=None,
-        image=None,
-        mask_image=None,
-        strength: float | None = None,
-        paste_back: bool | None = None,
-        mask_blur: float = 0.0,
-        **kwargs,
-    ):
-        """See the class docstring. `paste_back`: put `image`'s own pixels back outside `mask_image` (diffusers'
-        `apply_overlay`), since the VAE round trip changes every pixel a little. Default: on wherever it applies (a
-        mask and PIL output): on the Shapes inpainting benchmark it left success unchanged (149/240 either way) and
-        made the unmasked region exact instead of 42.9 dB PSNR. `mask_blur`: a Gaussian blur radius of the mask for
-        that paste (a feathered edge)."""
-        if image is None:
-            raise ValueError("image is required: the picture to inpaint, outpaint or vary.")
-        applies = mask_image is not None and kwargs.get("output_type", "pil") == "pil"
-        if paste_back and not applies:
-            raise ValueError("paste_back needs a mask_image and output_type='pil'.")
-        paste_back = applies if paste_back is None else paste_back
-        if hasattr(image, "size") and not isinstance(image, torch.Tensor):
-            images = image if isinstance(image, list) else [image]
-            height, width = images[0].size[1], images[0].size[0]
-        else:
-            height, width = image.shape[-2:]
-        for name, value in (("height", height), ("width", width)):
-            if kwargs.get(name) not in (None, value):
-                raise ValueError(
-                    f"{name} ({kwargs[name]}) must match image ({value} pixels); resize the image instead."
-                )
-            kwargs[name] = int(value)
-        self._canvas = {"init_image": image, "mask_image": mask_image, "strength": strength}
-        try:
-            output = super().__call__(prompt, **kwargs)
-        finally:
-            self._canvas = {}
-        if paste_back:
-            images = output.images if kwargs.get("return_dict", True) else output[0]
-            sources = image if isinstance(image, list) else [image]
-            masks = mask_image if isinstance(mask_image, list) else [mask_image]
-            per_prompt = kwargs.get("num_images_per_prompt", 1)  # images come prompt-major
-            for index, drawn in enumerate(images):
-                source = sources[index // per_prompt if len(sources) > 1 else 0].convert("RGB")
-                mask = masks[index // per_prompt if len(masks) > 1 else 0].convert("L")
-                if mask_blur:
-                    mask = self.image_processor.blur(mask, mask_blur)
-                images[index] = self.image_processor.apply_overlay(mask, source, drawn)
-        return output

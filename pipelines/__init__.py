@@ -9,7 +9,8 @@ and registers the transformers `text-to-image` task.
 from transformers import AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from modeling_harmon.pipeline_harmon import HarmonInpaintPipeline, HarmonPipeline, HarmonText2ImagePipeline
+from modeling_harmon.pipeline_harmon import HarmonPipeline, HarmonText2ImagePipeline
+from modeling_harmon.pipeline_harmon_inpaint import HarmonInpaintPipeline
 from modeling_harmon.pipeline_text_to_image_harmon import HarmonTextToImagePipeline
 
 

@@ -26,6 +26,7 @@ out of memory while drawing) end the command with exit status 2 and a one-line m
 
 import argparse
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -57,19 +58,35 @@ JOBS_FORMAT = """\
     {"prompt": "a red circle"}
     {"prompt": "a blue square", "seed": 7, "size": "256x512", "steps": 32, "head_steps": 50, "cfg": 4.0,
      "temperature": 0.9}
+    {"prompt": "a green triangle", "image": "scene.png", "mask": "mask.png"}
+    {"prompt": "a wider scene", "image": "scene.png", "left": 64, "right": 64, "paste_back": false}
+    {"prompt": "a red circle", "image": "/data/scene.png", "strength": 0.5}
 
 "prompt" is required; the other keys override the command-line settings of the same name for that line (size:
 "HxW", "N" or N). Line L (1-based, as editors count) with seed s gives images LLLLL_k.png (k = 0 .. n-1, drawn
 with seed s + k), each followed by LLLLL_k.json (prompt, seed s + k, settings, model, line, k). The JSON is
 written after the PNG, both atomically, so a JSON marks a finished image: a rerun skips the images whose JSON
 matches what it would draw now and redraws those without a readable JSON. An image whose JSON holds another
-prompt, seed, settings or model (the file or the flags changed) is refused, naming it, unless --overwrite, which
-redraws it.
+prompt, seed, settings, model or input file (the file, the flags or an input changed) is refused, naming it,
+unless --overwrite, which redraws it.
 
-Batches of --batch-size consecutive lines with equal settings are formed from the whole file and dealt out to the
-processes of a torchrun / accelerate launch (batch i to rank i % WORLD_SIZE), so the files are the same whatever
-the number of processes. A batch with any image missing is drawn again in full and only the missing images are
-written, so a resumed job gives the same files as an uninterrupted one.
+Image lines draw as `harmon inpaint`, `outpaint` and `vary` do: "image" (a file path, relative to the JSONL file's
+folder unless absolute) with "mask" (a file of the same size, white = redraw: inpaint), or "left", "right", "top",
+"bottom" (pixels added: outpaint), or "strength" (the share of tokens redrawn, 0 to 1: vary); one of the three.
+"paste_back" (true or false, default true: the picture's own pixels are put back outside the mask) applies to
+inpaint and outpaint. The picture (plus padding) sets the size, so an image line takes no "size" (--size applies
+to text lines); its sides and the padding must be multiples of the model's token stride. Without "steps" or
+--steps, the MAR iterations are the model's, scaled by the share of tokens drawn. "prompt" is required here too
+(`harmon vary` alone can caption the picture itself). The JSON of such an image also records "mode", "strength" or
+"paste_back", and "inputs": each input file's path as given with its SHA-256 (and the padding), so a rerun notices
+an input file whose bytes changed.
+
+Batches of --batch-size consecutive lines with equal settings (image lines: also the same mode, strength,
+paste_back and picture, i.e. image bytes, mask and padding, since the inpaint pipeline takes one picture per call)
+are formed from the whole file and dealt out to the processes of a torchrun / accelerate launch (batch i to rank
+i % WORLD_SIZE), so the files are the same whatever the number of processes. A batch with any image missing is
+drawn again in full and only the missing images are written, so a resumed job gives the same files as an
+uninterrupted one.
 """
 
 # The image-generation settings (fields of `HarmonImageGenerationSettings`) that `harmon generate` takes as flags and
@@ -90,7 +107,6 @@ def _setting_keys(fields: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
 
 SETTINGS = _setting_keys(GENERATE_FIELDS)
 PIPELINE_NAMES = {field: alias for alias, field in HarmonImageGenerationSettings.aliases().items()}
-JOB_KEYS = ("prompt", "seed", *SETTINGS)
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
 DTYPES = ("float32", "bfloat16", "float16")
 # Defaults of --max-side and --max-images: larger requests are mistakes far more often than intentions, and would
@@ -236,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--overwrite",
         action="store_true",
-        help="batch mode: redraw images whose JSON records another prompt, seed, settings or model "
+        help="batch mode: redraw images whose JSON records another prompt, seed, settings, model or input file "
         "(without it such images are refused)",
     )
     generate.add_argument(
@@ -522,203 +538,54 @@ def run_generate(args) -> None:
                 progress.update()
 
 
-def read_jobs(path: Path, args) -> list[dict]:
-    """The prompt lines of the JSONL file `path`, checked as far as possible without the model, as {line, prompt,
-    seed, options} (options: the settings as `SETTINGS` keys, None for the model's default); `args` gives the
-    defaults (--seed, --size, ...). Errors name the file and line. See [`resolve_jobs`] for the rest."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        message = f"--prompts {str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start})"
-        raise CommandError(message) from None
-    defaults = _settings_options(args)
-    jobs = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {number}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise CommandError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
-        if not isinstance(entry, dict):
-            raise CommandError(f'{where}: expected a JSON object like {{"prompt": "..."}}, got {type(entry).__name__}')
-        unknown = sorted(set(entry) - set(JOB_KEYS))
-        if unknown:
-            raise CommandError(f"{where}: unknown keys {unknown}; allowed: {list(JOB_KEYS)}")
-        prompt = entry.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise CommandError(f'{where}: "prompt" must be a non-empty string, got {prompt!r}')
-        seed = entry.get("seed", args.seed)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - args.num_images + 1:
-            raise CommandError(f'{where}: "seed" must be an integer in [0, 2**64 - n], got {seed!r}')
-        for key in SETTINGS:
-            if isinstance(entry.get(key), bool):  # JSON true is no step count (Python would take it for 1)
-                kind = '"HxW" or a number' if key == "size" else "a number"
-                raise CommandError(f'{where}: "{key}" must be {kind}, got {json.dumps(entry[key])}')
-        options = {key: entry.get(key, defaults[key]) for key in SETTINGS}
-        if "size" in entry:
-            try:
-                options["size"] = _size(entry["size"])
-            except ValueError as error:
-                raise CommandError(f"{where}: {error}") from None
-        check_size(options["size"], args.max_side, f'{where}: "size" {_show("size", options["size"])}')
-        jobs.append({"line": number, "prompt": prompt, "seed": seed, "options": options})
-    if not jobs:
-        raise CommandError(f"--prompts {str(path)!r} holds no prompts")
-    return jobs
-
-
-def resolve_jobs(jobs: list[dict], model, args) -> list[dict]:
-    """`jobs` of [`read_jobs`] as {line, prompt, seed, settings}: every setting filled in from the model and
-    validated by it; errors name the file, line and key."""
-    resolved = []
-    for job in jobs:
-        where, options = f"{args.prompts} line {job['line']}", job["options"]
-        settings = resolve_settings(
-            model, options, lambda key: f'{where}: "{key}" {_show(key, options[key])}', args.preset
-        )
-        size = (settings["height"], settings["width"])
-        check_size(size, args.max_side, f'{where}: "size" (the model\'s default, {_show("size", size)})')
-        resolved.append({"line": job["line"], "prompt": job["prompt"], "seed": job["seed"], "settings": settings})
-    return resolved
-
-
-def plan_batches(jobs: list[dict], batch_size: int) -> list[list[dict]]:
-    """Consecutive jobs, at most `batch_size` per batch, a new batch wherever the settings change. The plan depends
-    on the file and `batch_size` only, so every process count and every rerun draws the same batches."""
-    batches = []
-    for job in jobs:
-        if batches and len(batches[-1]) < batch_size and batches[-1][0]["settings"] == job["settings"]:
-            batches[-1].append(job)
-        else:
-            batches.append([job])
-    return batches
-
-
-def _sidecar(path: Path) -> dict | None:
-    """The record of a sidecar JSON, or None where it is missing or unreadable (its image counts as unfinished)."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # missing, not UTF-8, not JSON
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def _first_difference(record: dict, expected: dict) -> str | None:
-    """The first field (e.g. "prompt", "settings.guidance_scale") where a sidecar `record` differs from the
-    `expected` one, or None where they agree."""
-    expected = json.loads(json.dumps(expected))  # as the sidecar stores it (floats, lists)
-    for key, value in expected.items():
-        stored = record.get(key)
-        if key == "settings" and isinstance(stored, dict) and isinstance(value, dict):
-            name = next((name for name in {**value, **stored} if stored.get(name) != value.get(name)), None)
-            if name is not None:
-                return f"settings.{name}"
-        elif stored != value:
-            return key
-    return None
-
-
-def _clip(value, width: int = 60) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= width else text[: width - 3] + "..."
+def _write_sidecar(record: dict, path: Path) -> None:
+    """`write_json` as this module's name says when called, so that a test can stop a run between PNG and sidecar."""
+    write_json(record, path)
 
 
 def _generate_jobs(args) -> None:
+    """Batch mode: the machinery is `batch_jobs`'; this gives it the command's flags and `harmon generate`'s layout."""
+    from .batch_jobs import Layout, read_jobs, resolve_jobs, run_jobs
+
     regular_file(args.prompts, f"--prompts {str(args.prompts)!r}")
-    if args.outdir.exists() and not args.outdir.is_dir():
-        raise CommandError(f"--outdir {str(args.outdir)!r} is a file; give a folder")
-    check_writable_folder(args.outdir, f"--outdir {str(args.outdir)!r}")
-    jobs = read_jobs(args.prompts, args)
+    layout = Layout(args.outdir)
+    layout.check()
     n = args.num_images
+    options = _settings_options(args)
+    jobs = read_jobs(args.prompts, seed=args.seed, num_images=n, options=options, max_side=args.max_side)
     if len(jobs) * n > args.max_images:
         raise CommandError(
             f"--prompts {str(args.prompts)!r} with -n {n} asks for {len(jobs) * n} images; more than "
             f"--max-images {args.max_images} are refused; pass a larger --max-images to allow them"
         )
     launch = _launch()
-    rank, world = launch["RANK"], launch["WORLD_SIZE"]
     model, tokenizer = _load(args)
-    jobs = resolve_jobs(jobs, model, args)
-    model_name = _model_name(model)
-    batches = plan_batches(jobs, args.batch_size or 1)
-    mine = batches[rank::world]
-
-    def stem(job, k):
-        return args.outdir / f"{job['line']:05d}_{k}"
-
-    def record(job, k):
-        metadata = image_metadata(job["prompt"], job["seed"] + k, job["settings"], model_name)
-        return {**metadata, "line": job["line"], "image": k}
-
-    # An image is finished when its PNG is there and its JSON records what would be drawn now. Every rank checks
-    # the whole file, so all of them refuse (or redraw) the same changed images.
-    done, changed = set(), []
-    for job in jobs:
-        for k in range(n):
-            stored = (
-                _sidecar(stem(job, k).with_suffix(".json")) if stem(job, k).with_suffix(".png").is_file() else None
-            )
-            difference = None if stored is None else _first_difference(stored, record(job, k))
-            if stored is not None and difference is None:
-                done.add((job["line"], k))
-            elif difference is not None:
-                changed.append((job, k, stored, difference))
-    if changed and not args.overwrite:
-        job, k, stored, field = changed[0]
-        now = record(job, k)
-        old, new = (stored.get("settings", {}), now["settings"]) if field.startswith("settings.") else (stored, now)
-        name = field.removeprefix("settings.")
-        raise CommandError(
-            f"--outdir {str(args.outdir)!r}: {len(changed)} image(s) were drawn with other inputs than they would be "
-            f"now (first: {stem(job, k).name}.png, {field} {_clip(old.get(name))} then, {_clip(new.get(name))} now); "
-            "pass --overwrite to redraw them, or use another --outdir"
-        )
-
-    def finished(job, k):
-        return (job["line"], k) in done
-
-    todo = [batch for batch in mine if not all(finished(job, k) for job in batch for k in range(n))]
-    missing = sum(not finished(job, k) for batch in todo for job in batch for k in range(n))
-    total = sum(len(batch) for batch in mine) * n
-    print(
-        f"rank {rank}/{world}: {total} images in {len(mine)} batches; {total - missing} already written, "
-        f"{missing} to draw",
-        file=sys.stderr,
+    jobs = resolve_jobs(jobs, model, preset=args.preset, max_side=args.max_side)
+    run_jobs(
+        jobs,
+        layout,
+        model,
+        tokenizer,
+        num_images=n,
+        batch_size=args.batch_size or 1,
+        overwrite=args.overwrite,
+        rank=launch["RANK"],
+        world_size=launch["WORLD_SIZE"],
+        write_sidecar=_write_sidecar,
     )
-
-    pipe = HarmonPipeline(model=model, tokenizer=tokenizer)
-    pipe.set_progress_bar_config(disable=True)  # one bar over images below, not one per batch
-    with tqdm(total=missing, desc=f"rank {rank}/{world}", unit="image") as progress:
-        for batch in todo:
-            prompts = [job["prompt"] for job in batch for _ in range(n)]
-            seeds = [job["seed"] + k for job in batch for k in range(n)]
-            images = iter(draw(pipe, prompts, seeds, batch[0]["settings"]))
-            args.outdir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
-            for job in batch:
-                for k in range(n):
-                    image = next(images)
-                    if finished(job, k):
-                        continue
-                    metadata = image_metadata(job["prompt"], job["seed"] + k, job["settings"], model_name)
-                    # The old JSON goes first: killed in between, the image counts as unfinished, not as changed.
-                    stem(job, k).with_suffix(".json").unlink(missing_ok=True)
-                    save(image, stem(job, k).with_suffix(".png"), metadata)
-                    write_json({**metadata, "line": job["line"], "image": k}, stem(job, k).with_suffix(".json"))
-                    progress.update()
-    print(f"rank {rank}/{world}: wrote {missing} images to {args.outdir}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------------------- ask
-def read_image(path: Path, shown: str = "IMAGE"):
+def read_image(path: Path, shown: str = "IMAGE", data: bytes | None = None):
     """The image at `path` as an RGB PIL image; a missing or unreadable file, or one too large to decode safely
-    (PIL's decompression-bomb limit, whose warning is treated as the error), is a [`CommandError`] naming `shown`."""
-    regular_file(path, f"{shown} {str(path)!r}")
+    (PIL's decompression-bomb limit, whose warning is treated as the error), is a [`CommandError`] naming `shown`.
+    `data`: the file's bytes, already read (and hashed) by the caller, decoded instead of reading the file again."""
+    if data is None:
+        regular_file(path, f"{shown} {str(path)!r}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(path if data is None else io.BytesIO(data)) as image:
                 return to_rgb_image(image)
     except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise CommandError(f"{shown} {str(path)!r} is not an image PIL can read ({error})") from None
@@ -777,7 +644,13 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers_logging.disable_progress_bar()
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        # argparse fills an optional positional (vary's PROMPT) only from the arguments before the first flag, so
+        # `harmon vary IMAGE --strength 0.5 "prompt"` would leave "prompt" over: take it as the PROMPT.
+        if len(extras) == 1 and not extras[0].startswith("-") and getattr(args, "prompt", "") is None:
+            args.prompt, extras = extras[0], []
+        if extras:
+            raise _UsageError(f"unrecognized arguments: {' '.join(extras)}", f"harmon {args.command}")
         prog = " ".join(filter(None, ("harmon", args.command, getattr(args, "benchmark", None))))
         args.run(args)
     except SystemExit as stop:  # --help

@@ -7,7 +7,9 @@
 Each command draws with `HarmonInpaintPipeline`: the picture's tokens are kept except those the mask (or the
 padding, or `--strength`) selects. The MAR iterations are the model's, scaled by the share of tokens drawn, unless
 `--steps` is given. Images, seeds and metadata follow `harmon generate` (image k uses seed + k; the PNG's `harmon`
-text chunk records the prompt, where it came from, the settings and the SHA-256 of every input file).
+text chunk records the prompt, where it came from, the settings and the SHA-256 of every input file). Many such
+drawings, resumable and sharded over processes: JSONL lines with the same inputs ("image", "mask", "left", ...,
+"strength", "paste_back") for `harmon generate --prompts` (see its --help).
 """
 
 import argparse
@@ -17,7 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from modeling_harmon.modeling_harmon_canvas import outpaint_canvas
-from modeling_harmon.pipeline_harmon import HarmonInpaintPipeline
+from modeling_harmon.pipeline_harmon_inpaint import HarmonInpaintPipeline
 
 from .cli import (
     IMAGES_PER_CALL,

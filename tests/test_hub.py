@@ -154,6 +154,7 @@ def test_layout(exported):
         "model_index.json",
         "README.md",
         "pipeline_harmon.py",
+        "pipeline_harmon_inpaint.py",  # the second diffusers pipeline, loaded by file name (custom_pipeline=)
         "pipeline_text_to_image_harmon.py",
         "processing_harmon.py",
         "image_processing_harmon.py",
@@ -175,6 +176,8 @@ def test_layout(exported):
     assert index["_class_name"] == ["pipeline_harmon", "HarmonPipeline"]
     assert index["model"] == ["modeling_harmon", "HarmonForConditionalGeneration"]
     assert set(index) == {"_class_name", "_diffusers_version", "model", "tokenizer"}  # no second VAE copy
+    # The inpaint pipeline's file imports its base's sibling file, which diffusers fetches from the same repo.
+    assert "from .pipeline_harmon import HarmonPipeline" in (folder / "pipeline_harmon_inpaint.py").read_text()
     # The component folders hold the root's bytes, so the Hub and the cache store them once.
     for component in ("model", "tokenizer"):
         for path in (folder / component).iterdir():
@@ -204,8 +207,10 @@ def test_check_hub_folder_finds_problems(exported, tmp_path):
     shutil.copytree(exported[0], folder)
     (folder / "model" / "config.json").write_text("{}")
     (folder / "pipeline_harmon.py").unlink()
+    (folder / "pipeline_harmon_inpaint.py").unlink()
     problems = check_hub_folder(folder)
     assert "missing pipeline_harmon.py" in problems
+    assert "missing pipeline_harmon_inpaint.py" in problems
     assert "model/config.json differs from the root config.json" in problems
 
 

@@ -1,7 +1,8 @@
 """Hub remote code: a saved checkpoint loads with `trust_remote_code=True` in a fresh process where the
 `modeling_harmon` package cannot be imported, from a folder and by repo id from an offline Hub cache, and gives
-the same outputs. `HARMON_REMOTE_PYTHONS` (os.pathsep-separated interpreters, e.g. a venv with the newest
-transformers) adds more interpreters to load with.
+the same outputs; so does the repo's second diffusers pipeline, `HarmonInpaintPipeline`, loaded by file name.
+`HARMON_REMOTE_PYTHONS` (os.pathsep-separated interpreters, e.g. a venv with the newest transformers) adds more
+interpreters to load with.
 """
 
 import json
@@ -13,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from .hub_utils import child_env, interpreters, make_offline_cache
+from .hub_utils import child_env, interpreters, make_offline_cache, run_python
 
 
 CHILD = textwrap.dedent(
@@ -137,3 +138,140 @@ def test_package_users_need_no_remote_code(saved):
 
     model = AutoModel.from_pretrained(saved[0])
     assert type(model) is modeling_harmon.HarmonForConditionalGeneration
+
+
+# ------------------------------------------------------------------- the second diffusers pipeline of a repo
+# Hub users load `HarmonInpaintPipeline` by file name (pipeline_harmon_inpaint.py): first without trust_remote_code,
+# which must be refused before any of the repo's code runs, then with it; then over an already loaded pipeline.
+INPAINT_CHILD = textwrap.dedent(
+    """
+    import json, os, sys
+    sys.modules["modeling_harmon"] = None  # the pip package must not be importable: only the remote code
+    sys.modules["harmon_pipelines"] = None
+    import numpy as np, torch
+    from PIL import Image
+    from diffusers import DiffusionPipeline
+
+    source, image_path, mask_path, output = sys.argv[1:5]
+    torch.set_num_threads(1)
+    image, mask = Image.open(image_path), Image.open(mask_path)
+    arguments = dict(image=image, mask_image=mask, num_inference_steps=3)
+    seed = lambda: torch.Generator().manual_seed(5)
+
+    try:
+        DiffusionPipeline.from_pretrained(source, custom_pipeline="pipeline_harmon_inpaint")
+        refused = None
+    except ValueError as error:
+        refused = str(error)
+    modules_cache = os.path.join(os.environ["HF_MODULES_CACHE"], "diffusers_modules")
+    copied = [name for _, _, names in os.walk(modules_cache) for name in names if name.endswith(".py")]
+    untrusted = {
+        "imported": sorted(name for name in sys.modules if name.startswith("diffusers_modules")),
+        "copied": [name for name in copied if name != "__init__.py"],  # a repo file, not an empty package marker
+    }
+
+    pipe = DiffusionPipeline.from_pretrained(source, custom_pipeline="pipeline_harmon_inpaint", trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    pil = pipe("a blue square", generator=seed(), **arguments).images[0]
+    array = pipe("a blue square", generator=seed(), output_type="np", **arguments).images[0]
+
+    # Reusing a loaded text-to-image pipeline's components, as a Hub user without the package would.
+    from huggingface_hub import hf_hub_download
+    base = DiffusionPipeline.from_pretrained(source, trust_remote_code=True)
+    code = os.path.join(source, "pipeline_harmon_inpaint.py")
+    code = code if os.path.isdir(source) else hf_hub_download(source, "pipeline_harmon_inpaint.py")
+    reused = DiffusionPipeline.from_pipe(base, custom_pipeline=code, trust_remote_code=True, dtype=base.dtype)
+    reused.set_progress_bar_config(disable=True)
+    again = reused("a blue square", generator=seed(), output_type="np", **arguments).images[0]
+    np.savez(output, pil=np.asarray(pil), array=array, reused=again)
+    print(json.dumps({
+        "refused": refused,
+        "untrusted": untrusted,
+        "class": type(pipe).__name__,
+        "module": type(pipe).__module__,
+        "bases": [klass.__name__ for klass in type(pipe).__mro__[1:3]],
+        "model_module": type(pipe.model).__module__,
+        "reused_class": type(reused).__name__,
+        "reused_shares_the_model": reused.model is base.model,
+    }))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def inpaint_folder(tmp_path_factory, tiny_model, tokenizer):
+    """An exported Hub folder, a picture with its mask, and what the pip class draws from them."""
+    import numpy as np
+    from PIL import Image
+
+    from harmon_pipelines import HarmonInpaintPipeline
+    from harmon_pipelines.hub import save_hub_folder
+
+    root = tmp_path_factory.mktemp("inpaint")
+    folder = save_hub_folder(root / "tiny-harmon", tiny_model, tokenizer)
+    pixels = np.zeros((32, 32, 3), dtype=np.uint8)
+    pixels[4:20, 6:26] = (220, 30, 30)
+    pixels[20:] = (30, 40, 220)
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[0:16, 8:24] = 255  # 16 of the 64 tokens
+    image_path, mask_path = root / "picture.png", root / "mask.png"
+    Image.fromarray(pixels).save(image_path)
+    Image.fromarray(mask).save(mask_path)
+    pipe = HarmonInpaintPipeline.from_pretrained(folder)  # the pip class, its components loaded directly
+    assert type(pipe) is HarmonInpaintPipeline and type(pipe.model) is type(tiny_model)
+    pipe.set_progress_bar_config(disable=True)
+    arguments = dict(image=Image.open(image_path), mask_image=Image.open(mask_path), num_inference_steps=3)
+    expected = {
+        "pil": np.asarray(pipe("a blue square", generator=torch.Generator().manual_seed(5), **arguments).images[0]),
+        "array": pipe(
+            "a blue square", generator=torch.Generator().manual_seed(5), output_type="np", **arguments
+        ).images[0],
+    }
+    return folder, image_path, mask_path, expected
+
+
+@pytest.mark.parametrize("by", ["folder", "repo id"])
+@pytest.mark.parametrize("python", interpreters())
+def test_inpaint_pipeline_loads_as_a_second_custom_pipeline(inpaint_folder, tmp_path, python, by):
+    import numpy as np
+
+    folder, image_path, mask_path, expected = inpaint_folder
+    source, cache = str(folder), None
+    if by == "repo id":
+        source, cache = "test-org/tiny-harmon", make_offline_cache(tmp_path / "hub", "test-org/tiny-harmon", folder)
+    output = tmp_path / "inpaint.npz"
+    arguments = [source, str(image_path), str(mask_path), str(output)]
+    stdout = run_python(python, INPAINT_CHILD, tmp_path, child_env(tmp_path, cache), arguments)
+    report = json.loads(stdout.strip().splitlines()[-1])
+    # Without trust_remote_code diffusers refuses before it copies or imports any file of the repo.
+    assert "trust_remote_code=True" in report["refused"], report["refused"]
+    assert report["untrusted"] == {"imported": [], "copied": []}
+    assert report["class"] == "HarmonInpaintPipeline" and report["bases"] == ["HarmonPipeline", "DiffusionPipeline"]
+    assert report["module"].startswith("diffusers_modules."), report["module"]  # the repo's file, not the package
+    assert report["model_module"].startswith("diffusers_modules."), report["model_module"]
+    assert report["reused_class"] == "HarmonInpaintPipeline" and report["reused_shares_the_model"]
+    produced = np.load(output)
+    # The same code on the same weights, seed and thread count: the same pixels.
+    np.testing.assert_array_equal(produced["pil"], expected["pil"])
+    np.testing.assert_array_equal(produced["array"], expected["array"])
+    np.testing.assert_array_equal(produced["reused"], expected["array"])
+
+
+def test_package_users_reuse_a_loaded_pipeline_for_inpainting(tiny_model, tokenizer, tmp_path):
+    """`HarmonInpaintPipeline.from_pipe` shares the model without casting it (diffusers' default would make it
+    float32), and a saved inpaint pipeline carries its base class's file, which its own file imports."""
+    from harmon_pipelines import HarmonInpaintPipeline, HarmonPipeline
+
+    pipe = HarmonPipeline(model=tiny_model, tokenizer=tokenizer)
+    inpaint = HarmonInpaintPipeline.from_pipe(pipe)
+    assert type(inpaint) is HarmonInpaintPipeline and inpaint.model is tiny_model and tiny_model.dtype == torch.float32
+    pipe.save_pretrained(tmp_path / "pipe")
+    half = HarmonPipeline.from_pretrained(tmp_path / "pipe", dtype=torch.bfloat16)
+    assert HarmonInpaintPipeline.from_pipe(half).model.dtype == half.model.dtype == torch.bfloat16
+    inpaint.save_pretrained(tmp_path / "inpaint")
+    index = json.loads((tmp_path / "inpaint" / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_harmon_inpaint", "HarmonInpaintPipeline"]
+    assert {"pipeline_harmon.py", "pipeline_harmon_inpaint.py"} <= {
+        path.name for path in (tmp_path / "inpaint").iterdir()
+    }
+    assert type(HarmonInpaintPipeline.from_pretrained(tmp_path / "inpaint")) is HarmonInpaintPipeline
