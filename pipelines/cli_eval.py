@@ -4,6 +4,7 @@ harmon eval shapes --n 180 --json shapes.json          # ShapesEval: GenEval-lik
 harmon eval shapes --task inpaint --n 240              # image-conditioned tasks
 """
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -35,7 +36,9 @@ def add_eval_command(commands, add_setting_arguments, add_model_arguments) -> No
         description="Score a model on a benchmark. shapes: ShapesEval of the Shapes world, judged by a model-free "
         "checker.",
     )
-    benchmarks = evaluation.add_subparsers(dest="benchmark", required=True, metavar="{shapes,fid,clipscore,report}")
+    benchmarks = evaluation.add_subparsers(
+        dest="benchmark", required=True, metavar="{shapes,geneval,fid,clipscore,report}"
+    )
     shapes = benchmarks.add_parser(
         "shapes",
         help="ShapesEval: text-to-image, VQA and image-conditioned tasks of the Shapes world",
@@ -91,6 +94,8 @@ def add_eval_command(commands, add_setting_arguments, add_model_arguments) -> No
     add_model_arguments(shapes)
     shapes.set_defaults(run=run_shapes_eval)
 
+    from .evaluation.cli_geneval import __doc__ as geneval_doc
+    from .evaluation.cli_geneval import add_geneval_arguments
     from .evaluation.cli_image_metrics import (
         CLIPSCORE_DESCRIPTION,
         CLIPSCORE_HELP,
@@ -101,6 +106,13 @@ def add_eval_command(commands, add_setting_arguments, add_model_arguments) -> No
     )
     from .evaluation.cli_report import REPORT_DESCRIPTION, REPORT_HELP, add_report_arguments, run_report
 
+    geneval = benchmarks.add_parser(
+        "geneval",
+        help="draw GenEval's prompts into the layout its scorer reads (resumable, sharded under torchrun)",
+        description=geneval_doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_geneval_arguments(geneval, add_setting_arguments, add_model_arguments)
     add_fid_arguments(benchmarks.add_parser("fid", help=FID_HELP, description=FID_DESCRIPTION))
     add_clipscore_arguments(benchmarks.add_parser("clipscore", help=CLIPSCORE_HELP, description=CLIPSCORE_DESCRIPTION))
     report = benchmarks.add_parser("report", help=REPORT_HELP, description=REPORT_DESCRIPTION)

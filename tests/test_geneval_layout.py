@@ -120,3 +120,36 @@ def test_metadata_without_a_shapes_scene_is_refused_by_the_shapes_scorer(tmp_pat
         score_geneval_layout(iter_geneval_samples(tmp_path))
     with pytest.raises(ValueError, match="holds no GenEval samples"):
         score_geneval_layout([])
+
+
+def test_the_shapes_path_through_geneval_files_scores_what_harmon_eval_shapes_scores(tmp_path, capsys):
+    """CI's end-to-end run of the GenEval harness on a real trained model (the embedded demo model): ShapesEval's
+    prompts as GenEval metadata, drawn by `harmon eval geneval`, scored by the Shapes checker from the layout, equal
+    to `harmon eval shapes` on the same prompts, seeds and settings; a rerun draws nothing."""
+    from harmon_pipelines.cli import main
+
+    metadata, layout = tmp_path / "shapes_metadata.jsonl", tmp_path / "layout"
+    assert main(["eval", "shapes", "--write-geneval-metadata", str(metadata), "--n", "9", "--seed", "4"]) == 0
+    draw = ["eval", "geneval", "--metadata", str(metadata), "--outdir", str(layout), "-n", "1", "--batch-size", "16"]
+    assert main(draw) == 0, capsys.readouterr().err
+    assert main(["eval", "shapes", "--score-geneval", str(layout), "--json", str(tmp_path / "via_geneval.json")]) == 0
+    direct = ["eval", "shapes", "--n", "9", "--seed", "4", "--skip-vqa", "--json", str(tmp_path / "direct.json")]
+    assert main(direct) == 0
+    via_geneval = json.loads((tmp_path / "via_geneval.json").read_text())["generation"]
+    assert via_geneval == json.loads((tmp_path / "direct.json").read_text())["generation"]
+    assert json.loads((layout / "00003" / "metadata.jsonl").read_text())["seed"] == 7  # seed + line index
+    sidecar = json.loads((layout / "00003" / "samples" / "0000.json").read_text())
+    assert sidecar["seed"] == 7 and sidecar["prompt"] == json.loads(metadata.read_text().splitlines()[3])["prompt"]
+
+    capsys.readouterr()
+    assert main(draw) == 0  # resumed: everything is there
+    assert "9 already written, 0 to draw" in capsys.readouterr().err
+    Image.new("RGB", (32, 32)).save(layout / "00000" / "samples" / "0001.png")  # e.g. left by an -n 2 run
+    assert main(draw) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1 image(s) this run would not draw and GenEval's scorer would count" in err
+    (layout / "00000" / "samples" / "0001.png").unlink()
+    lines = metadata.read_text().splitlines()
+    metadata.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")  # two prompts swap folders
+    assert main(draw) == 2
+    assert "2 prompt folder(s) hold another metadata line than --metadata" in capsys.readouterr().err
