@@ -72,6 +72,7 @@ ENTRY_POINTS = [
     'pipeline("text-to-image"',
     'pipeline("image-text-to-text"',
     "DiffusionPipeline.from_pretrained(",
+    'custom_pipeline="pipeline_harmon_inpaint"',
     "HarmonPipeline.from_pretrained(",
     "import modeling_harmon",
     ".generate_images(",
