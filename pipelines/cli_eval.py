@@ -32,12 +32,12 @@ def add_eval_command(commands, add_setting_arguments, add_model_arguments) -> No
     with its own arguments."""
     evaluation = commands.add_parser(
         "eval",
-        help="score a model on a benchmark (shapes, fid, clipscore) or put scores into a model card (report)",
+        help="draw a benchmark's prompts (geneval, dpg, captions), score (shapes, fid, clipscore) or report into a card",
         description="Score a model on a benchmark. shapes: ShapesEval of the Shapes world, judged by a model-free "
         "checker.",
     )
     benchmarks = evaluation.add_subparsers(
-        dest="benchmark", required=True, metavar="{shapes,geneval,fid,clipscore,report}"
+        dest="benchmark", required=True, metavar="{shapes,geneval,dpg,captions,fid,clipscore,report}"
     )
     shapes = benchmarks.add_parser(
         "shapes",
@@ -94,6 +94,10 @@ def add_eval_command(commands, add_setting_arguments, add_model_arguments) -> No
     add_model_arguments(shapes)
     shapes.set_defaults(run=run_shapes_eval)
 
+    from .evaluation.cli_captions import __doc__ as captions_doc
+    from .evaluation.cli_captions import add_captions_arguments
+    from .evaluation.cli_dpg import __doc__ as dpg_doc
+    from .evaluation.cli_dpg import add_dpg_arguments
     from .evaluation.cli_geneval import __doc__ as geneval_doc
     from .evaluation.cli_geneval import add_geneval_arguments
     from .evaluation.cli_image_metrics import (
@@ -113,6 +117,20 @@ def add_eval_command(commands, add_setting_arguments, add_model_arguments) -> No
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_geneval_arguments(geneval, add_setting_arguments, add_model_arguments)
+    dpg = benchmarks.add_parser(
+        "dpg",
+        help="draw DPG-Bench's prompts as the 2x2 grids its scorer reads (resumable, sharded under torchrun)",
+        description=dpg_doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_dpg_arguments(dpg, add_setting_arguments, add_model_arguments)
+    captions = benchmarks.add_parser(
+        "captions",
+        help="draw one image per caption (MSCOCO-30K, MJHQ-30K) for fid and clipscore (resumable, sharded)",
+        description=captions_doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_captions_arguments(captions, add_setting_arguments, add_model_arguments)
     add_fid_arguments(benchmarks.add_parser("fid", help=FID_HELP, description=FID_DESCRIPTION))
     add_clipscore_arguments(benchmarks.add_parser("clipscore", help=CLIPSCORE_HELP, description=CLIPSCORE_DESCRIPTION))
     report = benchmarks.add_parser("report", help=REPORT_HELP, description=REPORT_DESCRIPTION)

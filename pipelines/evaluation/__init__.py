@@ -1,7 +1,12 @@
-"""Evaluation of generated images: benchmark scores by the field's own tools, and model-card reports of them.
+"""Evaluation: benchmark prompt sets drawn into the layouts the field's own scorers read, scores computed by the
+field's tools, and model-card reports of them (docs/evaluation.md).
 
-`image_metrics`: FID between two image folders and CLIPScore of images against their prompts, computed by
-torchmetrics offline from local weights (the `eval` extra); `cli_image_metrics`: their `harmon eval fid` /
-`harmon eval clipscore` arguments and runners. `report` / `cli_report`: `harmon eval report`, measured results merged
-into a model card. Submodules are imported on demand, so importing this package costs nothing.
+- `geneval_layout` / `cli_geneval`: `harmon eval geneval`, GenEval's prompt folders and samples;
+- `dpg_layout` / `cli_dpg`: `harmon eval dpg`, DPG-Bench's 2x2 grids;
+- `caption_files` / `cli_captions`: `harmon eval captions`, one image per caption of MSCOCO-30K, MJHQ-30K and the like;
+- `image_metrics` / `cli_image_metrics`: `harmon eval fid` and `harmon eval clipscore`, computed by torchmetrics
+  offline from local weights (the `eval` extra);
+- `report` / `cli_report`: `harmon eval report`, measured results merged into a copy of a model card.
+
+Submodules are imported on demand, so importing this package costs nothing.
 """
