@@ -247,6 +247,32 @@ def _staging_copy(folder: Path, staging: Path) -> Path:
     return staging
 
 
+def card_for_repo(folder: str | os.PathLike, repo_id: str) -> str | None:
+    """The card `harmon push` publishes for `folder/README.md` when that card still shows the repo placeholder (an
+    exported card does not know its repo yet): rendered again with `repo_id`, so that its snippets name the real
+    repo, with the measured results `harmon eval report` merged into it carried over (values, runs, source URL, the
+    placeholder in that URL replaced). None when the card names its repo already (published as it is).
+    `folder/README.md` is rewritten in the process: give a copy (push gives its staging folder). Raises `ValueError`
+    when the card's measured results cannot be carried over, rather than publish the card without them."""
+    from .evaluation.report import CardError, carry_measured_results
+
+    readme = Path(folder) / "README.md"
+    exported = readme.read_text(encoding="utf-8")
+    if REPO_PLACEHOLDER not in exported:
+        return None
+    write_model_card(folder, repo_id=repo_id)
+    try:
+        return carry_measured_results(
+            exported, readme.read_text(encoding="utf-8"), url_replace=(REPO_PLACEHOLDER, repo_id)
+        )
+    except CardError as error:
+        raise ValueError(
+            f"README.md shows the repo placeholder {REPO_PLACEHOLDER!r}, so `harmon push` renders the card again for "
+            f"{repo_id}, but the measured results in it cannot be carried over ({error}); render the card with its "
+            "repo id (harmon_model_cards.write_model_card) and run `harmon eval report` on that card instead"
+        ) from None
+
+
 def push_hub_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -260,9 +286,9 @@ def push_hub_folder(
 
     Everything is checked before anything is written or sent: the repo id, then the folder's layout. `folder` itself
     is never changed: the upload is made from a temporary copy (hard links), where the card gets the real repo id
-    and a compact folder (the embedded Shapes model, see [`is_compact_folder`]) is completed first
-    ([`complete_hub_folder`]). Any other folder without the full layout is refused, so a half-exported folder is
-    never published. Pickles (`training_args.bin`, optimizer states) and harmon's marker file are not uploaded.
+    ([`card_for_repo`]: a card rendered again keeps the results `harmon eval report` merged in) and a compact
+    folder (the embedded Shapes model, see [`is_compact_folder`]) is completed first ([`complete_hub_folder`]). Any
+    other folder without the full layout is refused, so a half-exported folder is never published. Pickles (`training_args.bin`, optimizer states) and harmon's marker file are not uploaded.
     """
     import tempfile
 
@@ -292,10 +318,9 @@ def push_hub_folder(
         for path in staging.rglob("*"):
             if _ignored(path.name):
                 path.unlink()
-        readme = staging / "README.md"
-        if REPO_PLACEHOLDER in readme.read_text(encoding="utf-8"):
-            # An exported card does not know its repo yet; give its snippets the real id before publishing.
-            write_model_card(staging, repo_id=repo_id)
+        card = card_for_repo(staging, repo_id)
+        if card is not None:
+            (staging / "README.md").write_text(card, encoding="utf-8", newline="")
         if api is None:
             from huggingface_hub import HfApi
 

@@ -1,5 +1,9 @@
 """`harmon eval report RESULTS... --card README.md --output NEW.md`: a copy of a model card with measured results
 merged in (`harmon_pipelines.evaluation.report`); the input card is never edited in place.
+
+    harmon eval report results/geneval.jsonl --card README.md --output NEW.md --source-url URL \
+        --run-model org/harmon-0.5b --run-date 2025-06-01 --run-command "harmon eval geneval ..."
+    harmon eval report results/fid-mjhq.json --dataset mjhq-30k --card NEW.md --output NEWER.md --run-model ...
 """
 
 import os
@@ -9,16 +13,26 @@ from pathlib import Path
 
 REPORT_HELP = "merge measured results files into a copy of a model card"
 REPORT_DESCRIPTION = (
-    "Merge results files (format harmon-eval-results/1, or `harmon eval shapes --json` output) into the model-index "
-    "metadata and a 'Measured results' section of a copy of --card, written to --output. Entries from other sources "
-    "(the paper's numbers) are kept as they are; a benchmark metric reported again replaces the earlier one. The "
-    "schema is documented in harmon_pipelines.evaluation.report."
+    "Merge results files into the model-index metadata and a 'Measured results' section of a copy of --card, "
+    "written to --output. A results file is one of (recognised by its content): format harmon-eval-results/1; "
+    "`harmon eval shapes|fid|clipscore --json` output (fid and clipscore need --dataset); GenEval's results.jsonl "
+    "(scored as its summary_scores.py: overall = mean of the six task accuracies); DPG-Bench's results .txt "
+    "(compute_dpg_bench.py --res-path: the score and its L1 categories). All but the first record no model, date "
+    "or command: give --run-model, --run-date and --run-command. Entries from other sources (the paper's numbers) "
+    "are kept as they are; a benchmark metric reported again replaces the earlier one. The kinds and the names "
+    "they get are documented in harmon_pipelines.evaluation.report."
 )
 
 
 def add_report_arguments(parser) -> None:
     """The arguments of `harmon eval report` on `parser` (an argparse parser or subparser)."""
-    parser.add_argument("results", nargs="+", type=Path, metavar="RESULTS.json", help="results files to merge")
+    parser.add_argument(
+        "results",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS",
+        help="results files to merge (.json, GenEval's .jsonl, DPG-Bench's .txt)",
+    )
     parser.add_argument("--card", type=Path, required=True, metavar="README.md", help="the model card to start from")
     parser.add_argument(
         "--output", type=Path, required=True, metavar="NEW.md", help="where to write the new card (not --card)"
@@ -41,8 +55,17 @@ def add_report_arguments(parser) -> None:
             f"--run-{key}",
             default=None,
             metavar=key.upper(),
-            help=f"the run's {key} ({example}) for results files that do not record it (ShapesEval --json files)",
+            help=f"the run's {key} ({example}) for results files that do not record it (all but "
+            "harmon-eval-results/1 files)",
         )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        metavar="DATASET",
+        help="the benchmark whose prompts the images of `harmon eval fid|clipscore --json` files were drawn for "
+        "(required for those, refused otherwise): mscoco-30k, mjhq-30k (playgroundai/MJHQ-30K), geneval, dpg-bench, "
+        "or a Hub dataset id ORG/NAME; one per call",
+    )
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -73,7 +96,14 @@ def run_report(args) -> None:
     from harmon_pipelines.cli import CommandError
     from modeling_harmon.atomic_files import atomic_path
 
-    from .report import CardError, ResultsFileError, merge_results_into_card, read_results, shared_identifiers
+    from .report import (
+        CardError,
+        ResultsFileError,
+        dataset_identifier,
+        merge_results_into_card,
+        read_results,
+        shared_identifiers,
+    )
 
     card, output = Path(args.card), Path(args.output)
     for path, shown in [(card, "--card"), *((path, "RESULTS") for path in args.results)]:
@@ -88,9 +118,14 @@ def run_report(args) -> None:
             f"--output {str(output)!r} is --card {str(card)!r}: the card is not edited in place; write to another "
             "file and compare"
         )
+    if args.dataset is not None:
+        try:
+            dataset_identifier(args.dataset)
+        except ValueError as error:
+            raise CommandError(f"--dataset: {error}") from None
     provenance = {"model": args.run_model, "command": args.run_command, "date": args.run_date}
     try:
-        results = read_results(args.results, provenance)
+        results = read_results(args.results, provenance, dataset=args.dataset)
         text = merge_results_into_card(
             card.read_text(encoding="utf-8"), results, source_url=args.source_url, model_name=args.model_name
         )
@@ -104,22 +139,9 @@ def run_report(args) -> None:
     with atomic_path(output) as temporary:
         temporary.write_text(text, encoding="utf-8", newline="")
     print(f"wrote {output} ({len(results)} measured result(s) merged)", file=sys.stderr)
-    for note in (demo_card_note(card), _placeholder_note(text), _shared_note(shared_identifiers(text))):
+    for note in (demo_card_note(card), _shared_note(shared_identifiers(text))):
         if note:
             print(note, file=sys.stderr)
-
-
-def _placeholder_note(text: str) -> str | None:
-    """`harmon push` renders a card that still shows the repo placeholder again from the template, which would drop
-    the merged results: say so before anyone copies the output into a folder to push."""
-    from harmon_model_cards import REPO_PLACEHOLDER
-
-    if REPO_PLACEHOLDER not in text:
-        return None
-    return (
-        f"note: the card still shows the placeholder {REPO_PLACEHOLDER!r}; `harmon push` renders such a card again "
-        "and would drop the measured results: render the card with its repo id first, then report"
-    )
 
 
 def _shared_note(benchmarks: list[str]) -> str | None:

@@ -1,6 +1,7 @@
 """Merge measured evaluation results into a model card's `model-index`, apart from the numbers a paper reports.
 
     harmon eval report geneval.json fid.json --card README.md --output README.new.md --source-url URL
+    harmon eval report results.jsonl --card README.md --output README.new.md --run-model M --run-date D --run-command C
 
 A card may already list numbers that were not measured with this code (our cards list the paper's, each with the
 source "Reported in the Harmon paper (Table N)"); those entries are left exactly as they are. Ours are written through
@@ -31,9 +32,48 @@ Results file (JSON, UTF-8), one run of an evaluator:
     }
 
 Identifiers (types, names, config, split, revision, model, command) are non-empty one-line strings; values are finite
-numbers; counts are integers >= 1. Other keys are refused, so a misspelt one is not silently dropped. A ShapesEval file
-written by `harmon eval shapes --json` is read too (its generation categories and VQA accuracy): it records no model,
-command or date, so those come from `provenance`.
+numbers; counts are integers >= 1. Other keys are refused, so a misspelt one is not silently dropped.
+
+The evaluators' own outputs are read too, each recognised by its content (a file of none of these kinds is refused,
+naming it). None of them records the model, the date or the command, so those come from `provenance`
+(`--run-model`, `--run-date`, `--run-command`); what a file records of its settings becomes the run's settings.
+
+- `harmon eval shapes --json` (ShapesEval): its generation categories and its VQA accuracy; the seed and settings.
+- `harmon eval fid --json` and `harmon eval clipscore --json`: one number each. They do not record which benchmark
+  the images were drawn for, so `dataset` (`--dataset`, one for all such files of a call; refused when none is
+  given) names it: one of `KNOWN_DATASETS` (`mscoco-30k`, `mjhq-30k`, `geneval`, `dpg-bench`) or a Hub dataset id
+  `ORG/NAME`. Settings: the file's `settings` plus its `library` versions (and, for FID, `n_reference`).
+- GenEval's `results.jsonl` (its `evaluation/evaluate_images.py`: one JSON record per image with `filename`, `tag`,
+  `prompt`, `correct`, ...), scored as its `evaluation/summary_scores.py` does: a task's accuracy is the mean of
+  `correct` over the images of that tag, and the overall score is the unweighted mean of the task accuracies (not
+  the mean over images, and not averaged per prompt first). All six tags must be there (the overall score of a subset
+  is not GenEval's) and each image once. n: images (per task: that task's images); settings: the number of prompts.
+- DPG-Bench's results `.txt` (ELLA's `dpg_bench/compute_dpg_bench.py --res-path`): one line per scored grid
+  (`PATH, tile scores..., mean`), then `L1 category scores:` / `L2 category scores:` blocks and the last line
+  `DPG-Bench score: S` (0-100: 100 x the mean over grids). Reported: S and the L1 categories (0-100, as printed),
+  with n = the grids scored; the grid lines must average to S (a file appended by two runs does not).
+
+Values computed or read from those outputs are rounded to 4 decimals.
+
+Naming (Hub `model-index` conventions: a metric type is a metric id, a dataset type is the Hub dataset id where one
+exists). Task: `text-to-image` ("Text-to-image generation"), as the paper entries of our cards (ShapesEval VQA:
+`image-text-to-text`).
+
+- FID: dataset `mscoco-30k` (MSCOCO-30K), `playgroundai/MJHQ-30K` (MJHQ-30K), ...; metric `fid` ("FID (lower is
+  better)", as the paper entries);
+- CLIPScore: dataset as FID; metric `clip_score` ("CLIPScore (100 x CLIP cosine)");
+- GenEval: dataset `geneval` (GenEval); metrics `overall`, `single-object`, `two-objects`, `counting`, `colors`,
+  `position`, `color-attribution` ("GenEval overall", "GenEval single object", ...), as the paper entries;
+- DPG-Bench: dataset `dpg-bench` (DPG-Bench); metrics `overall` ("DPG-Bench score (0-100)") and the L1 categories'
+  slugs `entity`, `attribute`, `relation`, `global`, `other` ("DPG-Bench entity", ...);
+- ShapesEval: dataset `shapes-eval` (ShapesEval); metrics as GenEval's, and `accuracy` for its VQA.
+
+MJHQ-30K is on the Hub as `playgroundai/MJHQ-30K`, hence its type; MSCOCO-30K (a 30K subset whose sampling varies
+between papers), GenEval and DPG-Bench have no Hub dataset of their own, so they keep the slugs our cards' paper
+entries use (the paper's MJHQ-30K entries say `mjhq-30k`: the measured one stays a separate row). A benchmark with
+categories reports each as its own metric type, the category's slug, as the paper's GenEval entries do (a
+`model-index` entry has one value per metric type, so six GenEval accuracies cannot all be `accuracy`); the metric
+names say what the numbers are.
 
 Caveat of huggingface_hub (2.4): `ModelCardData` groups eval results by task and dataset identifiers and gives each
 group the source of its first member, so loading such a card with `ModelCard` and saving it again would credit our
@@ -48,7 +88,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from pathlib import Path
+from pathlib import Path, PurePath, PureWindowsPath
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, RepoCard
@@ -71,9 +111,8 @@ _DATASET_KEYS = {"type", "name", "config", "split", "revision"}
 _METRIC_KEYS = {"type", "name", "value", "n"}
 _PROVENANCE_KEYS = ("model", "date", "command")
 
-# ShapesEval's generation categories (training/shapes/evaluation.py) -> metric type and name, as the paper's GenEval.
-_SHAPES_CATEGORIES = {
-    "overall": ("overall", "overall"),
+# GenEval's tags (its prompts' "tag", the tasks of summary_scores.py) -> metric type and name, as the paper's entries.
+_GENEVAL_TAGS = {
     "single_object": ("single-object", "single object"),
     "two_object": ("two-objects", "two objects"),
     "counting": ("counting", "counting"),
@@ -81,6 +120,30 @@ _SHAPES_CATEGORIES = {
     "position": ("position", "position"),
     "color_attr": ("color-attribution", "color attribution"),
 }
+# ShapesEval's generation categories (training/shapes/evaluation.py) -> metric type and name, as the paper's GenEval.
+_SHAPES_CATEGORIES = {"overall": ("overall", "overall"), **_GENEVAL_TAGS}
+
+# `--dataset` of a `harmon eval fid|clipscore --json` file -> (dataset type, dataset name); else a Hub id ORG/NAME.
+KNOWN_DATASETS = {
+    "mscoco-30k": ("mscoco-30k", "MSCOCO-30K"),
+    "mjhq-30k": ("playgroundai/MJHQ-30K", "MJHQ-30K"),
+    "geneval": ("geneval", "GenEval"),
+    "dpg-bench": ("dpg-bench", "DPG-Bench"),
+}
+_TEXT_TO_IMAGE = {"type": "text-to-image", "name": "Text-to-image generation"}
+# What `harmon_pipelines.evaluation.image_metrics` writes as "metric" -> metric type, name, and what the file is.
+_IMAGE_METRICS = {
+    "fid": ("fid", "FID (lower is better)", "`harmon eval fid --json` file"),
+    "clipscore": ("clip_score", "CLIPScore (100 x CLIP cosine)", "`harmon eval clipscore --json` file"),
+}
+_GENEVAL_KEYS = {"filename", "tag", "correct"}  # of every record evaluate_images.py writes (among others)
+_DPG_SCORE = re.compile(r"^DPG-Bench score: (\S+)\s*$", re.MULTILINE)
+# DPG-Bench's L1 categories in the order the paper tables list them (others follow, sorted).
+_DPG_L1_ORDER = ("entity", "attribute", "relation", "global", "other")
+KINDS = (
+    f"{FORMAT} JSON, `harmon eval shapes|fid|clipscore --json` output, GenEval's results.jsonl or DPG-Bench's "
+    "results .txt"
+)
 
 
 class ResultsFileError(ValueError):
@@ -211,7 +274,7 @@ class _Fields:
         return value
 
     def number(self, parent: dict, key: str, where: str) -> float:
-        path = f"{where}.{key}"
+        path = f"{where}.{key}" if where else key
         if key not in parent:
             self.fail(path, "missing (required)")
         value = parent[key]
@@ -330,39 +393,292 @@ def shapes_eval_results(data: dict, model: str, date: str, command: str) -> dict
     }
 
 
-def read_results(paths: Iterable[str | Path], provenance: Mapping[str, str] | None = None) -> list[MeasuredResult]:
-    """The measured numbers of the results files at `paths` (schema in this module's docstring), checked.
+def dataset_identifier(dataset: str) -> tuple[str, str]:
+    """The (dataset type, dataset name) that `dataset` (`--dataset`) names: a key of `KNOWN_DATASETS`, or a Hub
+    dataset id ORG/NAME (named by its NAME, or its known name). Raises `ValueError` for anything else."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    `provenance` ({"model", "date", "command"}) fills those fields where a file lacks them (a ShapesEval file always
-    does); a file's own values win. All files must be of one model, and no benchmark metric may come twice: a card
-    holds one model's numbers, and two values for one metric leave no way to tell which is meant.
+    if dataset in KNOWN_DATASETS:
+        return KNOWN_DATASETS[dataset]
+    known = {kind: name for kind, name in KNOWN_DATASETS.values()}
+    if isinstance(dataset, str) and dataset.count("/") == 1:
+        try:
+            validate_repo_id(dataset)
+            return dataset, known.get(dataset, dataset.split("/")[1])
+        except HFValidationError:
+            pass
+    raise ValueError(f"dataset {dataset!r}: expected one of {', '.join(KNOWN_DATASETS)}, or a Hub dataset id ORG/NAME")
+
+
+def _run(settings: dict, model: str, date: str, command: str, results: list) -> dict:
+    """A results file of the schema: one run."""
+    return {
+        "format": FORMAT,
+        "model": model,
+        "date": date,
+        "command": command,
+        "settings": settings,
+        "results": results,
+    }
+
+
+def _without_local_paths(value):
+    """`value` with every absolute path (a local weights file, this machine's folders) cut to its file name: a card
+    is public, and a path says nothing to its readers (the weights' SHA-256 beside it identifies them)."""
+    if isinstance(value, dict):
+        return {key: _without_local_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_local_paths(item) for item in value]
+    if isinstance(value, str) and (value.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", value)):
+        return PurePath(value).name if "\\" not in value else PureWindowsPath(value).name
+    return value
+
+
+def image_metric_results(data: dict, dataset: str, model: str, date: str, command: str, origin: str = "") -> dict:
+    """A `harmon eval fid --json` or `harmon eval clipscore --json` file in the results schema, for the benchmark
+    `dataset` names ([`dataset_identifier`]); the value rounded to 4 decimals, the file's settings and library
+    versions (and FID's reference count) as the run's settings."""
+    fields = _Fields(origin)
+    metric_type, metric_name, _ = _IMAGE_METRICS[data["metric"]]
+    value, n = fields.number(data, "value", ""), fields.count(data, "n", "")
+    if not isinstance(data["settings"], dict):
+        fields.fail("settings", f"expected a JSON object, got {_kind(data['settings'])}")
+    settings = _without_local_paths(data["settings"])
+    if data.get("n_reference") is not None:
+        settings["n_reference"] = fields.count(data, "n_reference", "")
+    if data.get("library") is not None:
+        if not isinstance(data["library"], dict):
+            fields.fail("library", f"expected a JSON object, got {_kind(data['library'])}")
+        settings["library"] = data["library"]
+    dataset_type, dataset_name = dataset_identifier(dataset)
+    result = {
+        "task": dict(_TEXT_TO_IMAGE),
+        "dataset": {"type": dataset_type, "name": dataset_name},
+        "n": n,
+        "metrics": [{"type": metric_type, "name": metric_name, "value": round(float(value), 4)}],
+    }
+    return _run(settings, model, date, command, [result])
+
+
+def _geneval_records(text: str, origin: str) -> list[dict] | None:
+    """The records of GenEval's results.jsonl in `text`, checked; None when its first line is not such a record."""
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        return None
+    try:
+        first = json.loads(lines[0][1])
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(first, dict) or "format" in first or not _GENEVAL_KEYS <= set(first):
+        return None
+    fields = _Fields(origin)
+    records, seen = [], {}
+    for number, line in lines:
+        where = f"line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            fields.fail(where, f"not valid JSON ({error.msg} at column {error.colno})")
+        if not isinstance(record, dict) or not _GENEVAL_KEYS <= set(record):
+            fields.fail(where, f"not a GenEval record (an object with {', '.join(sorted(_GENEVAL_KEYS))})")
+        if record["tag"] not in _GENEVAL_TAGS:
+            fields.fail(f"{where}.tag", f"expected one of {', '.join(_GENEVAL_TAGS)}, got {json.dumps(record['tag'])}")
+        if not isinstance(record["correct"], bool):
+            fields.fail(f"{where}.correct", f"expected true or false, got {json.dumps(record['correct'])}")
+        filename = record["filename"]
+        if not isinstance(filename, str) or not filename:
+            fields.fail(f"{where}.filename", f"expected a non-empty string, got {json.dumps(filename)}")
+        if filename in seen:
+            fields.fail(
+                f"{where}.filename",
+                f"{json.dumps(filename)} is also scored on line {seen[filename]}; give a file of one scoring run",
+            )
+        seen[filename] = number
+        records.append(record)
+    return records
+
+
+def geneval_results(records: Sequence[dict], model: str, date: str, command: str, origin: str = "") -> dict:
+    """GenEval's per-image records (its results.jsonl) in the results schema, scored as its summary_scores.py scores
+    them: each task (tag) the mean of `correct` over its images, overall the unweighted mean of the six tasks."""
+    by_tag: dict[str, list[bool]] = {tag: [] for tag in _GENEVAL_TAGS}
+    for record in records:
+        by_tag[record["tag"]].append(record["correct"])
+    missing = [tag for tag, correct in by_tag.items() if not correct]
+    if missing:
+        raise ResultsFileError(
+            f"{origin}: tag: no image of {', '.join(missing)}; GenEval's overall score is the mean of all six tasks "
+            f"({', '.join(_GENEVAL_TAGS)}), so score every prompt of evaluation_metadata.jsonl"
+        )
+    accuracy = {tag: sum(correct) / len(correct) for tag, correct in by_tag.items()}
+    metrics = [
+        {"type": "overall", "name": "GenEval overall", "value": round(sum(accuracy.values()) / len(accuracy), 4)}
+    ]
+    for tag, (kind, name) in _GENEVAL_TAGS.items():
+        metrics.append(
+            {"type": kind, "name": f"GenEval {name}", "value": round(accuracy[tag], 4), "n": len(by_tag[tag])}
+        )
+    prompts = {json.dumps(record.get("metadata", record.get("prompt")), sort_keys=True) for record in records}
+    result = {
+        "task": dict(_TEXT_TO_IMAGE),
+        "dataset": {"type": "geneval", "name": "GenEval"},
+        "n": len(records),
+        "metrics": metrics,
+    }
+    return _run({"prompts": len(prompts)}, model, date, command, [result])
+
+
+def dpg_bench_results(text: str, model: str, date: str, command: str, origin: str = "") -> dict:
+    """DPG-Bench's results .txt (`compute_dpg_bench.py --res-path`) in the results schema: its score and its L1
+    category scores (0-100, rounded to 4 decimals), n the grids scored; the grid lines must average to the score."""
+    fields = _Fields(origin)
+    found = list(_DPG_SCORE.finditer(text))
+    if len(found) != 1:
+        fields.fail("DPG-Bench score", f"{len(found)} 'DPG-Bench score:' lines; expected the one of a single run")
+    try:
+        score = float(found[0].group(1))
+    except ValueError:
+        score = math.nan
+    if not math.isfinite(score):
+        fields.fail("DPG-Bench score", f"expected a finite number, got {found[0].group(1)!r}")
+    lines = text[: found[0].start()].splitlines()
+    summary = max((at for at, line in enumerate(lines) if line.startswith("Model: ")), default=None)
+    if summary is None:
+        fields.fail("Model:", "missing: not the results file compute_dpg_bench.py writes (its --res-path)")
+    grids, tiles = [], set()
+    for number, line in enumerate(lines[:summary], 1):
+        if not line.strip():
+            continue
+        values = []
+        for part in reversed(line.split(", ")[1:]):
+            try:
+                values.append(float(part))
+            except ValueError:
+                break
+        if len(values) < 2:
+            fields.fail(f"line {number}", f"expected a scored grid 'PATH, tile scores..., mean', got {line[:80]!r}")
+        grids.append(values[0])
+        tiles.add(len(values) - 1)
+    if not grids:
+        fields.fail("the file", "no scored grid lines before 'Model:'; give the file compute_dpg_bench.py wrote")
+    if len(tiles) != 1:
+        fields.fail("the file", f"grid lines with different numbers of tile scores {sorted(tiles)}")
+    mean = 100 * math.fsum(grids) / len(grids)
+    if not math.isclose(mean, score, rel_tol=1e-6, abs_tol=1e-6):
+        fields.fail(
+            "DPG-Bench score",
+            f"{score} is not the mean of its {len(grids)} grid lines ({mean:.6f}); give the file of a single run",
+        )
+    categories = {}
+    heading = next((at for at in range(summary, len(lines)) if lines[at].strip() == "L1 category scores:"), None)
+    for at in range(heading + 1, len(lines)) if heading is not None else []:
+        if not lines[at].startswith("\t"):
+            break
+        name, _, value = lines[at].strip().rpartition(": ")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not name or not math.isfinite(number):
+            fields.fail(f"line {at + 1}", f"expected an L1 category score 'NAME: VALUE', got {lines[at].strip()!r}")
+        categories[name] = number
+    order = {name: at for at, name in enumerate(_DPG_L1_ORDER)}
+    metrics = [{"type": "overall", "name": "DPG-Bench score (0-100)", "value": round(score, 4)}]
+    for name in sorted(categories, key=lambda name: (order.get(name, len(order)), name)):
+        kind = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+        metrics.append({"type": kind, "name": f"DPG-Bench {name}", "value": round(categories[name], 4)})
+    result = {
+        "task": dict(_TEXT_TO_IMAGE),
+        "dataset": {"type": "dpg-bench", "name": "DPG-Bench"},
+        "n": len(grids),
+        "metrics": metrics,
+    }
+    return _run({"images_per_prompt": tiles.pop()}, model, date, command, [result])
+
+
+def _provenance(origin: str, what: str, provenance: Mapping[str, str]) -> dict:
+    missing = [key for key in _PROVENANCE_KEYS if key not in provenance]
+    if missing:
+        raise ResultsFileError(
+            f"{origin}: {missing[0]}: missing ({what} does not record {', '.join(missing)}; "
+            f"give {' and '.join('--run-' + key for key in missing)})"
+        )
+    return {key: provenance[key] for key in _PROVENANCE_KEYS}
+
+
+def _document(text: str, origin: str, provenance: Mapping[str, str], dataset: str | None) -> tuple[str, object]:
+    """The kind of the results file `text` and its content in the results schema (a file of this schema is
+    returned as it is, for `_parse_results` to check)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        records = _geneval_records(text, origin)
+        if records is not None:
+            run = _provenance(origin, "GenEval's results.jsonl", provenance)
+            return "geneval", geneval_results(records, **run, origin=origin)
+        if _DPG_SCORE.search(text):
+            run = _provenance(origin, "a DPG-Bench results file", provenance)
+            return "dpg-bench", dpg_bench_results(text, **run, origin=origin)
+        raise ResultsFileError(
+            f"{origin}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}), nor another kind "
+            f"of results file ({KINDS})"
+        ) from None
+    if not isinstance(data, dict):
+        return FORMAT, data  # refused by `_parse_results`, naming what it is
+    if "format" in data:
+        return FORMAT, {**provenance, **data}
+    if is_shapes_eval(data):
+        return "shapes", shapes_eval_results(data, **_provenance(origin, "a ShapesEval file", provenance))
+    if data.get("metric") in _IMAGE_METRICS and "settings" in data:
+        what = f"a {_IMAGE_METRICS[data['metric']][2]}"
+        run = _provenance(origin, what, provenance)
+        if dataset is None:
+            raise ResultsFileError(
+                f"{origin}: dataset: missing ({what} does not record the benchmark its images were drawn for; give "
+                f"--dataset: {', '.join(KNOWN_DATASETS)}, or a Hub dataset id ORG/NAME)"
+            )
+        return data["metric"], image_metric_results(data, dataset, **run, origin=origin)
+    if _GENEVAL_KEYS <= set(data):
+        run = _provenance(origin, "GenEval's results.jsonl", provenance)
+        return "geneval", geneval_results(_geneval_records(text, origin), **run, origin=origin)
+    raise ResultsFileError(
+        f'{origin}: a JSON object without "format" that is no other kind of results file either ({KINDS})'
+    )
+
+
+def read_results(
+    paths: Iterable[str | Path], provenance: Mapping[str, str] | None = None, dataset: str | None = None
+) -> list[MeasuredResult]:
+    """The measured numbers of the results files at `paths` (the kinds in this module's docstring), checked.
+
+    `provenance` ({"model", "date", "command"}) fills those fields where a file lacks them (the evaluators' own
+    outputs always do); a file's own values win. `dataset` ([`dataset_identifier`]) names the benchmark of the
+    `harmon eval fid|clipscore --json` files, and only theirs: it is refused when none is among `paths`. All files
+    must be of one model, and no benchmark metric may come twice: a card holds one model's numbers, and two values for
+    one metric leave no way to tell which is meant.
     """
     provenance = {key: value for key, value in (provenance or {}).items() if value is not None}
     unknown = sorted(set(provenance) - set(_PROVENANCE_KEYS))
     if unknown:
         raise ValueError(f"provenance keys {unknown} are not among {list(_PROVENANCE_KEYS)}")
+    if dataset is not None:
+        dataset_identifier(dataset)
     measured: list[MeasuredResult] = []
+    kinds = set()
     for path in paths:
         origin = str(path)
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ResultsFileError(
-                f"{origin}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
-            ) from None
+            text = Path(path).read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise ResultsFileError(f"{origin}: not UTF-8 text") from None
-        if is_shapes_eval(data):
-            missing = [key for key in _PROVENANCE_KEYS if key not in provenance]
-            if missing:
-                raise ResultsFileError(
-                    f"{origin}: {missing[0]}: missing (a ShapesEval file does not record {', '.join(missing)}; "
-                    f"give {' and '.join('--run-' + key for key in missing)})"
-                )
-            data = shapes_eval_results(data, **provenance)
-        elif isinstance(data, dict):
-            data = {**provenance, **data}
+        kind, data = _document(text, origin, provenance, dataset)
+        kinds.add(kind)
         measured += _parse_results(data, origin)
+    if dataset is not None and not kinds & set(_IMAGE_METRICS):
+        raise ResultsFileError(
+            f"a dataset ({dataset!r}, --dataset) is given, but no results file is `harmon eval fid|clipscore --json` "
+            "output, the kinds it is for (the others name their benchmark themselves)"
+        )
     models = {}
     for result in measured:
         models.setdefault(result.run.model, result.origin)
@@ -554,6 +870,29 @@ def _insert_at(text: str) -> int:
     return len(text)
 
 
+def _results_of_entries(name, entries: list) -> list[MeasuredResult]:
+    """Measured `model-index` entries as results without a run (what the card's data block does not record)."""
+    if not entries:
+        return []
+    _, items = model_index_to_eval_results([{"name": name, "results": entries}])
+    return [
+        MeasuredResult(
+            task_type=item.task_type,
+            task_name=item.task_name,
+            dataset_type=item.dataset_type,
+            dataset_name=item.dataset_name,
+            dataset_config=item.dataset_config,
+            dataset_split=item.dataset_split,
+            dataset_revision=item.dataset_revision,
+            metric_type=item.metric_type,
+            metric_name=item.metric_name,
+            value=item.metric_value,
+            origin="the card",
+        )
+        for item in items
+    ]
+
+
 def merge_results_into_card(
     card_text: str,
     results: Sequence[MeasuredResult],
@@ -613,23 +952,8 @@ def merge_results_into_card(
 
     # Ours: what the card's data block records, then metadata entries it does not (kept, run unknown), then the new.
     merged: dict[tuple, MeasuredResult] = {result.key: result for result in stored}
-    if existing_ours:
-        _, from_index = model_index_to_eval_results([{"name": target.get("name"), "results": existing_ours}])
-        for item in from_index:
-            result = MeasuredResult(
-                task_type=item.task_type,
-                task_name=item.task_name,
-                dataset_type=item.dataset_type,
-                dataset_name=item.dataset_name,
-                dataset_config=item.dataset_config,
-                dataset_split=item.dataset_split,
-                dataset_revision=item.dataset_revision,
-                metric_type=item.metric_type,
-                metric_name=item.metric_name,
-                value=item.metric_value,
-                origin="the card",
-            )
-            merged.setdefault(result.key, result)
+    for result in _results_of_entries(target.get("name"), existing_ours):
+        merged.setdefault(result.key, result)
     for result in results:
         merged[result.key] = result  # in place when re-reported, appended when new
     ours = list(merged.values())
@@ -649,3 +973,59 @@ def merge_results_into_card(
         text = before + newline * 2 + section + newline + (newline + after if after else "")
     card.text = text
     return str(card)
+
+
+def carry_measured_results(
+    old_card_text: str, new_card_text: str, *, url_replace: tuple[str, str] | None = None
+) -> str:
+    """`new_card_text` with the measured results of `old_card_text` merged in as they were (values, runs, source
+    URL): for a card rendered again from its template, as `harmon push` renders a card that still shows the repo
+    placeholder. The new card's own entries (the paper's numbers) are kept; `url_replace` (old, new) is applied to the
+    source URL (the placeholder, say). `new_card_text` comes back unchanged when `old_card_text` holds no measured
+    results; a measured section that cannot be read raises `CardError`, so that nothing is dropped silently.
+
+    The model-index name is the new card's; when the new card has no model-index, the one the old card's measured
+    results were under.
+    """
+    old = _split_card(old_card_text)
+    _, stored = _stored_records(old.text)
+    index = old.data.get("model-index") or []
+    if not isinstance(index, list):
+        raise CardError("the card's model-index is not a list")
+    holders = [
+        element
+        for element in index
+        if isinstance(element, dict) and any(_is_ours(entry) for entry in element.get("results") or [])
+    ]
+    if not stored and not holders:
+        return new_card_text
+    if not holders:
+        raise CardError(
+            "the card has a measured-results section but no measured entries in its model-index; run "
+            "`harmon eval report` on it again"
+        )
+    if len(holders) > 1:
+        raise CardError(
+            "the card's measured results are not under one model-index name (under "
+            f"{[element.get('name') for element in holders]}); merge them by hand first"
+        )
+    entries = [entry for entry in holders[0]["results"] if _is_ours(entry)]
+    results = {result.key: result for result in stored}
+    for result in _results_of_entries(holders[0].get("name"), entries):
+        results.setdefault(result.key, result)
+    urls = {(entry.get("source") or {}).get("url") for entry in entries}
+    if len(urls) != 1 or None in urls:
+        raise CardError(
+            "the card's measured results do not name one source URL in its model-index; run `harmon eval report` "
+            "on it again with --source-url"
+        )
+    source_url = urls.pop()
+    if url_replace is not None:
+        source_url = source_url.replace(*url_replace)
+    has_index = bool(_split_card(new_card_text).data.get("model-index"))
+    return merge_results_into_card(
+        new_card_text,
+        list(results.values()),
+        source_url=source_url,
+        model_name=None if has_index else holders[0].get("name"),
+    )
