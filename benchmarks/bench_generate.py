@@ -11,8 +11,15 @@ configuration (optimised, baseline, each ablation, compiled head) runs in its ow
 peak memory and timings belong to that configuration alone. Each run is preceded by an untimed warm-up
 (one iteration, one head step, no VAE decode).
 
+The inpaint cell (`--inpaint`) is the optimised text-to-image run of the same size and settings started from a fixed
+synthetic init image with the right half of its token columns masked, at the model's default iteration scaling
+(`num_iter` is not passed: the full-image count, `--num-iter`, is scaled by the share of tokens drawn). Its time is
+the whole call, VAE encode of the init image included; it is reported against the text-to-image run's time and
+against the share drawn, to check that inpainting costs about that share (plus the encode).
+
     OMP_NUM_THREADS=1 python benchmarks/bench_generate.py --preset 0.5b --size 256 --num-iter 64 --batch 1 \
-        --dtype bf16 --threads 1 --json runs/bench/generate_0.5b.json [--ablate] [--compile] [--no-baseline]
+        --dtype bf16 --threads 1 --json runs/bench/generate_0.5b.json [--ablate] [--compile] [--no-baseline] \
+        [--inpaint]
 
 Smoke run: `--preset tiny --size 32 --num-iter 4 --head-steps 2`, or a big preset with `--num-iter 1 --head-steps 2`.
 """
@@ -24,6 +31,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -51,6 +59,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from modeling_harmon import HarmonSamplingSpeedups  # noqa: E402
 from modeling_harmon.atomic_files import write_json  # noqa: E402
+from modeling_harmon.modeling_harmon_canvas import redraw_tokens  # noqa: E402
 from modeling_harmon.modeling_harmon_onednn import onednn_linears  # noqa: E402
 
 
@@ -81,6 +90,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ablate", action="store_true", help="also one run per shortcut turned off alone")
     parser.add_argument("--compile", action="store_true", help="also a run with torch.compile'd diffusion head")
     parser.add_argument(
+        "--inpaint",
+        action="store_true",
+        help="also the inpaint cell: a fixed init image with the right half of its tokens redrawn, default "
+        "iteration scaling, timed with its VAE encode, reported against the text-to-image run",
+    )
+    parser.add_argument(
         "--in-process",
         action="store_true",
         help="run every configuration in this process (peak memory is then the process's peak over all "
@@ -98,7 +113,13 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     for problem in (size_problem(args.size, config), device_problem(args.device)):
         if problem is not None:
             parser.error(problem)
-    seq_len = (args.size // token_stride(config)) ** 2
+    cols = args.size // token_stride(config)
+    seq_len = cols**2
+    if args.inpaint and cols % 2:
+        parser.error(
+            f"--inpaint redraws the right half of the token columns, so it needs an even number of them; "
+            f"--size {args.size} gives {cols}."
+        )
     if not 1 <= args.num_iter <= seq_len:
         parser.error(
             f"--num-iter must be in [1, {seq_len}] (image tokens at --size {args.size}), got {args.num_iter}."
@@ -157,14 +178,80 @@ def generate(model, prompts: dict, args: argparse.Namespace, num_iter: int, head
     )
 
 
-def timed_generation(model, prompts: dict, args: argparse.Namespace) -> dict:
-    """Wall time of one full `generate_images` call, and of each stage in it."""
+def inpaint_canvas(size: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(init image (3, size, size), mask (1, size, size)), both in [0, 1]: a fixed smooth synthetic picture (no file,
+    no checkpoint needed) and a mask white over the right half of the token columns, on a token boundary so that
+    exactly half the tokens are redrawn."""
+    y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    image = torch.stack([x, y, 0.5 + 0.5 * torch.sin(8 * math.pi * (x + y))])
+    mask = torch.zeros(1, size, size)
+    mask[..., size // stride // 2 * stride :] = 1.0
+    return image, mask
+
+
+def canvas_facts(canvas: tuple[torch.Tensor, torch.Tensor], size: int, stride: int) -> dict:
+    """Tokens redrawn by the canvas's mask, by the model's own rule (`redraw_tokens`), of all the image's tokens."""
+    redraw = redraw_tokens(canvas[1], size, size, stride)
+    drawn, tokens = int(redraw.sum()), redraw[0].numel()
+    return {"tokens": tokens, "tokens_drawn": drawn, "share_drawn": drawn / tokens}
+
+
+def full_image_iterations(model, num_iter: int) -> None:
+    """Make `num_iter` the model's stored default, so that an inpaint call without `num_iter` scales this run's
+    full-image count (the text-to-image run's) by the share drawn, as it would scale a checkpoint's default."""
+    stored = dict(getattr(model.generation_config, "image_generation", None) or {})
+    model.generation_config.image_generation = {**stored, "num_iter": num_iter}
+
+
+def inpaint(
+    model,
+    prompts: dict,
+    args: argparse.Namespace,
+    canvas,
+    head_steps: int,
+    num_iter: int | None = None,
+    decode: bool = True,
+    callback=None,
+):
+    """One inpainting `generate_images` call at the run's size and guidance; `num_iter=None` leaves the iterations
+    to the model's scaling by the share drawn."""
+    generators = [torch.Generator().manual_seed(SEED + index) for index in range(args.batch)]
+    iterations = {} if num_iter is None else {"num_iter": num_iter}
+    return model.generate_images(
+        **prompts,
+        init_image=canvas[0],
+        mask_image=canvas[1],
+        height=args.size,
+        width=args.size,
+        guidance_scale=args.cfg,
+        num_sampling_steps=head_steps,
+        generator=generators,
+        decode=decode,
+        callback=callback,
+        **iterations,
+    )
+
+
+def timed_generation(model, prompts: dict, args: argparse.Namespace, canvas=None) -> dict:
+    """Wall time of one full `generate_images` call, and of each stage in it. With an inpaint `canvas`, the call
+    starts from it (its VAE encode timed as `vae_encode`) and `iterations` counts the MAR iterations it ran."""
     clock = wall_clock(args.device)
-    with stage_meter(stage_targets(model), clock) as totals:
-        start = clock()
-        generate(model, prompts, args, args.num_iter, args.head_steps)
-        total = clock() - start
-    return {"total_s": total, "per_image_s": total / args.batch, "stages": stages_with_other(totals, total)}
+    targets = stage_targets(model)
+    steps: list[int] = []
+    if canvas is not None:
+        targets["vae_encode"] = [(model.model, "encode_images")]
+    with stage_meter(targets, clock) as totals:
+        start, cpu_start = clock(), time.process_time()
+        if canvas is None:
+            generate(model, prompts, args, args.num_iter, args.head_steps)
+        else:
+            inpaint(model, prompts, args, canvas, args.head_steps, callback=lambda step, *_: steps.append(step))
+        total, cpu = clock() - start, time.process_time() - cpu_start
+    result = {"total_s": total, "per_image_s": total / args.batch, "stages": stages_with_other(totals, total)}
+    result["cpu_s"] = cpu  # this process's CPU time: unlike wall time, not stretched by other jobs taking the cores
+    if canvas is not None:
+        result["iterations"] = len(steps)
+    return result
 
 
 def compile_diffusion_head(model) -> None:
@@ -175,32 +262,43 @@ def compile_diffusion_head(model) -> None:
 
 
 def measure_configuration(args: argparse.Namespace, spec: dict) -> dict:
-    """Build the model, apply `spec` (shortcuts, compile), warm up, then time `--repeats` runs; the run with the
-    median total is reported, with this process's peak memory.
+    """Build the model, apply `spec` (shortcuts, compile, inpaint), warm up, then time `--repeats` runs; the run
+    with the median total is reported, with this process's peak memory and the median CPU time (`cpu_s`).
 
-    The warm-up is one iteration with one head step and no VAE decode; with a compiled head it is a full run
-    instead (so that every shape the timed runs meet is compiled), and `compile_s` is how much longer it took than
-    the reported run. A failed compile is reported, not raised.
+    The warm-up is one iteration with one head step and no VAE decode (for the inpaint cell, from its canvas, so
+    that the VAE encoder is warm too); with a compiled head it is a full run instead (so that every shape the timed
+    runs meet is compiled), and `compile_s` is how much longer it took than the reported run. A failed compile is
+    reported, not raised.
     """
     torch.set_num_threads(args.threads)
     model = build_model(args.preset, args.dtype, args.device)
     model.sampling_speedups = HarmonSamplingSpeedups(**spec["speedups"])
     prompts = synthetic_prompts(model.config, args.batch, args.device)
     compiled = bool(spec.get("compile"))
+    canvas = inpaint_canvas(args.size, token_stride(model.config)) if spec.get("inpaint") else None
+    if canvas is not None:
+        full_image_iterations(model, args.num_iter)
     try:
         if compiled:
             compile_diffusion_head(model)
             first_s = timed_generation(model, prompts, args)["total_s"]
+        elif canvas is not None:  # warms the VAE encoder too
+            inpaint(model, prompts, args, canvas, head_steps=1, num_iter=1, decode=False)
         else:
             generate(model, prompts, args, num_iter=1, head_steps=1, decode=False)
         runs = sorted(
-            (timed_generation(model, prompts, args) for _ in range(args.repeats)), key=lambda r: r["total_s"]
+            (timed_generation(model, prompts, args, canvas) for _ in range(args.repeats)),
+            key=lambda r: r["total_s"],
         )
     except Exception as error:
         if not compiled:
             raise
         return {"error": f"{type(error).__name__}: {error}"}
-    result = {**runs[len(runs) // 2], **peak_memory(args.device)}
+    result = {**runs[len(runs) // 2], **peak_memory(args.device), "repeat_total_s": [r["total_s"] for r in runs]}
+    result["repeat_cpu_s"] = [r["cpu_s"] for r in runs]
+    result["cpu_s"] = median(result["repeat_cpu_s"])
+    if canvas is not None:
+        result.update(canvas_facts(canvas, args.size, token_stride(model.config)))
     if compiled:
         result["compile_s"] = first_s - result["total_s"]
     return result
@@ -322,6 +420,8 @@ def configurations(args: argparse.Namespace) -> dict[str, dict]:
             specs[f"without_{field}"] = {"speedups": {**everything, field: False}}
     if args.compile:
         specs["compiled"] = {"speedups": everything, "compile": True}
+    if args.inpaint:
+        specs["inpaint"] = {"speedups": everything, "inpaint": True}
     return specs
 
 
@@ -357,6 +457,62 @@ def format_table(name: str, result: dict) -> str:
     return "\n".join(lines)
 
 
+def inpaint_comparison(inpaint_result: dict, t2i: dict) -> dict:
+    """The inpaint cell against the text-to-image run: `ratio` of their times (`cpu_ratio` of their CPU times, the
+    one to read on a shared machine, where other jobs stretch wall times unevenly between the two processes), and
+    `expected_ratio`, the share drawn plus the VAE encode's share of the text-to-image time (the stages that run per
+    iteration or per drawn token shrink with the share; the VAE decode does not, so `expected_ratio_fixed_decode`
+    keeps it whole)."""
+    t2i_s, share = t2i["total_s"], inpaint_result["share_drawn"]
+    encode = inpaint_result["stages"]["vae_encode"] / t2i_s
+    decode = t2i["stages"]["vae"] / t2i_s
+    return {
+        **inpaint_result,
+        "t2i_s": t2i_s,
+        "ratio": inpaint_result["total_s"] / t2i_s,
+        "t2i_cpu_s": t2i["cpu_s"],
+        "cpu_ratio": inpaint_result["cpu_s"] / t2i["cpu_s"],
+        "expected_ratio": share + encode,
+        "expected_ratio_fixed_decode": share * (1 - decode) + decode + encode,
+    }
+
+
+def format_inpaint(args: argparse.Namespace, inpaint_result: dict) -> str:
+    """One row each for the text-to-image run and the inpaint cell: seconds, ratio, share drawn, iterations, VAE
+    encode and the expected ratio."""
+    if "error" in inpaint_result:
+        return f"inpaint: failed: {inpaint_result['error']}"
+    heading = (
+        f"inpaint (right half of the token columns redrawn, default iteration scaling; median of {args.repeats} "
+        "run(s) each)"
+    )
+    columns = f"{'seconds':>10}{'ratio':>8}{'CPU s':>10}{'CPU ratio':>11}{'drawn':>8}{'iterations':>12}"
+    columns += f"{'VAE enc s':>11}{'expected':>10}"
+    t2i_row = (
+        f"  {'t2i':<9}{inpaint_result['t2i_s']:>10.3f}{1:>8.3f}{inpaint_result['t2i_cpu_s']:>10.3f}{1:>11.3f}"
+        f"{1:>8.3f}{args.num_iter:>12}{'-':>11}{'-':>10}"
+    )
+    row = (
+        f"  {'inpaint':<9}{inpaint_result['total_s']:>10.3f}{inpaint_result['ratio']:>8.3f}"
+        f"{inpaint_result['cpu_s']:>10.3f}{inpaint_result['cpu_ratio']:>11.3f}"
+        f"{inpaint_result['share_drawn']:>8.3f}{inpaint_result['iterations']:>12}"
+        f"{inpaint_result['stages']['vae_encode']:>11.3f}{inpaint_result['expected_ratio']:>10.3f}"
+    )
+    stages = ", ".join(f"{stage} {seconds:.3f}" for stage, seconds in inpaint_result["stages"].items())
+    return "\n".join(
+        [
+            heading,
+            f"  {'cell':<9}{columns}",
+            t2i_row,
+            row,
+            f"  inpaint stages (s): {stages}",
+            f"  seconds: wall, the median run; CPU s: median CPU time of this process. expected = share drawn + "
+            f"VAE encode / t2i; with the VAE decode kept whole: "
+            f"{inpaint_result['expected_ratio_fixed_decode']:.3f}",
+        ]
+    )
+
+
 def build_report(args: argparse.Namespace, ceiling: dict, results: dict[str, dict]) -> dict:
     """The JSON report: the optimised run at the top level, the others under baseline / ablations / compiled."""
     optimised = results["optimised"]
@@ -366,6 +522,9 @@ def build_report(args: argparse.Namespace, ceiling: dict, results: dict[str, dic
         if f"without_{field}" in results:
             ablated = results[f"without_{field}"]
             ablations[field] = {**ablated, "slowdown": ablated["total_s"] / optimised["total_s"]}
+    inpaint_result = results.get("inpaint")
+    if inpaint_result is not None and "error" not in inpaint_result:
+        inpaint_result = inpaint_comparison(inpaint_result, optimised)
     return {
         "preset": args.preset,
         "size": args.size,
@@ -384,6 +543,7 @@ def build_report(args: argparse.Namespace, ceiling: dict, results: dict[str, dic
         "speedup": baseline["total_s"] / optimised["total_s"] if baseline else None,
         "ablations": ablations,
         "compiled": results.get("compiled"),
+        "inpaint": inpaint_result,
         **environment(args.device),
     }
 
@@ -408,7 +568,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     results = {}
     for name, spec in configurations(args).items():
         measured = measure(args, spec)
-        results[name] = measured if "error" in measured else with_analytic(measured, spec, shape, config, ceiling)
+        # The analytic model is of full-image drawing; the inpaint cell is read against the measured t2i run instead.
+        plain = "error" in measured or spec.get("inpaint")
+        results[name] = measured if plain else with_analytic(measured, spec, shape, config, ceiling)
     report = build_report(args, ceiling, results)
     print(
         f"{args.preset} {args.size}px, {args.num_iter} iterations x {args.head_steps} head steps, "
@@ -425,6 +587,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     for field, result in report["ablations"].items():
         stages = ", ".join(f"{stage} {seconds:.3f}" for stage, seconds in result["stages"].items())
         print(f"without {field}: {result['total_s']:.3f} s (x{result['slowdown']:.2f} of optimised; {stages})")
+    if report["inpaint"] is not None:
+        print(format_inpaint(args, report["inpaint"]))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json(report, args.json)

@@ -11,6 +11,9 @@ B="$PY benchmarks/bench_generate.py --preset 0.5b-shaped-4l --size 256 --num-ite
 (
   $B --dtype fp32 --batch 1 --json $O/g_fp32_b1.json > $O/g_fp32_b1.log 2>&1
   $B --dtype fp32 --batch 4 --json $O/g_fp32_b4.json > $O/g_fp32_b4.log 2>&1
+  # inpaint (right half redrawn) against text-to-image in one run
+  $B --dtype fp32 --batch 1 --repeats 2 --no-baseline --inpaint --json $O/g_fp32_b1_inpaint.json \
+      > $O/g_fp32_b1_inpaint.log 2>&1
 ) &
 (
   $B --dtype bf16 --batch 1 --ablate --json $O/g_bf16_b1.json > $O/g_bf16_b1.log 2>&1

@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks import analytic, bench_generate, bench_understand
 from benchmarks.common import build_model, stage_meter
 from modeling_harmon import HarmonSamplingSpeedups, modeling_harmon_diffusion
+from modeling_harmon.modeling_harmon_canvas import scaled_iterations
 from modeling_harmon.modeling_harmon_onednn import onednn_linear_available
 
 
@@ -217,6 +218,35 @@ def test_generate_report(tmp_path, monkeypatch):
     # the baseline does strictly more work: both CFG halves through the encoder and the VAE
     assert report["baseline"]["analytic"]["vae"]["gflop"] == pytest.approx(2 * report["analytic"]["vae"]["gflop"])
     assert report["compiled"] is None
+
+
+def test_generate_inpaint_cell(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_generate, "MATMUL_SIZE", 128)
+    monkeypatch.setattr(bench_generate, "COPY_BYTES", 4 * 1024**2)
+    path = tmp_path / "generate.json"
+    argv = ["--preset", "tiny", "--size", "32", "--num-iter", "4", "--head-steps", "2", "--no-baseline"]
+    bench_generate.main([*argv, "--inpaint", "--in-process", "--json", str(path)])
+    report = json.loads(path.read_text())
+    cell = report["inpaint"]
+    assert (cell["tokens"], cell["tokens_drawn"], cell["share_drawn"]) == ((32 // 4) ** 2, 32, 0.5)
+    # no num_iter passed: the model scales the run's full-image count (4) by the share drawn
+    assert cell["iterations"] == scaled_iterations(4, 32, 64) == 2
+    assert set(cell["stages"]) == {*STAGE_NAMES, "vae_encode"} and cell["stages"]["vae_encode"] > 0
+    assert math.isclose(sum(cell["stages"].values()), cell["total_s"], rel_tol=1e-9)
+    assert cell["t2i_s"] == report["total_s"]
+    assert cell["ratio"] == pytest.approx(cell["total_s"] / report["total_s"])
+    assert cell["cpu_ratio"] == pytest.approx(cell["cpu_s"] / report["cpu_s"]) and cell["cpu_s"] > 0
+    assert cell["expected_ratio"] == pytest.approx(0.5 + cell["stages"]["vae_encode"] / report["total_s"])
+    assert len(cell["repeat_total_s"]) == report["repeats"] == 1
+    assert "analytic" not in cell and report["baseline"] is None
+
+
+def test_inpaint_cell_redraws_exactly_half_or_refuses():
+    image, mask = bench_generate.inpaint_canvas(256, 16)  # the anchor's grid
+    assert image.shape == (3, 256, 256) and 0 <= float(image.min()) and float(image.max()) <= 1
+    assert bench_generate.canvas_facts((image, mask), 256, 16)["share_drawn"] == 0.5
+    with pytest.raises(SystemExit):  # 48 px at stride 16: 3 token columns, no exact half
+        bench_generate.parse_args(["--preset", "0.5b-shaped-4l", "--size", "48", "--num-iter", "4", "--inpaint"])
 
 
 def test_understand_report(tmp_path):
