@@ -94,12 +94,7 @@ def add_eval_command(commands, add_setting_arguments, add_model_arguments) -> No
     add_model_arguments(shapes)
     shapes.set_defaults(run=run_shapes_eval)
 
-    from .evaluation.cli_captions import __doc__ as captions_doc
-    from .evaluation.cli_captions import add_captions_arguments
-    from .evaluation.cli_dpg import __doc__ as dpg_doc
-    from .evaluation.cli_dpg import add_dpg_arguments
-    from .evaluation.cli_geneval import __doc__ as geneval_doc
-    from .evaluation.cli_geneval import add_geneval_arguments
+    from .evaluation import cli_captions, cli_dpg, cli_geneval
     from .evaluation.cli_image_metrics import (
         CLIPSCORE_DESCRIPTION,
         CLIPSCORE_HELP,
@@ -110,27 +105,30 @@ def add_eval_command(commands, add_setting_arguments, add_model_arguments) -> No
     )
     from .evaluation.cli_report import REPORT_DESCRIPTION, REPORT_HELP, add_report_arguments, run_report
 
-    geneval = benchmarks.add_parser(
-        "geneval",
-        help="draw GenEval's prompts into the layout its scorer reads (resumable, sharded under torchrun)",
-        description=geneval_doc,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_geneval_arguments(geneval, add_setting_arguments, add_model_arguments)
-    dpg = benchmarks.add_parser(
-        "dpg",
-        help="draw DPG-Bench's prompts as the 2x2 grids its scorer reads (resumable, sharded under torchrun)",
-        description=dpg_doc,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_dpg_arguments(dpg, add_setting_arguments, add_model_arguments)
-    captions = benchmarks.add_parser(
-        "captions",
-        help="draw one image per caption (MSCOCO-30K, MJHQ-30K) for fid and clipscore (resumable, sharded)",
-        description=captions_doc,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_captions_arguments(captions, add_setting_arguments, add_model_arguments)
+    for name, module, add_arguments, summary in (
+        (
+            "geneval",
+            cli_geneval,
+            cli_geneval.add_geneval_arguments,
+            "draw GenEval's prompts into the layout its scorer reads (resumable, sharded under torchrun)",
+        ),
+        (
+            "dpg",
+            cli_dpg,
+            cli_dpg.add_dpg_arguments,
+            "draw DPG-Bench's prompts as the 2x2 grids its scorer reads (resumable, sharded under torchrun)",
+        ),
+        (
+            "captions",
+            cli_captions,
+            cli_captions.add_captions_arguments,
+            "draw one image per caption (MSCOCO-30K, MJHQ-30K) for fid and clipscore (resumable, sharded)",
+        ),
+    ):
+        drawing = benchmarks.add_parser(
+            name, help=summary, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        add_arguments(drawing, add_setting_arguments, add_model_arguments)
     add_fid_arguments(benchmarks.add_parser("fid", help=FID_HELP, description=FID_DESCRIPTION))
     add_clipscore_arguments(benchmarks.add_parser("clipscore", help=CLIPSCORE_HELP, description=CLIPSCORE_DESCRIPTION))
     report = benchmarks.add_parser("report", help=REPORT_HELP, description=REPORT_DESCRIPTION)

@@ -35,7 +35,8 @@ MAX_CAPTION_IMAGES = 100_000
 
 def add_captions_arguments(parser, add_setting_arguments, add_model_arguments) -> None:
     """The arguments of `harmon eval captions` on `parser`, and its `run`."""
-    from ..cli import GENERATE_FIELDS, MAX_SIDE, _positive_int_argument, _seed_argument
+    from ..cli import _positive_int_argument
+    from .benchmark_drawing import add_drawing_arguments
 
     parser.add_argument(
         "--captions",
@@ -48,44 +49,29 @@ def add_captions_arguments(parser, add_setting_arguments, add_model_arguments) -
     parser.add_argument(
         "--outdir", type=Path, required=True, metavar="DIR", help="the folder of images FID and CLIPScore read"
     )
-    parser.add_argument(
-        "-n",
-        "--num-images",
-        type=_positive_int_argument,
-        default=1,
-        metavar="N",
-        help="images per caption (default 1)",
+
+    def add_limit(parser) -> None:
+        parser.add_argument(
+            "--limit",
+            type=_positive_int_argument,
+            metavar="N",
+            help="only the first N captions (file order; COCO: image id order)",
+        )
+
+    add_drawing_arguments(
+        parser,
+        add_setting_arguments,
+        add_model_arguments,
+        num_images=1,
+        num_images_help="images per caption (default 1)",
+        seed_help="caption i (0-based, in file order) uses seed + i; with -n N, image k uses seed + i*N + k "
+        "(default 0)",
+        batch_size_help="captions per model call (default 1)",
+        after_batch_size=add_limit,
+        overwrite_help="redraw images recorded with other inputs; without it they are refused",
+        max_images=MAX_CAPTION_IMAGES,
+        max_images_help=f"refuse to draw more images than this (default {MAX_CAPTION_IMAGES:,})",
     )
-    parser.add_argument(
-        "--seed",
-        type=_seed_argument,
-        default=0,
-        help="caption i (0-based, in file order) uses seed + i; with -n N, image k uses seed + i*N + k (default 0)",
-    )
-    parser.add_argument(
-        "--batch-size", type=_positive_int_argument, default=1, metavar="B", help="captions per model call (default 1)"
-    )
-    parser.add_argument(
-        "--limit",
-        type=_positive_int_argument,
-        metavar="N",
-        help="only the first N captions (file order; COCO: image id order)",
-    )
-    add_setting_arguments(parser, GENERATE_FIELDS)
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="redraw images recorded with other inputs; without it they are refused",
-    )
-    parser.add_argument("--max-side", type=_positive_int_argument, default=MAX_SIDE, metavar="PX")
-    parser.add_argument(
-        "--max-images",
-        type=_positive_int_argument,
-        default=MAX_CAPTION_IMAGES,
-        metavar="N",
-        help=f"refuse to draw more images than this (default {MAX_CAPTION_IMAGES:,})",
-    )
-    add_model_arguments(parser)
     parser.set_defaults(run=run_captions)
 
 
@@ -105,8 +91,9 @@ def _check_folder(outdir: Path, names: set[str]) -> None:
 
 
 def run_captions(args) -> None:
-    from ..batch_jobs import Layout, resolve_jobs, run_jobs
-    from ..cli import MAX_SEED, CommandError, _launch, _load, _settings_options, check_device, check_size, regular_file
+    from ..batch_jobs import Layout
+    from ..cli import MAX_SEED, CommandError, _settings_options, check_device, check_size, regular_file
+    from .benchmark_drawing import check_image_count, draw_benchmark
     from .caption_files import read_captions
 
     check_device(args.device)
@@ -117,11 +104,9 @@ def run_captions(args) -> None:
         raise CommandError(str(error)) from None
     captions = captions[: args.limit]
     n = args.num_images
-    if len(captions) * n > args.max_images:
-        raise CommandError(
-            f"--captions {str(args.captions)!r} with -n {n} asks for {len(captions) * n} images; more than "
-            f"--max-images {args.max_images} are refused; pass a larger --max-images (or --limit) to allow them"
-        )
+    check_image_count(
+        f"--captions {str(args.captions)!r}", len(captions), n, args.max_images, "a larger --max-images (or --limit)"
+    )
     if args.seed > MAX_SEED - len(captions) * n + 1:
         raise CommandError(f"--seed {args.seed}: seed + i * n + k must stay within [0, 2**64 - 1] for every image")
     check_size(args.size, args.max_side, "--size")
@@ -134,20 +119,7 @@ def run_captions(args) -> None:
     jobs = _jobs(args, captions, _settings_options(args))
     _check_folder(args.outdir, {f"{stem(job, k)}.png" for job in jobs for k in range(n)})
     print(f"--captions {str(args.captions)!r}: {len(captions)} captions ({kind})", file=sys.stderr)
-    launch = _launch()
-    model, tokenizer = _load(args)
-    jobs = resolve_jobs(jobs, model, preset=args.preset, max_side=args.max_side)
-    run_jobs(
-        jobs,
-        layout,
-        model,
-        tokenizer,
-        num_images=n,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        rank=launch["RANK"],
-        world_size=launch["WORLD_SIZE"],
-    )
+    draw_benchmark(args, jobs, layout)
 
 
 def _jobs(args, captions, options: dict) -> list:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 def add_dpg_arguments(parser, add_setting_arguments, add_model_arguments) -> None:
     """The arguments of `harmon eval dpg` on `parser`, and its `run`."""
-    from ..cli import GENERATE_FIELDS, MAX_IMAGES, MAX_SIDE, _positive_int_argument, _seed_argument
+    from .benchmark_drawing import add_drawing_arguments
 
     parser.add_argument(
         "--prompts",
@@ -39,28 +39,16 @@ def add_dpg_arguments(parser, add_setting_arguments, add_model_arguments) -> Non
         metavar="DIR",
         help="output folder: grids/ (the scorer's --image-root-path) and tiles/ (the images and their sidecars)",
     )
-    parser.add_argument(
-        "-n",
-        "--num-images",
-        type=_positive_int_argument,
-        default=4,
-        metavar="N",
-        help="images per prompt, 1 to 4, composed into one grid; score with --pic-num N (default 4, DPG-Bench's)",
+    add_drawing_arguments(
+        parser,
+        add_setting_arguments,
+        add_model_arguments,
+        num_images=4,
+        num_images_help="images per prompt, 1 to 4, composed into one grid; score with --pic-num N (default 4, "
+        "DPG-Bench's)",
+        overwrite_help="redraw images recorded with other inputs, and replace grids harmon did not compose; without "
+        "it they are refused",
     )
-    parser.add_argument("--seed", type=_seed_argument, default=0, help="image k of a prompt uses seed + k (default 0)")
-    parser.add_argument(
-        "--batch-size", type=_positive_int_argument, default=1, metavar="B", help="prompts per model call (default 1)"
-    )
-    add_setting_arguments(parser, GENERATE_FIELDS)
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="redraw images recorded with other inputs, and replace grids harmon did not compose; without it they "
-        "are refused",
-    )
-    parser.add_argument("--max-side", type=_positive_int_argument, default=MAX_SIDE, metavar="PX")
-    parser.add_argument("--max-images", type=_positive_int_argument, default=MAX_IMAGES, metavar="N")
-    add_model_arguments(parser)
     parser.set_defaults(run=run_dpg)
 
 
@@ -75,8 +63,9 @@ def _square(size, shown: str) -> None:
 
 
 def run_dpg(args) -> None:
-    from ..batch_jobs import Job, Layout, plan_batches, resolve_jobs, run_jobs
-    from ..cli import MAX_SEED, CommandError, _launch, _load, _settings_options, check_device, check_size
+    from ..batch_jobs import Job, Layout, plan_batches
+    from ..cli import MAX_SEED, CommandError, _settings_options, check_device, check_size
+    from .benchmark_drawing import check_image_count, draw_benchmark
     from .dpg_layout import MAX_TILES, check_grids_folder, grids_folder, read_dpg_prompts, tile_stem, update_grid
 
     check_device(args.device)
@@ -87,11 +76,7 @@ def run_dpg(args) -> None:
         items = read_dpg_prompts(args.prompts)
     except ValueError as error:
         raise CommandError(str(error)) from None
-    if len(items) * n > args.max_images:
-        raise CommandError(
-            f"--prompts {str(args.prompts)!r} with -n {n} asks for {len(items) * n} images; more than "
-            f"--max-images {args.max_images} are refused; pass a larger --max-images to allow them"
-        )
+    check_image_count(f"--prompts {str(args.prompts)!r}", len(items), n, args.max_images)
     if args.seed > MAX_SEED - n + 1:
         raise CommandError(f"--seed {args.seed}: with -n {n}, seed + k must stay within [0, 2**64 - 1]")
     check_size(args.size, args.max_side, "--size")
@@ -112,23 +97,13 @@ def run_dpg(args) -> None:
         Job(1, prompt, args.seed, dict(options), fields={"id": item_id}, source=str(path))
         for item_id, path, prompt in items
     ]
-    launch = _launch()
-    model, tokenizer = _load(args)
-    jobs = resolve_jobs(jobs, model, preset=args.preset, max_side=args.max_side)
+
+    def square_tiles(resolved: list) -> None:
+        _square((resolved[0].settings["height"], resolved[0].settings["width"]), "--size (the model's default)")
+
+    jobs, launch = draw_benchmark(args, jobs, layout, before_drawing=square_tiles)
     tile = jobs[0].settings["height"]
-    _square((jobs[0].settings["height"], jobs[0].settings["width"]), "--size (the model's default)")
     rank, world_size = launch["RANK"], launch["WORLD_SIZE"]
-    run_jobs(
-        jobs,
-        layout,
-        model,
-        tokenizer,
-        num_images=n,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        rank=rank,
-        world_size=world_size,
-    )
     # Each process composes the grids of the prompts it drew (run_jobs' share): no two processes write one grid.
     written = kept = 0
     for batch in plan_batches(jobs, args.batch_size)[rank::world_size]:

@@ -19,7 +19,7 @@ from modeling_harmon.atomic_files import atomic_path
 
 def add_geneval_arguments(parser, add_setting_arguments, add_model_arguments) -> None:
     """The arguments of `harmon eval geneval` on `parser`, and its `run`."""
-    from ..cli import GENERATE_FIELDS, MAX_IMAGES, MAX_SIDE, _positive_int_argument, _seed_argument
+    from .benchmark_drawing import add_drawing_arguments
 
     parser.add_argument(
         "--metadata",
@@ -30,22 +30,15 @@ def add_geneval_arguments(parser, add_setting_arguments, add_model_arguments) ->
         "prompt; an optional integer 'seed' overrides --seed for that line)",
     )
     parser.add_argument("--outdir", type=Path, required=True, metavar="DIR", help="the folder GenEval's scorer reads")
-    parser.add_argument(
-        "-n", "--num-images", type=_positive_int_argument, default=4, metavar="N", help="images per prompt (default 4)"
+    add_drawing_arguments(
+        parser,
+        add_setting_arguments,
+        add_model_arguments,
+        num_images=4,
+        num_images_help="images per prompt (default 4)",
+        overwrite_help="redraw images (and rewrite prompt metadata) recorded with other inputs; without it they are "
+        "refused",
     )
-    parser.add_argument("--seed", type=_seed_argument, default=0, help="image k of a prompt uses seed + k (default 0)")
-    parser.add_argument(
-        "--batch-size", type=_positive_int_argument, default=1, metavar="B", help="prompts per model call (default 1)"
-    )
-    add_setting_arguments(parser, GENERATE_FIELDS)
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="redraw images (and rewrite prompt metadata) recorded with other inputs; without it they are refused",
-    )
-    parser.add_argument("--max-side", type=_positive_int_argument, default=MAX_SIDE, metavar="PX")
-    parser.add_argument("--max-images", type=_positive_int_argument, default=MAX_IMAGES, metavar="N")
-    add_model_arguments(parser)
     parser.set_defaults(run=run_geneval)
 
 
@@ -102,8 +95,9 @@ def _check_folder(args, entries: list[dict], num_images: int) -> list[int]:
 
 
 def run_geneval(args) -> None:
-    from ..batch_jobs import Layout, resolve_jobs, run_jobs
-    from ..cli import CommandError, _launch, _load, check_device, check_size, regular_file
+    from ..batch_jobs import Layout
+    from ..cli import CommandError, check_device, check_size, regular_file
+    from .benchmark_drawing import check_image_count, draw_benchmark
     from .geneval_layout import prompt_folder, read_geneval_metadata, sample_stem
 
     check_device(args.device)
@@ -113,35 +107,21 @@ def run_geneval(args) -> None:
     except ValueError as error:
         raise CommandError(str(error)) from None
     n = args.num_images
-    if len(entries) * n > args.max_images:
-        raise CommandError(
-            f"--metadata {str(args.metadata)!r} with -n {n} asks for {len(entries) * n} images; more than "
-            f"--max-images {args.max_images} are refused; pass a larger --max-images to allow them"
-        )
+    check_image_count(f"--metadata {str(args.metadata)!r}", len(entries), n, args.max_images)
     check_size(args.size, args.max_side, "--size")
     layout = Layout(args.outdir, stem=lambda job, k: sample_stem(job.line - 1, k))
     layout.check()
     jobs = _jobs(args, entries)
     changed = _check_folder(args, entries, n)
-    launch = _launch()
-    model, tokenizer = _load(args)
-    jobs = resolve_jobs(jobs, model, preset=args.preset, max_side=args.max_side)
-    # Every process writes every missing metadata file: the same bytes, each atomically, so no process waits for
-    # another and a folder never holds images without its metadata for long.
-    for index, entry in enumerate(entries):
-        path = prompt_folder(args.outdir, index) / "metadata.jsonl"
-        if index in changed or not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as temporary:
-                temporary.write_text(json.dumps(entry, ensure_ascii=False) + "\n", encoding="utf-8")
-    run_jobs(
-        jobs,
-        layout,
-        model,
-        tokenizer,
-        num_images=n,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        rank=launch["RANK"],
-        world_size=launch["WORLD_SIZE"],
-    )
+
+    def write_metadata(resolved: list) -> None:
+        # Every process writes every missing metadata file: the same bytes, each atomically, so no process waits for
+        # another and a folder never holds images without its metadata for long.
+        for index, entry in enumerate(entries):
+            path = prompt_folder(args.outdir, index) / "metadata.jsonl"
+            if index in changed or not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(path) as temporary:
+                    temporary.write_text(json.dumps(entry, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    draw_benchmark(args, jobs, layout, before_drawing=write_metadata)
