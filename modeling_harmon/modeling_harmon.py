@@ -728,6 +728,90 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             mask = torch.cat([mask, neg_mask.repeat_interleave(repeat, dim=0)])
         return PromptBatch(ids, mask, num_prompts * repeat, guided)
 
+    def _context_prompt_batch(
+        self, prompt, negative_prompt, input_ids, context_images, settings, per_prompt: int, tokenizer, processor
+    ) -> PromptBatch:
+        """Phase 1 of instruction editing: prompt rows whose `<image>` placeholders hold the context images' features
+        (the understanding path), in one group (text and images), two (and images only: `guidance_scale` != 1) or
+        three (and neither: `image_guidance_scale` != 1), each prompt's rows repeated per image. The negative prompt
+        (or the unconditional one) is the text of the rows without the instruction."""
+        if input_ids is not None or prompt is None:
+            raise ValueError(
+                "context_images need the instruction as prompt text (not input_ids): the processor puts the images "
+                "before it."
+            )
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
+        if not prompts or not all(isinstance(item, str) for item in prompts):
+            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r:.100}.")
+        images = self._context_image_lists(context_images, len(prompts))
+        negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt] * len(prompts)
+        if len(negatives) != len(prompts):
+            raise ValueError(f"negative_prompt has {len(negatives)} entries but there are {len(prompts)} prompts.")
+        groups = 3 if settings.image_guidance_scale != 1.0 else 2 if settings.guidance_scale != 1.0 else 1
+        rows = list(zip(prompts, images))
+        if groups >= 2:
+            rows += list(zip(negatives, images))
+        if groups == 3:
+            rows += [(negative, []) for negative in negatives]
+        processor = self._prompt_processor(tokenizer, processor)
+        texts = [processor.format_text_to_image_prompt(text, num_images=len(pictures)) for text, pictures in rows]
+        try:
+            batch = processor(
+                text=texts,
+                images=[picture for _, pictures in rows for picture in pictures],
+                return_tensors="pt",
+                padding=True,
+                padding_side="right",
+            )
+        except ValueError as error:
+            raise ValueError(f"context_images: {error}") from None
+        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device).long()
+        seq_len = (settings.height // self._token_stride()) * (settings.width // self._token_stride())
+        self._check_prompt_length(mask, "prompt with its context_images", seq_len, settings)
+        features = self.model.get_image_features(batch["pixel_values"].to(self.device, self.dtype))
+        embeds = self.model.embed_tokens(ids)
+        placeholders = self.model.get_placeholder_mask(ids, features)
+        embeds = embeds.masked_scatter(placeholders[..., None], features.to(embeds.dtype))
+        count = len(prompts)
+
+        def per_image(tensor):
+            groups_of_rows = [tensor[g * count : (g + 1) * count] for g in range(groups)]
+            return torch.cat([rows_.repeat_interleave(per_prompt, dim=0) for rows_ in groups_of_rows])
+
+        return PromptBatch(per_image(ids), per_image(mask), count * per_prompt, groups > 1, groups, per_image(embeds))
+
+    @staticmethod
+    def _context_image_lists(context_images, num_prompts: int) -> list[list]:
+        """One list of PIL images per prompt, from one image, one list (every prompt's) or one list per prompt."""
+        from PIL import Image
+
+        def is_image(item):
+            return isinstance(item, Image.Image)
+
+        if is_image(context_images):
+            lists = [[context_images]] * num_prompts
+        elif isinstance(context_images, (list, tuple)) and context_images and all(map(is_image, context_images)):
+            lists = [list(context_images)] * num_prompts
+        elif (
+            isinstance(context_images, (list, tuple))
+            and context_images
+            and all(isinstance(item, (list, tuple)) and all(map(is_image, item)) for item in context_images)
+        ):
+            lists = [list(item) for item in context_images]
+            if len(lists) != num_prompts:
+                raise ValueError(
+                    f"context_images holds {len(lists)} lists but there are {num_prompts} prompts; give one list per "
+                    "prompt, or one image or list for all of them."
+                )
+        else:
+            raise ValueError(
+                "context_images must be a PIL image, a list of PIL images (for every prompt) or one such list per "
+                f"prompt, got {type(context_images).__name__}."
+            )
+        if any(not pictures for pictures in lists):
+            raise ValueError("context_images: every prompt needs at least one image to edit; got an empty list.")
+        return lists
+
     @staticmethod
     def _pad_to(ids: torch.Tensor, mask: torch.Tensor, length: int, pad_id: int):
         extra = length - ids.shape[1]
@@ -797,6 +881,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         image_guidance_scale: float | None = None,
         init_image=None,
         mask_image=None,
+        context_images=None,
     ) -> HarmonImageGenerationOutput | tuple:
         r"""
         Text-to-image generation by masked autoregression in MAR token space.
@@ -823,7 +908,15 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             strength: without a mask, the share of `init_image`'s tokens redrawn (variations), at positions drawn
                 from `generator`: 0 keeps the image (its VAE round trip), 1 redraws everything. With a mask, 1.
                 The MAR iterations scale with the share of tokens drawn unless `num_iter` is given.
-            image_guidance_scale: guidance of context images (instruction editing); 1 until those are taken.
+            context_images: images the instruction `prompt` is about (instruction editing): one PIL image or a list
+                (the same for every prompt), or one list per prompt. They reach the LLM through the understanding path
+                (VAE -> MAR encoder -> projection, `<image>` placeholders before the instruction, as a question's
+                image), so the model draws with them in view. A further edit turn passes the previous result as the
+                context image. They combine with `init_image` / `mask_image` (an edit inside a mask).
+            image_guidance_scale: guidance of the context images (>= 1; 1 turns it off). With it and
+                `guidance_scale`, each step runs three row groups (text and images; images only; neither) and guides
+                as InstructPix2Pix: `eps_n + s_I (eps_i - eps_n) + s_T (eps_c - eps_i)`; with `image_guidance_scale`
+                1, two (text and images; images only), with both 1, one.
             num_images_per_prompt: images generated for each prompt.
             generator: one `torch.Generator`, or one per image: drives the token orders and all noise.
             callback: `callback(step, num_iter, tokens, mask)` after each iteration, with tokens (B, L, D) and
@@ -857,10 +950,10 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             strength=strength,
             image_guidance_scale=image_guidance_scale,
         )
-        if settings.image_guidance_scale != 1.0:
+        if settings.image_guidance_scale != 1.0 and context_images is None:
             raise HarmonSettingError(
                 "image_guidance_scale",
-                f"applies to context images, which this version does not take yet; use 1 (got "
+                f"applies to context_images (instruction editing); pass them, or use 1 (got "
                 f"{settings.image_guidance_scale!r}).",
             )
         if pixels is None and settings.strength != 1.0:
@@ -874,17 +967,22 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         if input_ids is None and prompt is None:
             raise ValueError("Pass prompt (text) or input_ids (formatted prompt tokens).")
         texts = {"tokenizer": tokenizer, "processor": processor}
-        prompts = self._prompt_batch(
-            {"prompt": prompt, "input_ids": input_ids, "attention_mask": attention_mask, **texts},
-            {
-                "prompt": negative_prompt,
-                "input_ids": negative_input_ids,
-                "attention_mask": negative_attention_mask,
-                **texts,
-            },
-            settings,
-            num_images_per_prompt,
-        )
+        if context_images is not None:
+            prompts = self._context_prompt_batch(
+                prompt, negative_prompt, input_ids, context_images, settings, num_images_per_prompt, **texts
+            )
+        else:
+            prompts = self._prompt_batch(
+                {"prompt": prompt, "input_ids": input_ids, "attention_mask": attention_mask, **texts},
+                {
+                    "prompt": negative_prompt,
+                    "input_ids": negative_input_ids,
+                    "attention_mask": negative_attention_mask,
+                    **texts,
+                },
+                settings,
+                num_images_per_prompt,
+            )
         grid = (settings.height // self._token_stride(), settings.width // self._token_stride())
         orders, noise_fn = self._randomness(generator, prompts.num_images, grid[0] * grid[1], orders, noise_fn)
         known_tokens = known_mask = None

@@ -302,27 +302,38 @@ class HarmonGaussianDiffusion:
         return {"mse": mse, "vb": vb, "loss": mse + vb}
 
     @staticmethod
-    def predict(head, x, timesteps, condition, unconditional=None, guidance_scale: float = 1.0, modulations=None):
+    def predict(head, x, timesteps, condition, unconditional=None, guidance_scale=1.0, modulations=None):
         """Head output split into (eps, variance values), float32, each (N, D).
 
         With `unconditional`, one head call covers both conditions (same x, same t) and the noise estimate is
         guided: `eps_u + guidance_scale * (eps_c - eps_u)`; the variance stays the conditional one. With
         `modulations` (one step of `head.modulations` over the rows `[condition; unconditional]`), the head skips
         its embeddings and adaLN layers, and `timesteps` and the conditions are not read again.
+
+        Instruction editing guides twice (InstructPix2Pix's rule): `unconditional` is then the pair (image only,
+        neither) and `guidance_scale` the pair (text scale s_T, image scale s_I), and the estimate is
+        `eps_n + s_I * (eps_i - eps_n) + s_T * (eps_c - eps_i)`.
         """
         rows, channels = x.shape
-        guided = unconditional is not None
-        inputs = torch.cat([x, x]) if guided else x
+        extra = (
+            () if unconditional is None else unconditional if isinstance(unconditional, tuple) else (unconditional,)
+        )
+        groups = 1 + len(extra)
+        inputs = torch.cat([x] * groups) if groups > 1 else x
         if modulations is not None:
             output = head.forward_modulated(inputs, modulations)
-        elif guided:
-            output = head(inputs, torch.cat([timesteps, timesteps]), torch.cat([condition, unconditional]))
+        elif groups > 1:
+            output = head(inputs, torch.cat([timesteps] * groups), torch.cat([condition, *extra]))
         else:
             output = head(inputs, timesteps, condition)
         eps, variance_values = output[:rows, :channels], output[:rows, channels:]
-        if guided:
+        if groups == 2:
             uncond_eps = output[rows:, :channels]
             eps = uncond_eps + guidance_scale * (eps - uncond_eps)
+        elif groups == 3:
+            text_scale, image_scale = guidance_scale
+            image_eps, none_eps = output[rows : 2 * rows, :channels], output[2 * rows :, :channels]
+            eps = none_eps + image_scale * (image_eps - none_eps) + text_scale * (eps - image_eps)
         return eps.float(), variance_values.float()
 
     @torch.no_grad()
@@ -331,8 +342,8 @@ class HarmonGaussianDiffusion:
         head: HarmonDiffusionHead,
         condition: torch.Tensor,
         noise_fn: Callable[[tuple[int, int]], torch.Tensor],
-        unconditional: torch.Tensor | None = None,
-        guidance_scale: float = 1.0,
+        unconditional: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+        guidance_scale: float | tuple[float, float] = 1.0,
         temperature: float = 1.0,
         num_steps: int | None = None,
         x0_clamp: float | None = None,
@@ -341,7 +352,8 @@ class HarmonGaussianDiffusion:
         """Sample (N, D) token latents for the conditions `condition` (N, C_dec).
 
         With `unconditional` (N, C_dec) the head runs on both conditions each step and the guided noise estimate
-        `eps_u + guidance_scale * (eps_c - eps_u)` is used; the variance stays the conditional one. `noise_fn(shape)`
+        `eps_u + guidance_scale * (eps_c - eps_u)` is used (for two guidance scales, see [`predict`]); the variance
+        stays the conditional one. `noise_fn(shape)`
         supplies every random draw: the start noise, then one draw per step (the last one is multiplied by 0,
         as the reference). `precompute_modulations` computes the head's condition-only work for many steps at once
         (`HarmonDiffusionHead.modulations`); False calls the plain head every step, as the reference. Returns
@@ -350,7 +362,10 @@ class HarmonGaussianDiffusion:
         schedule = self.sampling_schedule(num_steps)
         table = schedule.table(condition.device)
         rows, channels = condition.shape[0], self.config.token_dim
-        conditions = condition if unconditional is None else torch.cat([condition, unconditional])
+        extra = (
+            () if unconditional is None else unconditional if isinstance(unconditional, tuple) else (unconditional,)
+        )
+        conditions = torch.cat([condition, *extra]) if extra else condition
         indices = list(reversed(range(schedule.num_steps)))
         if precompute_modulations:
             width = head.input_proj.out_features

@@ -41,12 +41,20 @@ def masked_counts(num_unknown: int, num_iter: int) -> list[int]:
 @dataclass
 class PromptBatch:
     """Prompt rows the LLM reads before the image: (rows, P) ids and mask; with guidance, `num_images` conditional
-    rows then as many unconditional rows (one per image, in the same order)."""
+    rows then as many unconditional rows (one per image, in the same order). Instruction editing with both guidance
+    scales has three groups of rows: text and context images, context images only, neither (`groups` = 3).
+    `inputs_embeds` (rows, P, H): the rows' embeddings when context images fill their `<image>` placeholders."""
 
     input_ids: torch.LongTensor
     attention_mask: torch.LongTensor
     num_images: int
     guided: bool
+    groups: int = 0  # 0: 2 when guided, else 1
+    inputs_embeds: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if not self.groups:
+            self.groups = 2 if self.guided else 1
 
 
 @dataclass
@@ -109,7 +117,9 @@ class HarmonMARSampler:
 
         cache = DynamicCache(config=self.model.config.text_config)
         positions = (prompts.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        embeds = self.model.embed_tokens(prompts.input_ids)
+        embeds = (
+            prompts.inputs_embeds if prompts.inputs_embeds is not None else self.model.embed_tokens(prompts.input_ids)
+        )
         self.model.run_language_model(embeds, prompts.attention_mask, positions, cache=cache)
         return cache
 
@@ -150,23 +160,28 @@ class HarmonMARSampler:
     # ------------------------------------------------------------------------------------- inside one step
     def _conditions(self, state: SamplerState, to_predict, num_predicted: int, prompts: PromptBatch, cache):
         """(conditional, unconditional or None) diffusion-head conditions of the tokens predicted this step, each
-        (B * num_predicted, width), in raster order within a row."""
-        model, batch, guided = self.model, prompts.num_images, prompts.guided
-        decoder_mask = state.mask.repeat(2, 1) if guided else state.mask
-        if guided and self.speedups.share_cfg_encoder:
-            # Both guidance halves share tokens and mask, so the MAR encoder runs once for them.
-            encoded = model.mar_encoder(state.tokens, state.mask, self.grid).repeat(2, 1, 1)
+        (B * num_predicted, width), in raster order within a row; with three row groups the second is the pair
+        (context images only, neither)."""
+        model, batch, groups = self.model, prompts.num_images, prompts.groups
+        decoder_mask = state.mask.repeat(groups, 1) if groups > 1 else state.mask
+        if groups > 1 and self.speedups.share_cfg_encoder:
+            # Every guidance group shares tokens and mask, so the MAR encoder runs once for them.
+            encoded = model.mar_encoder(state.tokens, state.mask, self.grid).repeat(groups, 1, 1)
         else:
-            tokens = state.tokens.repeat(2, 1, 1) if guided else state.tokens
+            tokens = state.tokens.repeat(groups, 1, 1) if groups > 1 else state.tokens
             encoded = model.mar_encoder(tokens, decoder_mask, self.grid)
         encoded = model.bridge(encoded, prompts.attention_mask, cache=cache)
         if self.speedups.decoder_selected_positions:
-            select = to_predict.repeat(2, 1) if guided else to_predict
+            select = to_predict.repeat(groups, 1) if groups > 1 else to_predict
             decoded = model.mar_decoder(encoded, decoder_mask, self.grid, select=select, num_selected=num_predicted)
             decoded = decoded.reshape(-1, batch * decoded.shape[1], decoded.shape[-1])
-            return decoded[0], decoded[1] if guided else None
-        decoded = model.mar_decoder(encoded, decoder_mask, self.grid)
-        return decoded[:batch][to_predict], decoded[batch:][to_predict] if guided else None
+            parts = [decoded[group] for group in range(groups)]
+        else:
+            decoded = model.mar_decoder(encoded, decoder_mask, self.grid)
+            parts = [decoded[group * batch : (group + 1) * batch][to_predict] for group in range(groups)]
+        if groups == 1:
+            return parts[0], None
+        return parts[0], parts[1] if groups == 2 else (parts[1], parts[2])
 
     def _sample(self, conditional, unconditional, num_masked: int, num_unknown: int) -> torch.Tensor:
         """The diffusion head's sample of the predicted tokens, guided by the text at this step's scale (the linear
@@ -175,6 +190,8 @@ class HarmonMARSampler:
         scale = settings.guidance_scale
         if settings.cfg_schedule == "linear":
             scale = 1 + (scale - 1) * (num_unknown - max(num_masked, 1)) / num_unknown
+        if isinstance(unconditional, tuple):  # text and context-image guidance; the schedule ramps the text's only
+            scale = (scale, settings.image_guidance_scale)
         return self.model.diffusion.sample(
             self.model.diffusion_head,
             conditional,

@@ -46,7 +46,7 @@ class HarmonPipeline(DiffusionPipeline):
     Text-to-image generation with Harmon (masked autoregression in MAR token space + a diffusion-MLP head): the
     diffusers pipeline, named as diffusers names a model's text-to-image pipeline (`FluxPipeline`). The pipelines of
     image-conditioned generation follow the same scheme: `HarmonInpaintPipeline` (inpainting, outpainting and
-    variations) and `HarmonEditPipeline` (instruction editing); see docs/adr-0003-image-inputs.md for the names of
+    variations) and `HarmonImageEditPipeline` (instruction editing); see docs/adr-0003-image-inputs.md for the names of
     their image inputs.
 
     Args:

@@ -221,10 +221,12 @@ class HarmonProcessor(ProcessorMixin):
                     f"per text; {hint}."
                 )
 
-    def format_text_to_image_prompt(self, prompt: str | None) -> str:
+    def format_text_to_image_prompt(self, prompt: str | None, num_images: int = 0) -> str:
         """Chat-formatted text-to-image prompt (`generation_prompt` around `prompt.strip()`), ready to tokenise.
 
-        `None` gives the unconditional prompt that classifier-free guidance pairs with every prompt.
+        `None` gives the unconditional prompt that classifier-free guidance pairs with every prompt. `num_images`
+        context images (instruction editing) go before the instruction, each as one `image_token` placeholder, where
+        the chat template puts the images of a question; the caller expands them with the images (`__call__`).
         """
         if prompt is None:
             instruction = self.unconditional_prompt
@@ -232,7 +234,10 @@ class HarmonProcessor(ProcessorMixin):
             instruction = self.generation_prompt.format(prompt=prompt.strip())
         else:
             raise ValueError(f"prompt must be a string or None, got {type(prompt).__name__}.")
-        conversation = [{"role": "user", "content": [{"type": "text", "text": instruction}]}]
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 0:
+            raise ValueError(f"num_images must be an integer >= 0, got {num_images!r}.")
+        content = [{"type": "image"}] * num_images + [{"type": "text", "text": instruction}]
+        conversation = [{"role": "user", "content": content}]
         return self.apply_chat_template(conversation, add_generation_prompt=True)
 
     def batch_decode(self, *args, skip_special_tokens: bool = True, **kwargs) -> list[str]:
