@@ -60,10 +60,14 @@ setup(
     package_dir=dict(RENAMED),
     package_data={
         "harmon_model_cards": ["*.md"],
-        "harmon_pipelines": ["default_model/*"],
+        "harmon_pipelines": ["default_model/*", "evaluation/lmms/tasks/*/*.yaml", "evaluation/lmms/tasks/*/*.parquet"],
         "harmon_training": ["configs/*.yaml", "configs/*.json", "configs/shapes/*.yaml", "shapes/metrics/*/*.py"],
     },
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["harmon=harmon_pipelines.cli:main"]},
+    entry_points={
+        "console_scripts": ["harmon=harmon_pipelines.cli:main"],
+        # lmms-eval (0.7+) registers external models from this group: `lmms-eval --model harmon` (issue 23).
+        "lmms_eval.models": ["harmon=harmon_pipelines.evaluation.lmms_harmon:lmms_eval_manifest"],
+    },
 )
