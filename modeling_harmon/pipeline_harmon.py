@@ -62,6 +62,7 @@ class HarmonPipeline(DiffusionPipeline):
         self.register_modules(model=model, tokenizer=tokenizer)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=True)
         self._canvas = {}  # image-conditioned inputs of a subclass's call (pipeline_harmon_inpaint.py)
+        self._context = {}  # images the LLM sees in the prompt, of a subclass's call (pipeline_harmon_edit.py)
 
     # ------------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -343,21 +344,38 @@ class HarmonPipeline(DiffusionPipeline):
             num_sampling_steps=num_sampling_steps,
             x0_clamp=x0_clamp,
             strength=self._canvas.get("strength"),
+            image_guidance_scale=self._context.get("image_guidance_scale"),
         )
         self._guidance_scale = settings.guidance_scale
         self._num_timesteps = settings.num_iter
         self._interrupt = False
         device = self._execution_device
 
-        # 1. Prompts -> token ids (conditional and, for guidance, negative / unconditional).
-        input_ids, attention_mask = self.encode_prompt(prompt, device)
-        negative_ids = negative_mask = None
-        if settings.guidance_scale != 1.0:
-            negatives = negative_prompt
-            if negatives is None or isinstance(negatives, str) or len(negatives) == 1:
-                single = negatives if negatives is None or isinstance(negatives, str) else negatives[0]
-                negatives = [single] * input_ids.shape[0]
-            negative_ids, negative_mask = self.encode_prompt(negatives, device)
+        # 1. Prompts -> token ids (conditional and, for guidance, negative / unconditional). With context images (a
+        # subclass's call) the model tokenises the text itself, since the processor puts the images before it.
+        if self._context.get("context_images") is not None:
+            single = isinstance(negative_prompt, list) and len(negative_prompt) == 1
+            prompt_inputs = {
+                "prompt": prompt,
+                "negative_prompt": negative_prompt[0] if single else negative_prompt,
+                "context_images": self._context["context_images"],
+                "tokenizer": self.tokenizer,
+            }
+        else:
+            input_ids, attention_mask = self.encode_prompt(prompt, device)
+            negative_ids = negative_mask = None
+            if settings.guidance_scale != 1.0:
+                negatives = negative_prompt
+                if negatives is None or isinstance(negatives, str) or len(negatives) == 1:
+                    single = negatives if negatives is None or isinstance(negatives, str) else negatives[0]
+                    negatives = [single] * input_ids.shape[0]
+                negative_ids, negative_mask = self.encode_prompt(negatives, device)
+            prompt_inputs = {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "negative_input_ids": negative_ids,
+                "negative_attention_mask": negative_mask,
+            }
 
         # 2. Masked-autoregressive loop, one progress-bar tick and one callback per MAR iteration.
         grid = (settings.height // self.vae_scale_factor, settings.width // self.vae_scale_factor)
@@ -383,10 +401,7 @@ class HarmonPipeline(DiffusionPipeline):
                 return result
 
             generated = self.model.generate_images(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                negative_input_ids=negative_ids,
-                negative_attention_mask=negative_mask,
+                **prompt_inputs,
                 **self._generation_arguments(settings, preset, num_inference_steps),
                 num_images_per_prompt=num_images_per_prompt,
                 generator=generator,

@@ -10,6 +10,7 @@ from transformers import AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from modeling_harmon.pipeline_harmon import HarmonPipeline, HarmonText2ImagePipeline
+from modeling_harmon.pipeline_harmon_edit import HarmonImageEditPipeline
 from modeling_harmon.pipeline_harmon_inpaint import HarmonInpaintPipeline
 from modeling_harmon.pipeline_text_to_image_harmon import HarmonTextToImagePipeline
 
@@ -24,6 +25,7 @@ if "text-to-image" not in PIPELINE_REGISTRY.get_supported_tasks():
 
 
 __all__ = [
+    "HarmonImageEditPipeline",
     "HarmonInpaintPipeline",
     "HarmonPipeline",
     "HarmonText2ImagePipeline",

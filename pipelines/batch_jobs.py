@@ -6,7 +6,8 @@ reuse instead of copying:
     run_jobs(jobs, Layout(Path("images")), model, tokenizer, num_images=4, batch_size=8)
 
 A [`Job`] is one line: a prompt, a seed, its settings and, for an image line, a [`Canvas`] (the picture and the mask,
-padding or strength of `harmon inpaint` / `outpaint` / `vary`). Code may also build jobs itself (one per benchmark
+padding or strength of `harmon inpaint` / `outpaint` / `vary`) or, for an edit line, an [`Edit`] (the pictures and
+optional mask of `harmon edit`). Code may also build jobs itself (one per benchmark
 prompt). A [`Layout`] says where image k of a job goes (`stem`) and what its JSON sidecar adds (`sidecar_fields`).
 [`run_jobs`] plans the batches from the whole list (so the files do not depend on the number of processes), skips
 images whose sidecar matches what it would draw now, refuses those whose sidecar records other inputs (or redraws
@@ -16,6 +17,7 @@ them, with `overwrite`), and draws the rest of this process's share. The file fo
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +26,7 @@ from tqdm.auto import tqdm
 
 from modeling_harmon.atomic_files import write_json
 from modeling_harmon.modeling_harmon_canvas import outpaint_canvas, redraw_count, redraw_tokens
+from modeling_harmon.modeling_harmon_settings import HarmonSettingError
 
 from .cli import (
     MAX_SEED,
@@ -44,11 +47,13 @@ from .cli import (
     save,
 )
 from .cli_canvas import SIDES, HarmonInpaintPipeline
+from .cli_edit import HarmonImageEditPipeline, edit_training_warning
 
 
 TEXT_KEYS = ("prompt", "seed", *SETTINGS)
 CANVAS_KEYS = ("image", "mask", *SIDES, "strength", "paste_back")
-JOB_KEYS = (*TEXT_KEYS, *CANVAS_KEYS)
+EDIT_KEYS = ("edit", "image_cfg")  # "edit" makes a line an edit line, which may add "mask"
+JOB_KEYS = (*TEXT_KEYS, *CANVAS_KEYS, *EDIT_KEYS)
 # The key that makes an image line an inpaint, outpaint or vary line.
 MODE_KEYS = {"mask": "inpaint", **dict.fromkeys(SIDES, "outpaint"), "strength": "vary"}
 MODE_NAMES = 'inpaint ("mask"), outpaint ("left"/"right"/"top"/"bottom") or vary ("strength")'
@@ -134,10 +139,41 @@ class Canvas:
 
 
 @dataclasses.dataclass(frozen=True)
+class Edit:
+    """What an edit line starts from, as `harmon edit` takes it: the pictures the instruction is about (the first is the
+    one edited, the others further pictures the model sees), an optional mask (an edit inside it: the first picture is
+    then also the canvas) and the line's "image_cfg" (None: the model's). `tokens`: with a mask, the tokens each image
+    redraws, known once the model's stride is (`resolve_jobs`)."""
+
+    sources: tuple[InputFile, ...]
+    mask: InputFile | None = None
+    image_cfg: float | None = None
+    tokens: int | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the first picture: what an edit inside a mask draws."""
+        width, height = self.sources[0].size
+        return height, width
+
+    def inputs(self) -> dict:
+        """The `inputs` record, as `harmon edit` writes it: the pictures as given with their SHA-256, and the mask."""
+        inputs = {"edit": [source.given for source in self.sources], "edit_sha256": [s.sha256 for s in self.sources]}
+        if self.mask is not None:
+            inputs.update(mask=self.mask.given, mask_sha256=self.mask.sha256)
+        return inputs
+
+    def pictures(self, where: str) -> list:
+        """The pictures for `HarmonImageEditPipeline`, each checked against the hash recorded when the line was read."""
+        return [source.load(f'{where}: "edit"') for source in self.sources]
+
+
+@dataclasses.dataclass(frozen=True)
 class Job:
     """One line of a jobs file (or one prompt of a benchmark). `options`: settings as `cli.SETTINGS` keys (None: the
     model's default); `settings`: the pipeline's arguments, filled in by `resolve_jobs`; `fields`: the line's keys
-    the caller allowed beyond `JOB_KEYS` (e.g. a benchmark's tags), as given; `source`: the file, for messages."""
+    the caller allowed beyond `JOB_KEYS` (e.g. a benchmark's tags), as given; `source`: the file, for messages;
+    `edit`: an edit line's pictures (then `canvas` is None)."""
 
     line: int
     prompt: str
@@ -147,6 +183,7 @@ class Job:
     fields: dict = dataclasses.field(default_factory=dict)
     source: str = "jobs"
     settings: dict | None = None
+    edit: Edit | None = None
 
     @property
     def where(self) -> str:
@@ -159,13 +196,18 @@ class Job:
         if self.canvas is not None:
             canvas = self.canvas
             metadata.update(mode=canvas.mode, prompt_source="given", inputs=canvas.inputs(), **canvas.arguments())
+        if self.edit is not None:
+            metadata.update(mode="edit", inputs=self.edit.inputs())
         return metadata
 
     def batch_key(self) -> tuple:
         """Jobs drawn in one model call agree on this: the settings, and for image lines the mode, arguments and
         the picture itself (its bytes, mask and padding). `generate_images` would take one picture per image (of one
         size, each redrawing as many tokens), but `HarmonInpaintPipeline` reads the size of a list of PIL pictures
-        with `hasattr(image, "size")`, which a list lacks; so lines of other pictures go to other calls."""
+        with `hasattr(image, "size")`, which a list lacks; so lines of other pictures go to other calls. Edit lines
+        take one list of pictures per image, so only their mask (one per call) must agree."""
+        if self.edit is not None:
+            return self.settings, ("edit", self.edit.mask and self.edit.mask.sha256)
         canvas = self.canvas
         if canvas is None:
             return self.settings, None
@@ -225,8 +267,17 @@ def read_jobs(
                 kind = '"HxW" or a number' if key == "size" else "a number"
                 raise CommandError(f'{where}: "{key}" must be {kind}, got {json.dumps(entry[key])}')
         job_options = {key: entry.get(key, defaults[key]) for key in SETTINGS}
-        canvas = _read_canvas(entry, where, path.parent, files)
-        if canvas is not None:
+        edit = _read_edit(entry, where, path.parent, files)
+        canvas = None if edit is not None else _read_canvas(entry, where, path.parent, files)
+        if edit is not None and edit.mask is not None:
+            if "size" in entry:
+                raise CommandError(
+                    f'{where}: "size" does not apply to an edit line with a "mask": what is drawn has the size of the '
+                    'first "edit" picture; leave it out'
+                )
+            job_options["size"] = None
+            check_size(edit.size, max_side, f"{where}: {_describe_edit(edit)}")
+        elif canvas is not None:
             # The picture sets the size: a "size" could only repeat it or contradict it.
             if "size" in entry:
                 raise CommandError(
@@ -244,7 +295,7 @@ def read_jobs(
             size = job_options["size"]
             check_size(size, max_side, f'{where}: "size" {_show("size", size)}')
         fields = {key: entry[key] for key in extra_keys if key in entry}
-        jobs.append(Job(number, prompt, job_seed, job_options, canvas, fields, str(path)))
+        jobs.append(Job(number, prompt, job_seed, job_options, canvas, fields, str(path), edit=edit))
     if not jobs:
         raise CommandError(f"{shown} holds no prompts")
     return jobs
@@ -312,6 +363,62 @@ def _read_canvas(entry: dict, where: str, base: Path, files: dict) -> Canvas | N
     return Canvas(mode, image, mask, pads, strength, paste_back)
 
 
+def _read_edit(entry: dict, where: str, base: Path, files: dict) -> Edit | None:
+    """The pictures of an edit line (None for other lines): "edit" (a path or a list), an optional "mask" and
+    "image_cfg"."""
+    if "edit" not in entry:
+        if "image_cfg" in entry:
+            raise CommandError(f'{where}: "image_cfg" needs "edit" (the picture the instruction is about)')
+        return None
+    others = [key for key in CANVAS_KEYS if key in entry and key != "mask"]
+    if others:
+        raise CommandError(
+            f'{where}: "edit" and "{others[0]}" cannot be combined; an edit line names its pictures in "edit" (the '
+            'first is the one edited) and may add "mask"'
+        )
+    value = entry["edit"]
+    given = [value] if isinstance(value, str) else value
+    if not isinstance(given, list) or not given or not all(isinstance(item, str) and item.strip() for item in given):
+        raise CommandError(
+            f'{where}: "edit" must be a file path or a non-empty list of file paths, got {_clip(value)}'
+        )
+    mask = entry.get("mask")
+    if "mask" in entry and (not isinstance(mask, str) or not mask.strip()):
+        raise CommandError(f'{where}: "mask" must be a file path (a non-empty string), got {json.dumps(mask)}')
+    scale = entry.get("image_cfg")
+    if "image_cfg" in entry and (
+        isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 1
+    ):
+        raise CommandError(
+            f'{where}: "image_cfg" must be a finite number >= 1 (1 disables image guidance), got {json.dumps(scale)}'
+        )
+    sources = tuple(
+        _input_file(base, item, f'{where}: "edit"' if len(given) == 1 else f'{where}: "edit"[{index}]', files)
+        for index, item in enumerate(given)
+    )
+    mask = None if mask is None else _input_file(base, mask, f'{where}: "mask"', files)
+    if mask is not None and mask.size != sources[0].size:
+        raise CommandError(
+            f'{where}: "mask" is {mask.size[0]}x{mask.size[1]} pixels but the first "edit" picture is '
+            f"{sources[0].size[0]}x{sources[0].size[1]}; they must be the same size"
+        )
+    return Edit(sources, mask, None if scale is None else float(scale))
+
+
+def _input_file(base: Path, given: str, shown: str, files: dict) -> InputFile:
+    """The input file `given` by a line (relative to `base` unless absolute), read once however many lines name it."""
+    path = base / given
+    if path not in files:
+        files[path] = InputFile.read(path, given, shown)
+    return dataclasses.replace(files[path], given=given)  # recorded as this line gives it
+
+
+def _describe_edit(edit: Edit) -> str:
+    """The canvas of an edit inside a mask, for errors about its size."""
+    width, height = edit.sources[0].size
+    return f'the first "edit" picture {edit.sources[0].given!r} ({width}x{height} pixels: {width} wide, {height} high)'
+
+
 def _describe_canvas(canvas: Canvas) -> str:
     """The canvas as the line defines it, for errors about its size (sides in pixels, width first as PIL says)."""
     height, width = canvas.size
@@ -327,18 +434,45 @@ def resolve_jobs(jobs: list[Job], model, *, preset: str | None = None, max_side:
     masks = {}  # (mask file, its hash, stride) -> tokens it selects: a mask several lines share is read once
     resolved = []
     for job in jobs:
-        options, where, canvas = dict(job.options), job.where, job.canvas
+        options, where, canvas, edit = dict(job.options), job.where, job.canvas, job.edit
+        masked_edit = edit is not None and edit.mask is not None
         if canvas is not None:
             _check_stride(canvas, stride, where)
             options["size"] = canvas.size
+        if masked_edit:
+            width, height = edit.sources[0].size
+            if width % stride or height % stride:
+                raise CommandError(
+                    f'{where}: {_describe_edit(edit)}: with a "mask" its sides must be multiples of {stride} (the '
+                    "model's token stride): resize or crop it"
+                )
+            options["size"] = edit.size
 
         def describe(key: str) -> str:
             if key == "size" and canvas is not None:
                 return f"{where}: {_describe_canvas(canvas)}"
+            if key == "size" and masked_edit:
+                return f"{where}: {_describe_edit(edit)}"
             return f'{where}: "{key}" {_show(key, options[key])}'
 
         settings = resolve_settings(model, options, describe, preset)
-        if canvas is None:
+        if edit is not None:
+            try:
+                scale = model.image_generation_settings(preset, image_guidance_scale=edit.image_cfg)
+            except HarmonSettingError as error:
+                raise CommandError(f'{where}: "image_cfg" {_show("image_cfg", edit.image_cfg)}: {error}') from None
+            settings["image_guidance_scale"] = scale.image_guidance_scale
+        if masked_edit:
+            edit = dataclasses.replace(edit, tokens=_mask_tokens(edit.mask, edit.size, stride, where, masks))
+            steps = settings["num_inference_steps"]
+            if options["steps"] is None:  # the model scales its iterations by the share of tokens drawn
+                settings["num_inference_steps"] = None
+            elif steps > edit.tokens:
+                raise CommandError(
+                    f'{where}: "steps" {steps}: num_iter must be an integer in [1, {edit.tokens}] (the tokens this '
+                    "line draws)"
+                )
+        elif canvas is None:
             size = (settings["height"], settings["width"])
             check_size(size, max_side, f'{where}: "size" (the model\'s default, {_show("size", size)})')
         else:
@@ -351,7 +485,7 @@ def resolve_jobs(jobs: list[Job], model, *, preset: str | None = None, max_side:
                     f'{where}: "steps" {steps}: num_iter must be an integer in [1, {canvas.tokens}] (the tokens this '
                     "line draws)"
                 )
-        resolved.append(dataclasses.replace(job, settings=settings, canvas=canvas))
+        resolved.append(dataclasses.replace(job, settings=settings, canvas=canvas, edit=edit))
     return resolved
 
 
@@ -378,14 +512,18 @@ def _tokens(canvas: Canvas, stride: int, where: str, masks: dict) -> int:
         return redraw_count(canvas.strength, seq_len)
     if canvas.mode == "outpaint":
         return seq_len - (canvas.image.size[0] // stride) * (canvas.image.size[1] // stride)
-    key = (canvas.mask.path, canvas.mask.sha256, stride)
+    return _mask_tokens(canvas.mask, canvas.size, stride, where, masks)
+
+
+def _mask_tokens(mask: InputFile, size: tuple[int, int], stride: int, where: str, masks: dict) -> int:
+    """The tokens `mask` redraws on a canvas of `size` (height, width); an all-black mask is refused."""
+    key = (mask.path, mask.sha256, stride)
     if key not in masks:
-        mask = canvas.mask.load(f'{where}: "mask"')
-        masks[key] = int(redraw_tokens(mask, height, width, stride).sum())
+        masks[key] = int(redraw_tokens(mask.load(f'{where}: "mask"'), *size, stride).sum())
     if not masks[key]:
         raise CommandError(
-            f'{where}: "mask" {canvas.mask.given!r} selects no token to redraw (it is black everywhere); white marks '
-            "what to redraw"
+            f'{where}: "mask" {mask.given!r} selects no token to redraw (it is black everywhere); white marks what to '
+            "redraw"
         )
     return masks[key]
 
@@ -505,9 +643,13 @@ def _refusal(layout: Layout, changed: list, model_name: str) -> str:
         and old.get(name.removesuffix("_sha256")) == new.get(name.removesuffix("_sha256"))
     ):
         key = name.removesuffix("_sha256")
+        shown, then, now = new[key], old.get(name), new[name]
+        if isinstance(shown, list) and isinstance(then, list):  # an edit line's pictures: name the one that changed
+            index = next((i for i, pair in enumerate(zip(then, now)) if pair[0] != pair[1]), 0)
+            shown, then, now = shown[index], then[index] if index < len(then) else None, now[index]
         what = (
-            f'{field}: the file {new[key]!r} ("{key}" of line {job.line}) holds other bytes than when the image was '
-            f"drawn (SHA-256 {str(old.get(name))[:12]}... then, {new[name][:12]}... now)"
+            f'{field}: the file {shown!r} ("{key}" of line {job.line}) holds other bytes than when the image was '
+            f"drawn (SHA-256 {str(then)[:12]}... then, {now[:12]}... now)"
         )
     else:
         what = f"{field} {_clip(old.get(name))} then, {_clip(new.get(name))} now"
@@ -525,10 +667,24 @@ def draw_jobs(pipes: dict, batch: list[Job], num_images: int) -> list:
     prompts = [job.prompt for job in batch for _ in range(num_images)]
     seeds = [job.seed + k for job in batch for k in range(num_images)]
     first = batch[0]
-    kind = "text" if first.canvas is None else "canvas"
+    kind = "edit" if first.edit is not None else "text" if first.canvas is None else "canvas"
     if kind not in pipes:
-        pipes[kind] = (HarmonPipeline if kind == "text" else HarmonInpaintPipeline)(model=model, tokenizer=tokenizer)
+        classes = {"text": HarmonPipeline, "canvas": HarmonInpaintPipeline, "edit": HarmonImageEditPipeline}
+        pipes[kind] = classes[kind](model=model, tokenizer=tokenizer)
         pipes[kind].set_progress_bar_config(disable=True)  # one bar over images, not one per batch
+        warning = edit_training_warning(model.config) if kind == "edit" else None
+        if warning is not None:  # one line, once per run, not Python's two-line warning
+            print(f"warning: {warning}", file=sys.stderr)
+            pipes[kind]._warned_untrained = True
+    if kind == "edit":
+        mask = first.edit.mask and first.edit.mask.load(f'{first.where}: "mask"')  # one per batch: see batch_key
+        pictures = {id(job): job.edit.pictures(job.where) for job in batch}
+        images = [pictures[id(job)] for job in batch for _ in range(num_images)]
+        try:
+            return draw(pipes[kind], prompts, seeds, first.settings, image=images, mask_image=mask)
+        except ValueError as error:
+            lines = ", ".join(str(job.line) for job in batch)
+            raise CommandError(f"{first.source} line(s) {lines}: {error}") from None
     if first.canvas is None:
         return draw(pipes[kind], prompts, seeds, first.settings)
     image, mask = first.canvas.pictures(pipes[kind].vae_scale_factor, first.where)

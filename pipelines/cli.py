@@ -61,6 +61,8 @@ JOBS_FORMAT = """\
     {"prompt": "a green triangle", "image": "scene.png", "mask": "mask.png"}
     {"prompt": "a wider scene", "image": "scene.png", "left": 64, "right": 64, "paste_back": false}
     {"prompt": "a red circle", "image": "/data/scene.png", "strength": 0.5}
+    {"prompt": "make the circle blue", "edit": "scene.png", "image_cfg": 1.5}
+    {"prompt": "put this shape on the left", "edit": ["scene.png", "shape.png"], "mask": "mask.png"}
 
 "prompt" is required; the other keys override the command-line settings of the same name for that line (size:
 "HxW", "N" or N). Line L (1-based, as editors count) with seed s gives images LLLLL_k.png (k = 0 .. n-1, drawn
@@ -81,10 +83,18 @@ to text lines); its sides and the padding must be multiples of the model's token
 "paste_back", and "inputs": each input file's path as given with its SHA-256 (and the padding), so a rerun notices
 an input file whose bytes changed.
 
+Edit lines draw as `harmon edit` does: "edit" is the picture the instruction ("prompt") is about, a file path or a
+list of them (relative to the JSONL file's folder unless absolute; the first is the picture edited, the others
+further pictures the model sees, as `--also`); "image_cfg" (>= 1, default the model's) is their guidance scale.
+With "mask" (white = redraw) the first picture is also the canvas and sets the size (no "size" then); without it,
+"size" and --size apply as for text lines. No "image" key and no outpaint or vary keys go with "edit". The JSON
+records "mode": "edit", "settings" with "image_guidance_scale", and "inputs": the pictures as given ("edit", a list)
+with their SHA-256 ("edit_sha256") and the mask's, so a rerun notices a picture whose bytes changed.
+
 Batches of --batch-size consecutive lines with equal settings (image lines: also the same mode, strength,
-paste_back and picture, i.e. image bytes, mask and padding, since the inpaint pipeline takes one picture per call)
-are formed from the whole file and dealt out to the processes of a torchrun / accelerate launch (batch i to rank
-i % WORLD_SIZE), so the files are the same whatever the number of processes. A batch with any image missing is
+paste_back and picture, i.e. image bytes, mask and padding, since the inpaint pipeline takes one picture per call;
+edit lines: the same mask, if any) are formed from the whole file and dealt out to the processes of a torchrun /
+accelerate launch (batch i to rank i % WORLD_SIZE), so the files are the same whatever the number of processes. A batch with any image missing is
 drawn again in full and only the missing images are written, so a resumed job gives the same files as an
 uninterrupted one.
 """
@@ -214,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The `harmon` argument parser with its five subcommands."""
     parser = _Parser(prog="harmon", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{generate,ask,inpaint,outpaint,vary,convert,push,eval}"
+        dest="command", required=True, metavar="{generate,ask,edit,inpaint,outpaint,vary,convert,push,eval}"
     )
 
     generate = commands.add_parser(
@@ -314,10 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Imported here: these modules import this one's helpers.
     from .cli_canvas import add_canvas_commands
+    from .cli_edit import add_edit_command
     from .cli_eval import add_eval_command
 
     add_eval_command(commands, _add_setting_arguments, _add_model_arguments)
     add_canvas_commands(commands, _add_setting_arguments, _add_model_arguments)
+    add_edit_command(commands, _add_setting_arguments, _add_model_arguments)
     return parser
 
 

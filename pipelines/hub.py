@@ -9,6 +9,7 @@ Layout (docs/adr-0001-hub-repo-layout.md explains the choices):
     pipeline_text_to_image_harmon.py (+ config.custom_pipelines)  pipeline("text-to-image")
     model_index.json, pipeline_harmon.py                          diffusers (list-form _class_name)
     pipeline_harmon_inpaint.py                                    diffusers, custom_pipeline="pipeline_harmon_inpaint"
+    pipeline_harmon_edit.py                                       diffusers, custom_pipeline="pipeline_harmon_edit"
     model/   byte-identical copies of the root model files        diffusers component `model`
     tokenizer/  byte-identical copies of the root tokenizer files diffusers component `tokenizer`
     README.md                                                     model card
@@ -27,6 +28,7 @@ from pathlib import Path
 from harmon_model_cards import REPO_PLACEHOLDER, write_model_card
 from modeling_harmon.output_folders import MARKER, replace_folder
 from modeling_harmon.pipeline_harmon import HarmonPipeline
+from modeling_harmon.pipeline_harmon_edit import HarmonImageEditPipeline
 from modeling_harmon.pipeline_harmon_inpaint import HarmonInpaintPipeline
 from modeling_harmon.pipeline_text_to_image_harmon import HarmonTextToImagePipeline
 from modeling_harmon.processing_harmon import HarmonProcessor
@@ -89,9 +91,9 @@ def write_hub_files(
         size = defaults.get("height") if defaults.get("height") == defaults.get("width") else None
         processor = HarmonProcessor.from_model_config(model.config, tokenizer, image_size=size)
     processor.save_pretrained(folder)
-    # `model_index.json` names HarmonPipeline; the inpaint pipeline is the repo's second diffusers pipeline, loaded by
-    # file name (see pipeline_harmon_inpaint.py).
-    for module in (HarmonTextToImagePipeline, HarmonPipeline, HarmonInpaintPipeline):
+    # `model_index.json` names HarmonPipeline; the inpaint and edit pipelines are the repo's second and third diffusers
+    # pipelines, loaded by file name (see pipeline_harmon_inpaint.py).
+    for module in (HarmonTextToImagePipeline, HarmonPipeline, HarmonInpaintPipeline, HarmonImageEditPipeline):
         source = Path(sys.modules[module.__module__].__file__)
         shutil.copyfile(source, folder / source.name)
 
@@ -133,6 +135,7 @@ def check_hub_folder(folder: str | os.PathLike) -> list[str]:
         "README.md",
         "pipeline_harmon.py",
         "pipeline_harmon_inpaint.py",
+        "pipeline_harmon_edit.py",
         "pipeline_text_to_image_harmon.py",
         "processing_harmon.py",
         "image_processing_harmon.py",
@@ -171,6 +174,7 @@ def _is_compact(folder: Path, problems: list[str]) -> bool:
         "model_index.json",
         "pipeline_harmon.py",
         "pipeline_harmon_inpaint.py",
+        "pipeline_harmon_edit.py",
         "pipeline_text_to_image_harmon.py",
         "processing_harmon.py",
         "image_processing_harmon.py",

@@ -155,6 +155,7 @@ def test_layout(exported):
         "README.md",
         "pipeline_harmon.py",
         "pipeline_harmon_inpaint.py",  # the second diffusers pipeline, loaded by file name (custom_pipeline=)
+        "pipeline_harmon_edit.py",  # the third one (instruction editing), loaded the same way
         "pipeline_text_to_image_harmon.py",
         "processing_harmon.py",
         "image_processing_harmon.py",
@@ -176,8 +177,10 @@ def test_layout(exported):
     assert index["_class_name"] == ["pipeline_harmon", "HarmonPipeline"]
     assert index["model"] == ["modeling_harmon", "HarmonForConditionalGeneration"]
     assert set(index) == {"_class_name", "_diffusers_version", "model", "tokenizer"}  # no second VAE copy
-    # The inpaint pipeline's file imports its base's sibling file, which diffusers fetches from the same repo.
-    assert "from .pipeline_harmon import HarmonPipeline" in (folder / "pipeline_harmon_inpaint.py").read_text()
+    # The inpaint and edit pipelines' files import their base's sibling file, which diffusers fetches from the same
+    # repo.
+    for name in ("pipeline_harmon_inpaint.py", "pipeline_harmon_edit.py"):
+        assert "from .pipeline_harmon import HarmonPipeline" in (folder / name).read_text(), name
     # The component folders hold the root's bytes, so the Hub and the cache store them once.
     for component in ("model", "tokenizer"):
         for path in (folder / component).iterdir():
@@ -208,9 +211,11 @@ def test_check_hub_folder_finds_problems(exported, tmp_path):
     (folder / "model" / "config.json").write_text("{}")
     (folder / "pipeline_harmon.py").unlink()
     (folder / "pipeline_harmon_inpaint.py").unlink()
+    (folder / "pipeline_harmon_edit.py").unlink()
     problems = check_hub_folder(folder)
     assert "missing pipeline_harmon.py" in problems
     assert "missing pipeline_harmon_inpaint.py" in problems
+    assert "missing pipeline_harmon_edit.py" in problems
     assert "model/config.json differs from the root config.json" in problems
 
 

@@ -1,6 +1,7 @@
 """Hub remote code: a saved checkpoint loads with `trust_remote_code=True` in a fresh process where the
 `modeling_harmon` package cannot be imported, from a folder and by repo id from an offline Hub cache, and gives
-the same outputs; so does the repo's second diffusers pipeline, `HarmonInpaintPipeline`, loaded by file name.
+the same outputs; so do the repo's second and third diffusers pipelines, `HarmonInpaintPipeline` and
+`HarmonImageEditPipeline`, loaded by file name.
 `HARMON_REMOTE_PYTHONS` (os.pathsep-separated interpreters, e.g. a venv with the newest transformers) adds more
 interpreters to load with.
 """
@@ -275,3 +276,108 @@ def test_package_users_reuse_a_loaded_pipeline_for_inpainting(tiny_model, tokeni
         path.name for path in (tmp_path / "inpaint").iterdir()
     }
     assert type(HarmonInpaintPipeline.from_pretrained(tmp_path / "inpaint")) is HarmonInpaintPipeline
+
+
+# -------------------------------------------------------------------- the third diffusers pipeline of a repo
+# `HarmonImageEditPipeline` (pipeline_harmon_edit.py) loads by file name as the inpaint pipeline does; its call passes
+# the pictures through the LLM's understanding path, so the remote files must carry that path too.
+EDIT_CHILD = textwrap.dedent(
+    """
+    import json, os, sys
+    sys.modules["modeling_harmon"] = None  # the pip package must not be importable: only the remote code
+    sys.modules["harmon_pipelines"] = None
+    import numpy as np, torch
+    from PIL import Image
+    from diffusers import DiffusionPipeline
+
+    source, image_path, mask_path, output = sys.argv[1:5]
+    torch.set_num_threads(1)
+    image, mask = Image.open(image_path), Image.open(mask_path)
+    arguments = dict(guidance_scale=2.0, image_guidance_scale=1.5, num_inference_steps=3, num_sampling_steps=2)
+    seed = lambda: torch.Generator().manual_seed(5)
+
+    try:
+        DiffusionPipeline.from_pretrained(source, custom_pipeline="pipeline_harmon_edit")
+        refused = None
+    except ValueError as error:
+        refused = str(error)
+    imported = sorted(name for name in sys.modules if name.startswith("diffusers_modules"))
+
+    pipe = DiffusionPipeline.from_pretrained(source, custom_pipeline="pipeline_harmon_edit", trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    pil = pipe("make the circle blue", image=image, generator=seed(), **arguments).images[0]
+    both = pipe("make the circle blue", image=[image, mask.convert("RGB")], generator=seed(), output_type="np",
+                **arguments).images[0]
+    masked = pipe("make the circle blue", image=image, mask_image=mask, generator=seed(), output_type="np",
+                  **arguments).images[0]
+
+    from huggingface_hub import hf_hub_download
+    base = DiffusionPipeline.from_pretrained(source, trust_remote_code=True)
+    code = os.path.join(source, "pipeline_harmon_edit.py")
+    code = code if os.path.isdir(source) else hf_hub_download(source, "pipeline_harmon_edit.py")
+    reused = DiffusionPipeline.from_pipe(base, custom_pipeline=code, trust_remote_code=True, dtype=base.dtype)
+    reused.set_progress_bar_config(disable=True)
+    again = reused("make the circle blue", image=image, generator=seed(), output_type="np", **arguments).images[0]
+    np.savez(output, pil=np.asarray(pil), both=both, masked=masked, reused=again)
+    print(json.dumps({
+        "refused": refused,
+        "imported_untrusted": imported,
+        "class": type(pipe).__name__,
+        "module": type(pipe).__module__,
+        "bases": [klass.__name__ for klass in type(pipe).__mro__[1:3]],
+        "model_module": type(pipe.model).__module__,
+        "reused_class": type(reused).__name__,
+        "reused_shares_the_model": reused.model is base.model,
+    }))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def edit_expected(inpaint_folder):
+    """What the pip `HarmonImageEditPipeline` draws from the exported folder of `inpaint_folder` and its pictures."""
+    import numpy as np
+    from PIL import Image
+
+    from harmon_pipelines import HarmonImageEditPipeline
+
+    folder, image_path, mask_path, _ = inpaint_folder
+    pipe = HarmonImageEditPipeline.from_pretrained(folder)
+    assert type(pipe) is HarmonImageEditPipeline
+    pipe.set_progress_bar_config(disable=True)
+    image, mask = Image.open(image_path), Image.open(mask_path)
+    arguments = dict(guidance_scale=2.0, image_guidance_scale=1.5, num_inference_steps=3, num_sampling_steps=2)
+
+    def draw(**inputs):
+        generator = torch.Generator().manual_seed(5)
+        return pipe("make the circle blue", generator=generator, **arguments, **inputs).images[0]
+
+    return {
+        "pil": np.asarray(draw(image=image)),
+        "both": draw(image=[image, mask.convert("RGB")], output_type="np"),
+        "masked": draw(image=image, mask_image=mask, output_type="np"),
+        "reused": draw(image=image, output_type="np"),
+    }
+
+
+@pytest.mark.parametrize("by", ["folder", "repo id"])
+@pytest.mark.parametrize("python", interpreters())
+def test_edit_pipeline_loads_as_a_third_custom_pipeline(inpaint_folder, edit_expected, tmp_path, python, by):
+    import numpy as np
+
+    folder, image_path, mask_path, _ = inpaint_folder
+    source, cache = str(folder), None
+    if by == "repo id":
+        source, cache = "test-org/tiny-harmon", make_offline_cache(tmp_path / "hub", "test-org/tiny-harmon", folder)
+    output = tmp_path / "edit.npz"
+    arguments = [source, str(image_path), str(mask_path), str(output)]
+    stdout = run_python(python, EDIT_CHILD, tmp_path, child_env(tmp_path, cache), arguments)
+    report = json.loads(stdout.strip().splitlines()[-1])
+    assert "trust_remote_code=True" in report["refused"] and report["imported_untrusted"] == [], report
+    assert report["class"] == "HarmonImageEditPipeline" and report["bases"] == ["HarmonPipeline", "DiffusionPipeline"]
+    assert report["module"].startswith("diffusers_modules."), report["module"]
+    assert report["model_module"].startswith("diffusers_modules."), report["model_module"]
+    assert report["reused_class"] == "HarmonImageEditPipeline" and report["reused_shares_the_model"]
+    produced = np.load(output)
+    for name, expected in edit_expected.items():  # the same code, weights, seed and thread count: the same pixels
+        np.testing.assert_array_equal(produced[name], expected, err_msg=name)

@@ -1,0 +1,187 @@
+"""`harmon edit`: instruction editing, the picture in the model's view while it draws.
+
+    harmon edit scene.png "make the circle blue" -o out.png --image-cfg 1.5 --cfg 3
+    harmon edit scene.png "put this shape on the left" --also reference.png -o out.png   # several pictures
+    harmon edit scene.png "make the circle blue" --mask mask.png -o out.png              # edit inside a mask
+
+Draws with `HarmonImageEditPipeline`: IMAGE, and each `--also` picture after it, reach the LLM through the
+understanding path before the instruction, and the model draws a new image. `--image-cfg` is the guidance scale of
+the pictures (1 = off; default: the model's), `--cfg` that of the instruction. With `--mask` (white = redraw), IMAGE
+is also the canvas: its other tokens are kept and its size is the output's; without it the output has `--size`
+(default: the model's). Images, seeds and metadata follow `harmon generate` (image k uses seed + k; the PNG's
+`harmon` text chunk records the instruction, the settings, "mode": "edit" and the SHA-256 of every input file).
+Another turn edits the result: `harmon edit out.png "now remove the square" -o out2.png`. Many edits, resumable and
+sharded over processes: JSONL lines with "edit" (a path or a list of paths) for `harmon generate --prompts` (see its
+--help). A model whose config says it was not trained for editing draws anyway, with a warning.
+"""
+
+import argparse
+import hashlib
+import math
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from modeling_harmon.modeling_harmon_settings import HarmonSettingError
+from modeling_harmon.pipeline_harmon_edit import HarmonImageEditPipeline, edit_training_warning
+
+from .cli import (
+    IMAGES_PER_CALL,
+    MAX_IMAGES,
+    MAX_SEED,
+    CommandError,
+    _load,
+    _model_name,
+    _positive_int_argument,
+    _seed_argument,
+    _settings_options,
+    _show,
+    check_device,
+    check_writable_folder,
+    draw,
+    image_metadata,
+    read_image,
+    regular_file,
+    resolve_settings,
+    save,
+)
+
+
+EDIT_FIELDS = (
+    "height",
+    "width",
+    "num_iter",
+    "num_sampling_steps",
+    "guidance_scale",
+    "image_guidance_scale",
+    "temperature",
+)
+
+
+def add_edit_command(commands, add_setting_arguments, add_model_arguments) -> None:
+    """The `edit` subcommand, on `commands` (the `harmon` parser's subparsers)."""
+    parser = commands.add_parser(
+        "edit",
+        help="edit a picture by an instruction",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("image", type=Path, help="the picture to edit (any format PIL reads)")
+    parser.add_argument("prompt", help='the instruction, e.g. "make the circle blue"')
+    parser.add_argument(
+        "--also",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="a further picture the model sees after IMAGE (repeatable), e.g. a reference",
+    )
+    parser.add_argument(
+        "--mask", type=Path, metavar="MASK", help="edit inside the mask only (white = redraw; IMAGE's size)"
+    )
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="FILE.png", help="PNG file to write")
+    parser.add_argument("-n", "--num-images", type=_positive_int_argument, default=1, metavar="N")
+    parser.add_argument("--seed", type=_seed_argument, default=0, help="seed of image 0; image k uses seed + k")
+    parser.add_argument("--batch-size", type=_positive_int_argument, default=IMAGES_PER_CALL, metavar="B")
+    parser.add_argument("--max-images", type=_positive_int_argument, default=MAX_IMAGES, metavar="N")
+    add_setting_arguments(parser, EDIT_FIELDS)
+    add_model_arguments(parser)
+    parser.set_defaults(run=run_edit)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def image_cfg_setting(model, value, preset, shown: str) -> float:
+    """The image guidance scale for `value` (None: the model's), validated by the settings object; a bad value is a
+    [`CommandError`] prefixed by `shown` (e.g. `--image-cfg 0.5`)."""
+    try:
+        return model.image_generation_settings(preset, image_guidance_scale=value).image_guidance_scale
+    except HarmonSettingError as error:
+        raise CommandError(f"{shown}: {error}") from None
+
+
+def run_edit(args) -> None:
+    check_device(args.device)
+    if args.output.suffix.lower() != ".png":
+        raise CommandError(f"-o/--output must name a .png file, got {str(args.output)!r}")
+    if not args.prompt.strip():
+        raise CommandError("PROMPT (the instruction) must not be empty")
+    cfg = args.image_cfg
+    if cfg is not None and not (math.isfinite(cfg) and cfg >= 1.0):  # refused before the model loads
+        raise CommandError(f"--image-cfg {cfg}: must be a finite number >= 1 (1 disables image guidance)")
+    if args.mask is not None and args.size is not None:
+        raise CommandError("--size does not apply with --mask: IMAGE is the canvas, and its size is the output's")
+    n = args.num_images
+    if n > args.max_images:
+        raise CommandError(
+            f"-n {n}: more than --max-images {args.max_images} images are refused; pass a larger --max-images"
+        )
+    if args.seed + n - 1 > MAX_SEED:
+        raise CommandError(f"--seed {args.seed} with -n {n}: the seeds seed .. seed + n - 1 must stay <= 2**64 - 1")
+    paths = [args.output] if n == 1 else [args.output.with_name(f"{args.output.stem}_{k}.png") for k in range(n)]
+    for path in paths:
+        if path.is_dir():
+            raise CommandError(f"-o/--output {str(args.output)!r}: {str(path)!r} is a folder; give a new file name")
+    check_writable_folder(args.output.parent, f"-o/--output {str(args.output)!r}")
+    files = [(args.image, "IMAGE"), *((path, "--also") for path in args.also)]
+    # Each file is read once: what is drawn is what its recorded hash says.
+    data = [regular_file(path, f"{shown} {str(path)!r}").read_bytes() for path, shown in files]
+    pictures = [read_image(path, shown, data=raw) for (path, shown), raw in zip(files, data)]
+    inputs = {
+        "edit": [str(path) for path, _ in files],
+        "edit_sha256": [hashlib.sha256(raw).hexdigest() for raw in data],
+    }
+    mask = None
+    if args.mask is not None:
+        mask = read_image(args.mask, "--mask")
+        if mask.size != pictures[0].size:
+            raise CommandError(
+                f"--mask is {mask.width}x{mask.height} pixels but IMAGE is {pictures[0].width}x{pictures[0].height}"
+            )
+        inputs.update(mask=str(args.mask), mask_sha256=_sha256(args.mask))
+
+    model, tokenizer = _load(args)
+    if mask is not None:
+        stride = model.config.vae_stride * model.config.patch_size
+        if pictures[0].width % stride or pictures[0].height % stride:
+            raise CommandError(
+                f"IMAGE {str(args.image)!r} is {pictures[0].width}x{pictures[0].height} pixels; with --mask its sides "
+                f"must be multiples of {stride} (the model's token stride): resize or crop it"
+            )
+    options = _settings_options(args)
+    settings = resolve_settings(
+        model, options, lambda key: f"--{key.replace('_', '-')} {_show(key, options[key])}", args.preset
+    )
+    settings["image_guidance_scale"] = image_cfg_setting(model, cfg, args.preset, f"--image-cfg {_show('cfg', cfg)}")
+    if mask is not None:
+        settings.update(height=pictures[0].height, width=pictures[0].width)
+        if args.steps is None:  # the model scales its iterations by the share of tokens drawn
+            settings["num_inference_steps"] = None
+
+    pipe = HarmonImageEditPipeline(model=model, tokenizer=tokenizer)
+    warning = edit_training_warning(model.config)
+    if warning is not None:  # one line, not Python's two-line warning
+        print(f"harmon edit: warning: {warning}", file=sys.stderr)
+        pipe._warned_untrained = True
+    chunk = args.batch_size
+    pipe.set_progress_bar_config(disable=n > chunk)
+    with tqdm(total=n, unit="image", disable=n <= chunk) as progress:
+        for start in range(0, n, chunk):
+            seeds = [args.seed + k for k in range(start, min(n, start + chunk))]
+            try:
+                images = draw(pipe, [args.prompt] * len(seeds), seeds, settings, image=pictures, mask_image=mask)
+            except ValueError as error:
+                message = str(error).replace("mask_image", "--mask")
+                if message.startswith("image"):  # the pipeline's argument: IMAGE and the --also pictures
+                    message = ("IMAGE / --also" if args.also else "IMAGE") + message[len("image") :]
+                raise CommandError(message) from None
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            for drawn, seed, path in zip(images, seeds, paths[start:]):
+                metadata = image_metadata(args.prompt, seed, settings, _model_name(model))
+                metadata.update(mode="edit", inputs=inputs)
+                save(drawn, path, metadata)
+                print(path)
+                progress.update()
