@@ -73,6 +73,7 @@ ENTRY_POINTS = [
     'pipeline("image-text-to-text"',
     "DiffusionPipeline.from_pretrained(",
     'custom_pipeline="pipeline_harmon_inpaint"',
+    'custom_pipeline="pipeline_harmon_edit"',
     "HarmonPipeline.from_pretrained(",
     "import modeling_harmon",
     ".generate_images(",
