@@ -125,6 +125,9 @@ class HarmonConfig(PretrainedConfig):
         prompt_template (`str`): chat template with an `{input}` field, no system prompt.
         generation_prompt (`str`): text-to-image instruction with a `{prompt}` field.
         unconditional_prompt (`str`): the classifier-free-guidance (and caption-dropout) prompt.
+        trained_tasks (`list[str]`, *optional*): the tasks the weights were trained for (`"text2image"`,
+            `"image2text"`, `"text"`, `"edit"`), written by the training script; None means unknown (older configs and
+            converted reference checkpoints), so tools can tell an editing model from one that is not.
     """
 
     model_type = "harmon"
@@ -161,6 +164,7 @@ class HarmonConfig(PretrainedConfig):
         generation_prompt: str = DEFAULT_GENERATION_PROMPT,
         unconditional_prompt: str = DEFAULT_UNCONDITIONAL_PROMPT,
         tie_word_embeddings: bool | None = None,
+        trained_tasks: list[str] | None = None,
         **kwargs,
     ):
         if text_config is None:
@@ -196,6 +200,7 @@ class HarmonConfig(PretrainedConfig):
         self.prompt_template = prompt_template
         self.generation_prompt = generation_prompt
         self.unconditional_prompt = unconditional_prompt
+        self.trained_tasks = list(trained_tasks) if isinstance(trained_tasks, (list, tuple)) else trained_tasks
         # One class serves several Auto classes; `save_pretrained` adds AutoConfig/AutoModel to this map.
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         if tie_word_embeddings is None:
@@ -215,6 +220,11 @@ class HarmonConfig(PretrainedConfig):
             )
         if not 0.0 < self.mask_ratio_min <= 1.0:
             raise ValueError(f"mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}.")
+        tasks = self.trained_tasks
+        if tasks is not None and not (
+            isinstance(tasks, list) and all(isinstance(task, str) and task for task in tasks)
+        ):
+            raise ValueError(f"trained_tasks must be None or a list of task names, got {tasks!r}.")
         if self.noise_schedule not in ("cosine", "linear"):
             raise ValueError(f"noise_schedule must be 'cosine' or 'linear', got {self.noise_schedule!r}.")
         if not 1 <= self.num_sampling_steps <= self.num_train_timesteps:

@@ -423,6 +423,22 @@ class HarmonModel(HarmonPreTrainedModel):
             )
         return mask
 
+    def embed_with_images(self, input_ids: torch.LongTensor, pixel_values: torch.FloatTensor):
+        """(embeddings, image features): token embeddings whose `<image>` placeholders hold the images' features (the
+        understanding path: VAE, MAR encoder, `proj_in`), in order; in training their gradient is scaled by
+        `visual_grad_scale`. A question's images (`forward`), an edit's context images at sampling
+        (`generate_images(context_images=...)`) and in training (`text_to_image_loss(context_pixel_values=...)`) all
+        go through here, so they agree."""
+        embeds = self.embed_tokens(input_ids)
+        features = self.get_image_features(pixel_values)
+        if self.training and torch.is_grad_enabled() and self.config.visual_grad_scale != 1.0:
+            features = _ScaleGradient.apply(features, self.config.visual_grad_scale)
+        placeholders = self.get_placeholder_mask(input_ids, features)
+        embeds = embeds.masked_scatter(
+            placeholders.unsqueeze(-1).to(embeds.device), features.to(embeds.device, embeds.dtype)
+        )
+        return embeds, features
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -436,24 +452,18 @@ class HarmonModel(HarmonPreTrainedModel):
     ) -> HarmonModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if pixel_values is not None and input_ids is None:
+            raise ValueError("pixel_values need input_ids with <image> placeholders to know where images go.")
+        image_features = None
         if inputs_embeds is None:
             self.check_input_ids(input_ids)
-            inputs_embeds = self.embed_tokens(input_ids)
+            if pixel_values is not None:
+                inputs_embeds, image_features = self.embed_with_images(input_ids, pixel_values)
+            else:
+                inputs_embeds = self.embed_tokens(input_ids)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         self._warn_if_beyond_positions(int(past_length) + inputs_embeds.shape[1])
-        image_features = None
-        if pixel_values is not None:
-            if input_ids is None:
-                raise ValueError("pixel_values need input_ids with <image> placeholders to know where images go.")
-            image_features = self.get_image_features(pixel_values)
-            if self.training and torch.is_grad_enabled() and self.config.visual_grad_scale != 1.0:
-                image_features = _ScaleGradient.apply(image_features, self.config.visual_grad_scale)
-            placeholders = self.get_placeholder_mask(input_ids, image_features)
-            inputs_embeds = inputs_embeds.masked_scatter(
-                placeholders.unsqueeze(-1).to(inputs_embeds.device),
-                image_features.to(inputs_embeds.device, inputs_embeds.dtype),
-            )
-        elif (
+        if pixel_values is None and (
             input_ids is not None
             and bool((input_ids == self.config.image_token_id).any())
             and not (past_key_values is not None and past_key_values.get_seq_length() > 0)
@@ -768,10 +778,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device).long()
         seq_len = (settings.height // self._token_stride()) * (settings.width // self._token_stride())
         self._check_prompt_length(mask, "prompt with its context_images", seq_len, settings)
-        features = self.model.get_image_features(batch["pixel_values"].to(self.device, self.dtype))
-        embeds = self.model.embed_tokens(ids)
-        placeholders = self.model.get_placeholder_mask(ids, features)
-        embeds = embeds.masked_scatter(placeholders[..., None], features.to(embeds.dtype))
+        embeds, _ = self.model.embed_with_images(ids, batch["pixel_values"].to(self.device, self.dtype))
         count = len(prompts)
 
         def per_image(tensor):
@@ -1136,6 +1143,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         timesteps: torch.LongTensor | None = None,
         noise: torch.FloatTensor | None = None,
         generator: torch.Generator | None = None,
+        context_pixel_values: torch.FloatTensor | None = None,
     ) -> HarmonGenerationLossOutput:
         """MAR diffusion loss of a text-to-image batch, averaged over masked tokens.
 
@@ -1146,6 +1154,9 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                 (`ceil(L * ratio)` masked, the first entries of each order), each drawn when not given.
             timesteps: (B*L*diffusion_batch_mul,) training timesteps; noise: (same rows, D). Drawn when not given.
             generator: drives every draw that is not supplied.
+            context_pixel_values: (N, 3, S, S) context images of an edit (the task `edit`), in the order of the
+                prompts' `<image>` placeholders, which they fill as at sampling ([`HarmonModel.embed_with_images`]);
+                they are prompt, not target, and carry no loss terms.
         """
         model = self.model
         if latents is None:
@@ -1171,7 +1182,16 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             raise ValueError(f"mask must be (batch, {seq_len}) with the same number of masked tokens in every row.")
 
         encoded = model.mar_encoder(target, mask, (rows, cols))
-        encoded = model.bridge(encoded, attention_mask, prompt_embeds=model.embed_tokens(input_ids.to(device)))
+        input_ids = input_ids.to(device)
+        if context_pixel_values is not None:
+            prompt_embeds, _ = model.embed_with_images(input_ids, context_pixel_values.to(device))
+        elif bool((input_ids == self.config.image_token_id).any()):
+            raise ValueError(
+                "input_ids hold <image> placeholders but no context_pixel_values were given (the images they stand for)."
+            )
+        else:
+            prompt_embeds = model.embed_tokens(input_ids)
+        encoded = model.bridge(encoded, attention_mask, prompt_embeds=prompt_embeds)
         condition = model.mar_decoder(encoded, mask, (rows, cols))
 
         repeats = self.config.diffusion_batch_mul

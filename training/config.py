@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from .data.examples import check_edit_dropout
+
 
 # Parameter groups: a parameter belongs to the first group whose pattern (a regex searched in its name) matches.
 # Names are those of `HarmonForConditionalGeneration` (PEFT adds prefixes; `search` finds the pattern anywhere).
@@ -49,11 +51,15 @@ DEFAULTS: dict[str, Any] = {
     "image_size": 256,
     "data": {
         "sources": [],
-        "ratio": {"text": 0, "image2text": 1, "text2image": 2},
-        "micro_batch_size": {"text": 8, "image2text": 8, "text2image": 32},
+        # `edit` (instruction editing) is optional in a ratio given whole (e.g. by --set): missing means 0.
+        "ratio": {"text": 0, "image2text": 1, "text2image": 2, "edit": 0},
+        "micro_batch_size": {"text": 8, "image2text": 8, "text2image": 32, "edit": 16},
         "max_length": 2048,
         "t2i_max_length": 128,
         "caption_dropout": 0.1,
+        # Edit samples drop the instruction, the source image(s) or both with these probabilities (exclusive draws;
+        # InstructPix2Pix's 5 % each), so that both guidance scales of editing have their unconditional rows.
+        "edit_dropout": {"text": 0.05, "image": 0.05, "both": 0.05},
         "min_image_side": 8,
         "max_aspect_ratio": 10.0,
         "num_workers": 0,
@@ -68,8 +74,8 @@ DEFAULTS: dict[str, Any] = {
         "scheduler": "cosine",
         "warmup": 0.01,  # fraction of max_steps (< 1) or a number of steps
         "max_grad_norm": 1.0,
-        "task_loss_weights": {"text": 1.0, "image2text": 1.0, "text2image": 1.0},
-        "task_max_grad_norm": {"text": None, "image2text": None, "text2image": None},
+        "task_loss_weights": {"text": 1.0, "image2text": 1.0, "text2image": 1.0, "edit": 1.0},
+        "task_max_grad_norm": {"text": None, "image2text": None, "text2image": None, "edit": None},
     },
     "train": {
         "max_steps": 1000,
@@ -204,11 +210,28 @@ def validate(config: dict) -> None:
     if not isinstance(size, int) or size <= 0:
         raise ConfigError(f"image_size must be a positive integer (pixels), got {size!r}.")
     ratio = config["data"]["ratio"]
-    tasks = ("text", "image2text", "text2image")
-    if set(ratio) != set(tasks) or not all(isinstance(ratio[t], int) and ratio[t] >= 0 for t in tasks):
-        raise ConfigError(f"data.ratio must give a non-negative integer for each of {tasks}, got {ratio!r}.")
+    tasks, optional = ("text", "image2text", "text2image"), ("edit",)
+    if (
+        not isinstance(ratio, dict)
+        or not set(tasks) <= set(ratio) <= set(tasks + optional)
+        or not all(isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in ratio.values())
+    ):
+        raise ConfigError(
+            f"data.ratio must give a non-negative integer for each of {tasks} (and optionally {optional}), got "
+            f"{ratio!r}."
+        )
     if sum(ratio.values()) == 0:
         raise ConfigError("data.ratio is all zeros: at least one task needs micro-batches.")
+    sizes = config["data"]["micro_batch_size"]
+    for task, count in ratio.items():
+        size = sizes.get(task) if isinstance(sizes, dict) else None
+        if count and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ConfigError(f"data.micro_batch_size.{task} must be an integer >= 1 (data.ratio.{task} is {count}).")
+    dropout = config["data"]["edit_dropout"]
+    try:
+        check_edit_dropout(dropout)
+    except ValueError as error:
+        raise ConfigError(f"data.{error}") from None
     for name, group in config["optim"]["groups"].items():
         unknown = set(group) - {"patterns", "lr", "trainable", "weight_decay"}
         if unknown:

@@ -4,9 +4,11 @@
         --output-dir runs/stage1 [--max-steps N] [--resume | --overwrite] [--data KIND=FORMAT:PATH ...] \\
         [--set key=value ...] [--lora]
 
-KIND is caption, vqa, text or t2i; FORMAT is reference_folder, llava_json, jsonl or hf; options follow a `?`
-(`caption=jsonl:data/caps.jsonl?weight=2`). `--data` replaces the config's sources of that kind and keeps the
-configured ratios. `--set a.b=v` parses v as YAML (`--set image_size=512 --set optim.groups.llm.lr=2e-6`).
+KIND is caption, vqa, text, t2i or edit; FORMAT is reference_folder, llava_json, jsonl or hf; options follow a `?`
+(`caption=jsonl:data/caps.jsonl?weight=2`,
+`edit=hf:osunlp/MagicBrush?split=train&source_column=source_img&target_column=target_img`). `--data` replaces the
+config's sources of that kind and keeps the configured ratios. `--set a.b=v` parses v as YAML
+(`--set image_size=512 --set optim.groups.llm.lr=2e-6`).
 
 Several processes: `torchrun --nproc_per_node N -m training.train ...` (CPU: gloo; GPUs: NCCL), or
 `accelerate launch --num_processes N -m training.train ...` on GPUs (`accelerate launch --cpu --num_processes N`
@@ -16,7 +18,8 @@ key; pass the files in training/configs/ to `accelerate launch --config_file`.
 A fresh run needs a new or empty `--output-dir`; one that holds files needs `--resume` or `--overwrite`
 (training/run_folder.py). Mistakes in the arguments, the config or the data paths end the command before the model
 loads, with exit status 2 and one line. The samples skipped as unusable are printed at the end and saved in
-`--output-dir/data_skips.json`.
+`--output-dir/data_skips.json`. The saved model's config records in `trained_tasks` the tasks this run trained
+(ratio > 0) together with those its starting checkpoint recorded.
 """
 
 import argparse
@@ -154,6 +157,8 @@ def run(args) -> Path:
     prepare_run_folder(config["train"]["output_dir"], args.resume, args.overwrite, inputs, is_main)
     set_seed(config["train"]["seed"])
     model, tokenizer = load_model(config["model"], config["model"]["dtype"])
+    # Checkpoints and the final model say what they were trained for (tools tell an editing model by it).
+    model.config.trained_tasks = trained_tasks(getattr(model.config, "trained_tasks", None), config["data"]["ratio"])
     processor = HarmonProcessor.from_model_config(model.config, tokenizer, image_size=config["image_size"])
     groups = config["optim"]["groups"]
     counts = apply_trainable(model, groups)
@@ -182,6 +187,7 @@ def run(args) -> Path:
             start=start,
             latents_cache=LatentsCache(data["latents_cache"]) if data["latents_cache"] else None,
             report_skips=True,
+            edit_dropout=data["edit_dropout"],
         )
 
     ema = None
@@ -246,6 +252,17 @@ def run(args) -> Path:
     return final
 
 
+# The order `trained_tasks` lists tasks in (generation first, as the paper's ratios are given); others follow sorted.
+TASK_ORDER = ("text2image", "image2text", "text", "edit")
+
+
+def trained_tasks(recorded: list[str] | None, ratio: dict[str, int]) -> list[str]:
+    """The tasks a model has been trained for after this run: those `recorded` in its starting config (None: unknown,
+    nothing to keep) and those this run's `ratio` gives micro-batches."""
+    tasks = set(recorded or ()) | {task for task, count in ratio.items() if count > 0}
+    return [task for task in TASK_ORDER if task in tasks] + sorted(tasks - set(TASK_ORDER))
+
+
 def save_final(trainer, final: Path, inputs: list[str], config: dict, tokenizer, processor) -> None:
     """`final/` (and `final/merged/` for a merged LoRA run) staged and swapped in like a checkpoint, so a kill while
     saving never leaves weights without their tokenizer and processor."""
@@ -260,6 +277,7 @@ def save_final(trainer, final: Path, inputs: list[str], config: dict, tokenizer,
             from harmon_pipelines.hub import write_hub_files
 
             base, _ = load_model(config["model"], config["model"]["dtype"])
+            base.config.trained_tasks = trained_tasks(base.config.trained_tasks, config["data"]["ratio"])
             write_hub_files(staging / "merged", merge_adapter(base, str(staging)), tokenizer, processor=processor)
 
 

@@ -1,7 +1,8 @@
 """`HarmonTrainer`: `transformers.Trainer` for Harmon's mixed understanding / generation training.
 
 What the stock Trainer does not know and this subclass adds:
-- single-task micro-batches (text CE, image-to-text CE, text-to-image diffusion loss) from a rank-synchronised
+- single-task micro-batches (text CE, image-to-text CE, text-to-image diffusion loss, and the edit loss: the same
+  diffusion loss on the target with the source images in the prompt: `context_pixel_values`) from a rank-synchronised
   stream, each task backpropagated on its own with its loss weight and optional gradient clipping;
 - per-module-group learning rates and the reference's weight-decay rule (none for 1-D parameters, biases and the
   diffusion head);
@@ -33,7 +34,7 @@ from modeling_harmon.output_folders import (
 )
 
 
-TASKS = ("text", "image2text", "text2image")
+TASKS = ("text", "image2text", "text2image", "edit")
 
 
 def _unwrap(model):
@@ -178,6 +179,8 @@ class HarmonTrainer(Trainer):
         inputs = dict(inputs)
         task = inputs.pop("task")
         if task == "text2image":
+            outputs = model(generation_targets=True, **inputs)
+        elif task == "edit":  # the target's loss with the sources in the prompt (`context_pixel_values`)
             outputs = model(generation_targets=True, **inputs)
         elif task in ("image2text", "text"):
             outputs = model(**inputs)
@@ -353,6 +356,6 @@ def micro_batches_per_step(config: dict, world_size: int) -> tuple[int, int]:
     cycle_length = sum(ratio.values())
     cycles = config["train"]["cycles_per_step"]
     if config["train"]["global_batch_size"]:
-        samples_per_cycle = sum(ratio[task] * sizes[task] for task in TASKS) * world_size
+        samples_per_cycle = sum(count * sizes[task] for task, count in ratio.items() if count) * world_size
         cycles = max(1, math.ceil(config["train"]["global_batch_size"] / samples_per_cycle))
     return cycle_length * cycles, cycles

@@ -10,11 +10,14 @@ def collate(task: str, examples: list[Example], pad_token_id: int) -> dict:
     """Stack `examples` of one task into a micro-batch.
 
     Token rows are right-padded with `pad_token_id` (`attention_mask` 0, `labels` -100 there). Text-to-image batches
-    carry `latents` (B, rows, cols, D) when every example has cached latents, else `pixel_values` (B, 3, S, S).
+    carry `latents` (B, rows, cols, D) when every example has cached latents, else `pixel_values` (B, 3, S, S). Edit
+    batches carry the targets as `pixel_values` and the context images of all rows, in row order, as
+    `context_pixel_values` (N, 3, S, S) (absent when every row dropped its images), which fill the rows' `<image>`
+    placeholders in order, as `generate_images` fills them.
 
     Returns:
         `{"task", "input_ids", "attention_mask"}` plus `labels` (image2text, text) and `pixel_values` or `latents`
-        (image2text, text2image), all `torch.long` / `torch.float32` tensors.
+        (image2text, text2image, edit) and `context_pixel_values` (edit), all `torch.long` / `torch.float32` tensors.
     """
     if not examples:
         raise ValueError(f"examples must hold at least one {task} example, got none.")
@@ -25,7 +28,7 @@ def collate(task: str, examples: list[Example], pad_token_id: int) -> dict:
         input_ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids, dtype=torch.long)
         attention_mask[row, : len(example.input_ids)] = 1
     batch = {"task": task, "input_ids": input_ids, "attention_mask": attention_mask}
-    if task != "text2image":
+    if task not in ("text2image", "edit"):
         labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
         for row, example in enumerate(examples):
             labels[row, : len(example.labels)] = torch.tensor(example.labels, dtype=torch.long)
@@ -34,4 +37,7 @@ def collate(task: str, examples: list[Example], pad_token_id: int) -> dict:
         batch["latents"] = torch.stack([example.latents.float() for example in examples])
     elif task != "text":
         batch["pixel_values"] = torch.stack([example.pixel_values for example in examples])
+    context = [example.context_pixel_values for example in examples if example.context_pixel_values is not None]
+    if task == "edit" and context:
+        batch["context_pixel_values"] = torch.cat(context).float()
     return batch

@@ -5,6 +5,10 @@ Whatever the storage format, a source gives records of one shape per kind:
 * `caption`, `t2i`: `{"image": ..., "text": str | list[str]}`
 * `vqa`: `{"image": ..., "messages": [turn, ...]}` (LLaVA `{"from", "value"}` or chat `{"role", "content"}` turns)
 * `text`: `{"messages": [turn, ...]}`
+* `edit`: `{"sources": [image, ...], "instruction": str | list[str], "target": image}`, read from the fields (jsonl) or
+  columns (hf) that `source_column`, `instruction_column` and `target_column` name; a source field holds one image
+  or a list of them, so InstructPix2Pix-style (`original_image`, `edit_prompt`, `edited_image`) and MagicBrush-style
+  (`source_img`, `instruction`, `target_img`) sets map onto it by options alone.
 
 `image` is what the storage holds: a path (made absolute), an encoded image (`{"bytes", "path"}` from a Hugging
 Face `Image` column) or a PIL image; `images.read_image` reads them all. Values are checked later by the example
@@ -24,8 +28,8 @@ import numpy as np
 from .skips import BAD_RECORD, SkipSample
 
 
-TASKS = ("text", "image2text", "text2image")
-KIND_TO_TASK = {"text": "text", "caption": "image2text", "vqa": "image2text", "t2i": "text2image"}
+TASKS = ("text", "image2text", "text2image", "edit")
+KIND_TO_TASK = {"text": "text", "caption": "image2text", "vqa": "image2text", "t2i": "text2image", "edit": "edit"}
 FORMATS = ("reference_folder", "llava_json", "jsonl", "hf")
 # Which kinds each format can hold: the reference folder layout stores captions only, LLaVA files conversations.
 FORMAT_KINDS = {
@@ -41,6 +45,18 @@ OPTION_FORMATS = {
     "text_column": ("hf",),
     "streaming": ("hf",),
     "annotation_folder": ("reference_folder",),
+    "source_column": ("jsonl", "hf"),
+    "instruction_column": ("jsonl", "hf"),
+    "target_column": ("jsonl", "hf"),
+}
+# Options that only some kinds read: an edit source names its three fields with its own options, not with the
+# image/text columns of the other kinds.
+OPTION_KINDS = {
+    "image_column": ("caption", "vqa", "text", "t2i"),
+    "text_column": ("caption", "vqa", "text", "t2i"),
+    "source_column": ("edit",),
+    "instruction_column": ("edit",),
+    "target_column": ("edit",),
 }
 # The fields of a stored record that each kind reads (jsonl and LLaVA names; hf columns are mapped onto them).
 KIND_FIELDS = {
@@ -59,7 +75,8 @@ class SourceSpec:
     One training data source.
 
     Args:
-        kind (`str`): `caption` or `vqa` (image-to-text), `text` (chat), `t2i` (text-to-image); see `KIND_TO_TASK`.
+        kind (`str`): `caption` or `vqa` (image-to-text), `text` (chat), `t2i` (text-to-image), `edit` (instruction
+            editing); see `KIND_TO_TASK`.
         format (`str`): storage format, one of `FORMATS`:
             `jsonl` (one JSON object per line), `llava_json` (a JSON list of LLaVA records), `reference_folder`
             (the reference's `data_info.json` list of `{"image", "annotation"}`, or a folder of such lists), `hf` (a
@@ -70,6 +87,9 @@ class SourceSpec:
         split (`str`, *optional*): `hf` split (default `train`; a saved `DatasetDict` with one split needs none).
         image_column, text_column (`str`): `hf` columns holding the image (PIL image, encoded bytes or path) and the
             text (caption for caption/t2i, the conversation for vqa and text).
+        source_column, instruction_column, target_column (`str`): `edit` only: the jsonl fields or `hf` columns of
+            the source image(s) (one image or a list), the instruction and the target image (defaults `source`,
+            `instruction`, `target`).
         streaming (`bool`): read an `hf` source as a stream (no random access, no download of the whole set).
         image_folder (`str`, *optional*): folder that relative image paths start from (default: the folder of the
             jsonl/JSON file or of `data_info.json`, or the `hf` dataset folder).
@@ -87,6 +107,9 @@ class SourceSpec:
     streaming: bool = False
     image_folder: str | None = None
     annotation_folder: str | None = None
+    source_column: str = "source"
+    instruction_column: str = "instruction"
+    target_column: str = "target"
 
     def __post_init__(self) -> None:
         if self.kind not in KIND_TO_TASK:
@@ -111,7 +134,7 @@ class SourceSpec:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ValueError(f"{name} must be None or a non-empty string, got {value!r}.")
-        for name in ("image_column", "text_column"):
+        for name in ("image_column", "text_column", "source_column", "instruction_column", "target_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}.")
         if not isinstance(self.streaming, bool):
@@ -123,10 +146,16 @@ class SourceSpec:
                     f"{name} applies to format {' or '.join(formats)} only, got {name}={getattr(self, name)!r} "
                     f"with format {self.format!r}."
                 )
+        for name, kinds in OPTION_KINDS.items():
+            if getattr(self, name) != defaults[name] and self.kind not in kinds:
+                raise ValueError(
+                    f"{name} applies to kind {' or '.join(kinds)} only, got {name}={getattr(self, name)!r} with kind "
+                    f"{self.kind!r}."
+                )
 
     @property
     def task(self) -> str:
-        """The task slot this source feeds (`text`, `image2text` or `text2image`)."""
+        """The task slot this source feeds (`text`, `image2text`, `text2image` or `edit`)."""
         return KIND_TO_TASK[self.kind]
 
     @classmethod
@@ -229,6 +258,36 @@ def _to_record(kind: str, stored: object, image_root: Path, where: str) -> dict:
     return {"image": image, "text": stored["text"]}
 
 
+def _edit_record(spec: "SourceSpec", stored: object, image_root: Path, where: str) -> dict:
+    """The `edit` record of a stored JSON object or dataset row, read through the spec's three field names."""
+    if not isinstance(stored, Mapping):
+        raise SkipSample(BAD_RECORD, f"{where} is a {type(stored).__name__}, not an object.")
+    columns = {"sources": spec.source_column, "instruction": spec.instruction_column, "target": spec.target_column}
+    missing = [column for column in columns.values() if stored.get(column) is None]
+    if missing:
+        raise SkipSample(
+            BAD_RECORD,
+            f"{where} has no {missing} (an edit record needs {list(columns.values())}: source image(s), "
+            "instruction, target image).",
+        )
+    sources = stored[spec.source_column]
+    sources = list(sources) if isinstance(sources, (list, tuple)) else [sources]
+    if not sources or any(source is None for source in sources):
+        raise SkipSample(BAD_RECORD, f"{where}: {spec.source_column!r} must hold one image or a non-empty list.")
+    return {
+        "sources": [_resolve_image(source, image_root) for source in sources],
+        "instruction": stored[spec.instruction_column],
+        "target": _resolve_image(stored[spec.target_column], image_root),
+    }
+
+
+def _record(spec: "SourceSpec", stored: object, image_root: Path, where: str) -> dict:
+    """The record of a stored object from a source that may hold any kind (jsonl, hf)."""
+    if spec.kind == "edit":
+        return _edit_record(spec, stored, image_root, where)
+    return _to_record(spec.kind, stored, image_root, where)
+
+
 def _file_fingerprint(*paths: Path) -> str:
     """Size and modification time of the files that list the records: it changes when they are rewritten."""
     return ";".join(f"{path.stat().st_size}-{path.stat().st_mtime_ns}" for path in paths)
@@ -291,7 +350,7 @@ class JsonlSource(Source):
             stored = json.loads(line)
         except ValueError as error:  # invalid JSON or invalid UTF-8
             raise SkipSample(BAD_RECORD, f"{where} is not valid JSON: {error}") from None
-        return _to_record(self.spec.kind, stored, self._image_root, where)
+        return _record(self.spec, stored, self._image_root, where)
 
     @property
     def fingerprint(self) -> str:
@@ -400,17 +459,39 @@ def _load_hf(spec: SourceSpec):
             data = data.to_iterable_dataset()
     else:
         data = datasets.load_dataset(spec.path, split=spec.split or "train", streaming=spec.streaming)
-    needed = (spec.text_column,) if spec.kind == "text" else (spec.image_column, spec.text_column)
+    if spec.kind == "edit":
+        options = ("source_column", "instruction_column", "target_column")
+        images = (spec.source_column, spec.target_column)
+    else:
+        options = ("text_column",) if spec.kind == "text" else ("image_column", "text_column")
+        images = () if spec.kind == "text" else (spec.image_column,)
     names = data.column_names
-    for column in needed:
+    for option in options:
+        column = getattr(spec, option)
         if names is not None and column not in names:
-            option = "text_column" if column == spec.text_column else "image_column"
             raise ValueError(f"{option} {column!r} is not a column of {spec.path}; its columns are {names}.")
     features = data.features or {}
-    if spec.kind != "text" and isinstance(features.get(spec.image_column), datasets.Image):
+    for column in dict.fromkeys(images):
         # Undecoded rows are cheap: only the sampled images are decoded (by the data code, which can skip bad ones).
-        data = data.cast_column(spec.image_column, datasets.Image(decode=False))
+        undecoded = _undecoded_image_feature(features.get(column))
+        if undecoded is not None:
+            data = data.cast_column(column, undecoded)
     return data
+
+
+def _undecoded_image_feature(feature):
+    """The feature of an `Image` column, or of a list of images, with decoding off; None for other features."""
+    import datasets
+
+    if isinstance(feature, datasets.Image):
+        return datasets.Image(decode=False)
+    if isinstance(feature, list) and len(feature) == 1 and isinstance(feature[0], datasets.Image):
+        return [datasets.Image(decode=False)]
+    for name in ("List", "Sequence"):  # `List` since datasets 4, `Sequence` before
+        kind = getattr(datasets, name, None)
+        if isinstance(kind, type) and isinstance(feature, kind) and isinstance(feature.feature, datasets.Image):
+            return kind(datasets.Image(decode=False), length=feature.length)
+    return None
 
 
 class HFSource(Source):
@@ -434,6 +515,8 @@ class HFSource(Source):
 
 def hf_row_to_record(spec: SourceSpec, row: Mapping, image_root: Path, where: str) -> dict:
     """Map a dataset row onto a record through the spec's column names."""
+    if spec.kind == "edit":
+        return _edit_record(spec, row, image_root, where)
     if spec.kind == "text":
         stored = {"messages": row[spec.text_column]}
     else:

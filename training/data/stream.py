@@ -6,7 +6,7 @@ The micro-batch at global position `p` is a pure function of `(seed, p, rank, wo
 2. the source within the task follows the sources' weights, spread evenly over the task's micro-batches;
 3. the source's micro-batch number `m` (how many of its micro-batches came before) picks this rank's slice of the
    source's seeded epoch permutations (`sample_order.EpochOrder`);
-4. every random choice of sample `i` (crop, caption dropout, caption prompt, refills) is drawn from a generator
+4. every random choice of sample `i` (crop, caption/edit dropout, caption prompt, refills) is drawn from a generator
    seeded by `(seed, p, rank, i)`.
 
 So resuming at micro-batch `k` is `start=k`: nothing is replayed and nothing needs saving. A sample that cannot be
@@ -82,6 +82,8 @@ class MicroBatchStream(IterableDataset):
         start (`int`): the first position `__iter__` yields (the number of micro-batches already trained on).
         latents_cache (`LatentsCache`, *optional*): precomputed latents for text-to-image sources.
         caption_prompts (`tuple[str]`): instructions for caption samples (default: `DENSE_CAPTION_PROMPTS`).
+        edit_dropout (`dict[str, float]`, *optional*): condition dropout of edit samples (see `ExampleBuilder`;
+            default InstructPix2Pix's 5 % text, 5 % image, 5 % both).
         report_skips (`bool`): each batch `__iter__` yields also carries `"skipped"`, the samples skipped while
             building it by reason (nonzero ones only), so a consumer in another process can count them.
     """
@@ -107,6 +109,7 @@ class MicroBatchStream(IterableDataset):
         latents_cache=None,
         caption_prompts: tuple[str, ...] = DENSE_CAPTION_PROMPTS,
         report_skips: bool = False,
+        edit_dropout: Mapping[str, float] | None = None,
     ) -> None:
         self.seed = _check_int("seed", seed, 0)
         self.world_size = _check_int("world_size", world_size, 1)
@@ -166,6 +169,7 @@ class MicroBatchStream(IterableDataset):
             max_aspect_ratio=max_aspect_ratio,
             kinds=tuple({spec.kind for _, spec, _ in pairs}),
             caption_prompts=caption_prompts,
+            edit_dropout=edit_dropout,
         )
         pad_token_id = processor.tokenizer.pad_token_id
         self.pad_token_id = model_config.pad_token_id if pad_token_id is None else pad_token_id
