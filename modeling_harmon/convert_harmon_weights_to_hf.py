@@ -406,6 +406,9 @@ def build_config(harmon_state, vae_state, text_config, settings: dict) -> Harmon
         if field not in settings:
             raise ConversionError(f"--mar-config must give {field} (attention heads cannot be read from weights).")
     text = {key: value for key, value in text_config.to_dict().items() if key != "_name_or_path"}
+    # The released checkpoints were trained for generation and understanding (the paper's stages), not editing: the
+    # editing pipeline warns on them.
+    settings.setdefault("trained_tasks", ["text2image", "image2text"])
     return HarmonConfig(text_config=text, vae_config=vae_config, **settings)
 
 
