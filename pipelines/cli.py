@@ -535,7 +535,9 @@ def run_generate(args) -> None:
     )
     default = (settings["height"], settings["width"])
     check_size(default, args.max_side, f"--size (the model's default, {_show('size', default)})")
+    from harmon_training.shapes.phrasings import warn_unknown_words
 
+    warn_unknown_words("harmon generate", args.prompt, tokenizer)  # once the arguments have passed every check
     pipe = HarmonPipeline(model=model, tokenizer=tokenizer)
     chunk = args.batch_size or IMAGES_PER_CALL  # bounded memory however large -n is; seeds stay seed + k
     pipe.set_progress_bar_config(disable=n > chunk)  # several calls: one bar over images below
@@ -614,6 +616,9 @@ def run_ask(args) -> None:
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=image, text=text, return_tensors="pt").to(model.device)
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    from harmon_training.shapes.phrasings import warn_unknown_words
+
+    warn_unknown_words("harmon ask", args.question, tokenizer)  # once the inputs have passed every check
     output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
     print(processor.decode(output[0, inputs["input_ids"].shape[1] :]).strip())
 

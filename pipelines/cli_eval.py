@@ -48,12 +48,13 @@ def add_eval_command(commands, add_setting_arguments, add_model_arguments) -> No
     )
     shapes.add_argument(
         "--task",
-        choices=("generate", "inpaint", "outpaint", "vary"),
+        choices=("generate", "inpaint", "outpaint", "vary", "edit"),
         default="generate",
         help="generate: text-to-image and VQA (default); inpaint: redraw one object of a two-object scene "
         "(harmon_training.shapes.evaluation_inpaint); outpaint: draw the half of a two-object scene that is missing "
         "(harmon_training.shapes.evaluation_outpaint); vary: variations at strengths 0.3 and 0.6 "
-        "(harmon_training.shapes.evaluation_vary)",
+        "(harmon_training.shapes.evaluation_vary); edit: follow an edit instruction with the source in view, by "
+        "operation, held-out combinations and phrasings apart (harmon_training.shapes.evaluation_edit)",
     )
     shapes.add_argument(
         "--n",
@@ -157,7 +158,7 @@ def run_shapes_eval(args) -> None:
             raise CommandError(f"--preset {args.preset}: {error}") from None
         flagged = given.get(error.field) is not None  # else the default (ShapesEval's or the model's) is at fault
         raise CommandError(f"{flags[error.field]} {given[error.field]}: {error}" if flagged else str(error)) from None
-    if args.task in ("inpaint", "outpaint", "vary"):
+    if args.task in ("inpaint", "outpaint", "vary", "edit"):
         return _run_canvas_eval(args, model, tokenizer, given)
     processor = load_processor(args.model, model, tokenizer)
     results = evaluate_shapes(
@@ -215,7 +216,8 @@ def _run_shapes_geneval(args) -> None:
 
 
 def _run_canvas_eval(args, model, tokenizer, given: dict) -> None:
-    """`harmon eval shapes --task inpaint|outpaint|vary`: prints the scores (fractions, counts, standard errors)."""
+    """`harmon eval shapes --task inpaint|outpaint|vary|edit`: prints the scores (fractions, counts, standard
+    errors)."""
     # Only what the flags set: the rest is the model's, and its MAR iterations scale with the share drawn.
     settings = {PIPELINE_NAMES.get(field, field): value for field, value in given.items() if value is not None}
     if args.preset is not None:
@@ -234,6 +236,17 @@ def _run_canvas_eval(args, model, tokenizer, given: dict) -> None:
             f"PSNR of the unmasked region: {results['psnr_unmasked_db']} dB raw, "
             f"{results['psnr_unmasked_db_with_paste_back']} dB with paste-back; {results['seconds_per_item']} s per item"
         )
+    elif args.task == "edit":
+        from harmon_training.shapes.evaluation_edit import evaluate_edit
+
+        results = evaluate_edit(model, tokenizer, n=args.n, seed=args.seed, settings=settings)
+        groups = {"all": results, **results["by_group"], **results["by_operation"]}
+        for group, scores in groups.items():
+            for name in ("success", "preservation", "unchanged"):
+                if scores[name] is not None:
+                    print(line(f"{group} {name}", scores[name]))
+        if results["edit_warning"] is not None:
+            print(f"harmon eval shapes: warning: {results['edit_warning']}", file=sys.stderr)
     elif args.task == "outpaint":
         from harmon_training.shapes.evaluation_outpaint import evaluate_outpaint
 

@@ -5,6 +5,16 @@
 Writes `images/*.png`, `captions.jsonl` (image -> caption, for captioning and text-to-image), `vqa.jsonl` (LLaVA
 conversations, several questions per scene) and `tokenizer/` (word-level over the world's vocabulary plus the Qwen
 chat specials and `<image>`). Only training-split scenes: the held-out (colour, shape) pairs never appear.
+
+Issue 25 (both off by default, so the shipped model's data comes out byte for byte as before):
+
+    python -m training.shapes.make_data --output runs/shapes/data --scenes 20000 --seed 0 --free-phrasing --edits 20000
+
+`--free-phrasing` words captions and questions in the train phrasings of phrasings.py (the canonical wording half
+the time; same scenes, images and answers as without it); `--edits N` also writes `edits.jsonl` (one record a line:
+`{"source": "edits/000000_source.png", "instruction": "make the circle blue", "target":
+"edits/000000_target.png", "operation": "recolor"}`, image paths relative to the JSONL; train-split edits of
+edits.py) and `edits/*.png`. Either flag writes the tokenizer over `world.extended_vocabulary()`.
 """
 
 import argparse
@@ -14,7 +24,9 @@ from pathlib import Path
 
 from modeling_harmon.output_folders import OutputFolderError, replace_folder
 
-from .world import questions, render, sample_scene, vocabulary
+from .edits import render_edit, sample_edit
+from .phrasings import phrase_caption, phrase_question
+from .world import extended_vocabulary, questions, render, sample_scene, vocabulary
 
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -24,17 +36,24 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # question such as "where is the red square?"), and every question as a one-turn record of its own (VQA 0.83). That
 # run also differed in stage I (two processes), so it is not a controlled comparison.
 QUESTIONS_PER_SCENE = 3
+# The keys of an edit record in edits.jsonl (the `edit` training source's default column names).
+EDIT_KEYS = ("source", "instruction", "target")
 
 
-def build_tokenizer():
+def build_tokenizer(extended: bool = False):
     """Word-level tokenizer over the world's words (plus the chat role names and specials).
 
     A real BPE vocabulary would waste most of a tiny LLM's embedding table; words the world never uses map to
-    `<unk>`."""
+    `<unk>`. `extended`: also the words of the free phrasings and edit instructions (issue 25), with ids after
+    every id of the plain tokenizer (specials included), so those stay the shipped model's."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     words = ["<unk>"] + vocabulary() + ["user", "assistant", "system"]
+    if extended:
+        known = set(words)
+        words += SPECIAL_TOKENS + ["<image>"]
+        words += [word for word in extended_vocabulary() if word not in known]
     core = Tokenizer(models.WordLevel(vocab={word: index for index, word in enumerate(words)}, unk_token="<unk>"))
     core.normalizer = normalizers.Lowercase()  # "Generate an image: ..." and "generate" are the same word
     core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
@@ -49,26 +68,55 @@ def build_tokenizer():
     )
 
 
-def write_data(output: Path, scenes: int, seed: int, overwrite: bool = False) -> None:
+def write_data(
+    output: Path, scenes: int, seed: int, overwrite: bool = False, free_phrasing: bool = False, edits: int = 0
+) -> None:
     """Write the data folder atomically; an existing one is replaced only if a harmon writer made it and `overwrite`
-    is set."""
+    is set. `free_phrasing` and `edits` (issue 25; see the module docstring) draw from random streams of their own,
+    so the scenes and images stay those of the plain data."""
     with replace_folder(output, "training.shapes.make_data", overwrite) as staging:
         (staging / "images").mkdir()
         rng = random.Random(seed)
+        wording = random.Random(f"shapes-phrasing-{seed}") if free_phrasing else None
         with open(staging / "captions.jsonl", "w") as captions, open(staging / "vqa.jsonl", "w") as vqa:
             for index in range(scenes):
                 scene = sample_scene(rng, "train")
                 name = f"images/{index:06d}.png"
                 render(scene, rng).save(staging / name)
-                captions.write(json.dumps({"image": name, "text": scene.caption()}) + "\n")
+                caption = scene.caption() if wording is None else phrase_caption(scene, wording)[1]
+                captions.write(json.dumps({"image": name, "text": caption}) + "\n")
                 asked = questions(scene, rng)
                 rng.shuffle(asked)
                 turns = []
                 for turn, (_, question, answer) in enumerate(asked[:QUESTIONS_PER_SCENE]):
+                    if wording is not None:
+                        question = phrase_question(question, wording)[1]
                     turns.append({"from": "human", "value": ("<image>\n" if turn == 0 else "") + question})
                     turns.append({"from": "gpt", "value": answer})
                 vqa.write(json.dumps({"image": name, "conversations": turns}) + "\n")
-        build_tokenizer().save_pretrained(staging / "tokenizer")
+        if edits:
+            write_edit_records(staging, edits, seed)
+        build_tokenizer(extended=free_phrasing or edits > 0).save_pretrained(staging / "tokenizer")
+
+
+def write_edit_records(folder: Path, count: int, seed: int) -> Path:
+    """Write `count` train-split edits (edits.py) into `folder`: `edits/NNNNNN_source.png`, `edits/NNNNNN_target.png`
+    and `edits.jsonl`, one record a line with the keys `EDIT_KEYS` (source and target: PNG paths relative to the
+    JSONL; instruction: one train phrasing) and `operation`. Untouched objects are drawn on the same pixels in
+    source and target (`edits.render_edit`). Returns the JSONL's path."""
+    folder = Path(folder)
+    (folder / "edits").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"shapes-edits-{seed}")
+    path = folder / "edits.jsonl"
+    with open(path, "w") as records:
+        for index in range(count):
+            edit = sample_edit(rng, "train")
+            source, target = (f"edits/{index:06d}_{name}.png" for name in ("source", "target"))
+            for image, name in zip(render_edit(edit, rng), (source, target)):
+                image.save(folder / name)
+            record = {"source": source, "instruction": edit.instruction, "target": target, "operation": edit.operation}
+            records.write(json.dumps(record) + "\n")
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,9 +125,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenes", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace --output if a harmon writer made it")
+    parser.add_argument(
+        "--free-phrasing", action="store_true", help="word captions and questions in several phrasings (issue 25)"
+    )
+    parser.add_argument(
+        "--edits", type=int, default=0, metavar="N", help="also write N edit records, edits.jsonl (issue 25)"
+    )
     args = parser.parse_args(argv)
+    if args.edits < 0:
+        parser.error(f"--edits must be >= 0, got {args.edits}")
     try:
-        write_data(args.output, args.scenes, args.seed, args.overwrite)
+        write_data(args.output, args.scenes, args.seed, args.overwrite, args.free_phrasing, args.edits)
     except OutputFolderError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 

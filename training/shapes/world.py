@@ -172,3 +172,51 @@ def vocabulary() -> list[str]:
 
 def as_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------------------ issue 25 additions
+# Opposite edge of each edge position: where a second object goes beside a first one (add), and what a swap exchanges.
+OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
+
+
+def relation_between(first: str, second: str) -> str:
+    """The relation phrase of `RELATIONS` that puts an object at position `first` and another at `second` (a
+    `two` scene's relation); a ValueError for positions no two-object scene has."""
+    for phrase, p1, p2 in RELATIONS:
+        if (p1, p2) == (first, second):
+            return phrase
+    raise ValueError(f"no two-object relation puts one object at {first!r} and the other at {second!r}.")
+
+
+def valid_scene(scene: Scene) -> bool:
+    """Whether `scene` is one that `sample_scene` could produce (either split): the rules an edit's target must keep
+    so that every caption and question about it still has one answer."""
+    objects = scene.objects
+    if any(o.color not in COLORS or o.shape not in SHAPES or o.position not in POSITIONS for o in objects):
+        return False
+    if scene.kind == "single":
+        return len(objects) == 1 and scene.relation is None
+    if scene.kind == "count":
+        if len(objects) != 2 or scene.relation is not None:
+            return False
+        first, second = objects
+        same = (first.color, first.shape) == (second.color, second.shape)
+        return same and (first.position, second.position) in (("left", "right"), ("top", "bottom"))
+    if scene.kind == "two":
+        if len(objects) != 2:
+            return False
+        first, second = objects
+        if first.color == second.color or first.shape == second.shape:
+            return False
+        return any(
+            (phrase, p1, p2) == (scene.relation, first.position, second.position) for phrase, p1, p2 in RELATIONS
+        )
+    return False
+
+
+def extended_vocabulary() -> list[str]:
+    """`vocabulary()` followed by the words of the free phrasings and edit instructions (phrasings.py, edits.py), so
+    the ids of the original words stay what they are in the shipped tokenizer."""
+    from .phrasings import added_words  # phrasings builds on this module
+
+    return vocabulary() + added_words()
