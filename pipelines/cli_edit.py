@@ -166,6 +166,9 @@ def run_edit(args) -> None:
     if warning is not None:  # one line, not Python's two-line warning
         print(f"harmon edit: warning: {warning}", file=sys.stderr)
         pipe._warned_untrained = True
+    from harmon_training.shapes.phrasings import warn_unknown_words
+
+    warn_unknown_words("harmon edit", args.prompt, tokenizer)
     chunk = args.batch_size
     pipe.set_progress_bar_config(disable=n > chunk)
     with tqdm(total=n, unit="image", disable=n <= chunk) as progress:
