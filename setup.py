@@ -44,6 +44,10 @@ EXTRAS = {
     # torch-fidelity (FID's Inception network): it requires torchvision, which would pull a CUDA torch. Install it
     # with `pip install --no-deps torch-fidelity==0.4.0` for the real FID.
     "eval": ["torchmetrics>=1.8,<2"],  # 1.8: FID's `antialias` argument
+    # The web demo (`harmon demo`, harmon_pipelines/app.py) and its browser test. Gradio's major version is pinned:
+    # its Python API changes between majors (6.0 moved `theme`/`css` to `launch()`); 6.31 is the version tested.
+    # Gradio brings gradio_client and caps pillow below 13. Playwright drives the system Chromium (no download).
+    "demo": ["gradio>=6.31,<7", "playwright>=1.50,<2"],
 }
 EXTRAS["dev"] = sorted({requirement for group in EXTRAS.values() for requirement in group})
 
