@@ -46,6 +46,14 @@ def tokenizer(tiny):
 
 
 @pytest.fixture(scope="module")
+def processor(tiny_model, tokenizer):
+    """The tiny model's `HarmonProcessor`, one per test module (a module may change it)."""
+    from modeling_harmon.processing_harmon import HarmonProcessor
+
+    return HarmonProcessor.from_model_config(tiny_model.config, tokenizer)
+
+
+@pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, tiny_model, tokenizer):
     """A folder holding the tiny model and its tokenizer (`save_pretrained`); tests must not modify it."""
     folder = tmp_path_factory.mktemp("tiny") / "model"

@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 from modeling_harmon.demo import build_random_model
-from modeling_harmon.processing_harmon import HarmonProcessor
 from training.data import MicroBatchStream, SourceSpec, collate, load_source
 from training.data.examples import ExampleBuilder
 from training.data.skips import SkipSample
@@ -44,11 +43,6 @@ def _rng() -> np.random.Generator:
 def _write_jsonl(path: Path, records: list) -> Path:
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
     return path
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_model, tokenizer):
-    return HarmonProcessor.from_model_config(tiny_model.config, tokenizer)
 
 
 @pytest.fixture(scope="module")

@@ -48,11 +48,6 @@ def _grey() -> float:
 
 
 @pytest.fixture(scope="module")
-def processor(tiny_model, tokenizer) -> HarmonProcessor:
-    return HarmonProcessor.from_model_config(tiny_model.config, tokenizer)
-
-
-@pytest.fixture(scope="module")
 def image_processor(processor) -> HarmonImageProcessor:
     return processor.image_processor
 

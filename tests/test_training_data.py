@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_harmon.processing_harmon import HarmonProcessor
 from training.data import (
     FORMATS,
     KIND_TO_TASK,
@@ -39,11 +38,6 @@ HF_COLUMNS = "image_column=picture&text_column=caption"
 def _write_jsonl(path: Path, records: list) -> Path:
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
     return path
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_model, tokenizer):
-    return HarmonProcessor.from_model_config(tiny_model.config, tokenizer)
 
 
 @pytest.fixture(scope="module")

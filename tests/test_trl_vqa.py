@@ -67,11 +67,6 @@ def llava_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def processor(tiny_model, tokenizer):
-    return HarmonProcessor.from_model_config(tiny_model.config, tokenizer)
-
-
-@pytest.fixture(scope="module")
 def trained(tiny_model, processor, llava_file, tmp_path_factory):
     """Three SFTTrainer steps on a copy of the tiny model, the adapter saved; with the weights before and after."""
     model = copy.deepcopy(tiny_model)
