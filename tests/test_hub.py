@@ -403,6 +403,19 @@ def test_the_embedded_model_is_a_compact_folder():
     assert is_compact_folder(DEFAULT_MODEL_DIR), check_hub_folder(DEFAULT_MODEL_DIR)
 
 
+def test_push_completes_a_folder_exported_before_the_edit_pipeline(exported, tmp_path):
+    """A folder of an older export lacks the newer pipeline files; they are derived data, so push writes them in
+    its temporary copy (the folder itself is left as it is)."""
+    import shutil
+
+    folder = shutil.copytree(exported[0], tmp_path / "older")
+    (folder / "pipeline_harmon_edit.py").unlink()
+    api = SnapshotApi()
+    assert push_hub_folder(folder, "me/harmon-tiny", api=api) == "commit-info"
+    assert "pipeline_harmon_edit.py" in api.calls[-1][1]["files"]
+    assert not (folder / "pipeline_harmon_edit.py").exists()
+
+
 def test_complete_refuses_what_is_not_compact(exported, tmp_path):
     import shutil
 
