@@ -494,6 +494,47 @@ def check_size(size: tuple[int, int] | None, max_side: int, shown: str) -> None:
         )
 
 
+def output_paths(args) -> list[Path]:
+    """The files `-o/--output FILE.png` and `-n N` name (FILE_k.png for k = 0 .. N-1 when N > 1), checked before the
+    model loads: a .png name, N within --max-images, the seeds within range, no folder in the way, a writable
+    folder. Shared by `harmon generate`, `inpaint`, `outpaint`, `vary` and `edit`."""
+    if args.output.suffix.lower() != ".png":
+        raise CommandError(f"-o/--output must name a .png file, got {str(args.output)!r}")
+    n = args.num_images
+    if n > args.max_images:
+        raise CommandError(
+            f"-n {n}: more than --max-images {args.max_images} images are refused; pass a larger "
+            "--max-images to allow them"
+        )
+    if args.seed + n - 1 > MAX_SEED:
+        raise CommandError(f"--seed {args.seed} with -n {n}: the seeds seed .. seed + n - 1 must stay <= 2**64 - 1")
+    paths = [args.output] if n == 1 else [args.output.with_name(f"{args.output.stem}_{k}.png") for k in range(n)]
+    for path in paths:
+        if path.is_dir():
+            raise CommandError(f"-o/--output {str(args.output)!r}: {str(path)!r} is a folder; give a new file name")
+    check_writable_folder(args.output.parent, f"-o/--output {str(args.output)!r}")
+    return paths
+
+
+def draw_to_files(
+    pipe, prompt: str, paths: list[Path], seed: int, chunk: int, settings: dict, metadata: dict | None = None, **inputs
+) -> None:
+    """Draw image k of `paths` from `prompt` with seed + k, `chunk` images per call (bounded memory however many),
+    and save each with its metadata (plus `metadata`, e.g. the mode and input hashes); one progress bar over images
+    when there are several calls. `inputs`: the image inputs of an image-conditioned pipeline."""
+    n, model_name = len(paths), _model_name(pipe.model)
+    pipe.set_progress_bar_config(disable=n > chunk)  # several calls: one bar over images below
+    with tqdm(total=n, unit="image", disable=n <= chunk) as progress:
+        for start in range(0, n, chunk):
+            seeds = [seed + k for k in range(start, min(n, start + chunk))]
+            images = draw(pipe, [prompt] * len(seeds), seeds, settings, **inputs)
+            paths[0].parent.mkdir(parents=True, exist_ok=True)  # only once there is something to write
+            for image, image_seed, path in zip(images, seeds, paths[start:]):
+                save(image, path, {**image_metadata(prompt, image_seed, settings, model_name), **(metadata or {})})
+                print(path)
+                progress.update()
+
+
 def run_generate(args) -> None:
     check_device(args.device)
     batch_mode = args.prompts is not None
@@ -511,24 +552,10 @@ def run_generate(args) -> None:
         raise CommandError("--outdir belongs to batch mode (--prompts); with a PROMPT, use -o/--output FILE.png")
     if args.overwrite:
         raise CommandError("--overwrite belongs to batch mode (--prompts); with a PROMPT, -o/--output is replaced")
-    if args.output.suffix.lower() != ".png":
-        raise CommandError(f"-o/--output must name a .png file, got {str(args.output)!r}")
-    if not args.prompt.strip():
+    if args.output.suffix.lower() == ".png" and not args.prompt.strip():  # a bad -o/--output is named first
         raise CommandError("PROMPT must not be empty")
-    n = args.num_images
-    if n > args.max_images:
-        raise CommandError(
-            f"-n {n}: more than --max-images {args.max_images} images are refused; pass a larger "
-            "--max-images to allow them"
-        )
-    if args.seed + n - 1 > MAX_SEED:
-        raise CommandError(f"--seed {args.seed} with -n {n}: the seeds seed .. seed + n - 1 must stay <= 2**64 - 1")
+    paths = output_paths(args)
     check_size(args.size, args.max_side, f"--size {_show('size', args.size)}")
-    paths = [args.output] if n == 1 else [args.output.with_name(f"{args.output.stem}_{k}.png") for k in range(n)]
-    for path in paths:
-        if path.is_dir():
-            raise CommandError(f"-o/--output {str(args.output)!r}: {str(path)!r} is a folder; give a new file name")
-    check_writable_folder(args.output.parent, f"-o/--output {str(args.output)!r}")
 
     model, tokenizer = _load(args)
     options = _settings_options(args)
@@ -541,17 +568,8 @@ def run_generate(args) -> None:
 
     warn_unknown_words("harmon generate", args.prompt, tokenizer)  # once the arguments have passed every check
     pipe = HarmonPipeline(model=model, tokenizer=tokenizer)
-    chunk = args.batch_size or IMAGES_PER_CALL  # bounded memory however large -n is; seeds stay seed + k
-    pipe.set_progress_bar_config(disable=n > chunk)  # several calls: one bar over images below
-    with tqdm(total=n, unit="image", disable=n <= chunk) as progress:
-        for start in range(0, n, chunk):
-            seeds = [args.seed + k for k in range(start, min(n, start + chunk))]
-            images = draw(pipe, [args.prompt] * len(seeds), seeds, settings)
-            args.output.parent.mkdir(parents=True, exist_ok=True)  # only once there is something to write
-            for image, seed, path in zip(images, seeds, paths[start:]):
-                save(image, path, image_metadata(args.prompt, seed, settings, _model_name(model)))
-                print(path)
-                progress.update()
+    # Bounded memory however large -n is; seeds stay seed + k.
+    draw_to_files(pipe, args.prompt, paths, args.seed, args.batch_size or IMAGES_PER_CALL, settings)
 
 
 def _write_sidecar(record: dict, path: Path) -> None:

@@ -16,29 +16,23 @@ import argparse
 import hashlib
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from modeling_harmon.modeling_harmon_canvas import outpaint_canvas
 from modeling_harmon.pipeline_harmon_inpaint import HarmonInpaintPipeline
 
 from .cli import (
     IMAGES_PER_CALL,
     MAX_IMAGES,
-    MAX_SEED,
     CommandError,
     _load,
-    _model_name,
     _positive_int_argument,
     _seed_argument,
     _settings_options,
     check_device,
-    check_writable_folder,
-    draw,
-    image_metadata,
+    draw_to_files,
     load_processor,
+    output_paths,
     read_image,
     resolve_settings,
-    save,
 )
 
 
@@ -130,24 +124,11 @@ def _caption(model, tokenizer, model_source, image) -> str:
 
 def run_canvas(args) -> None:
     check_device(args.device)
-    if args.output.suffix.lower() != ".png":
-        raise CommandError(f"-o/--output must name a .png file, got {str(args.output)!r}")
-    if args.prompt is not None and not args.prompt.strip():
-        raise CommandError("PROMPT must not be empty")
-    n = args.num_images
-    if n > args.max_images:
-        raise CommandError(
-            f"-n {n}: more than --max-images {args.max_images} images are refused; pass a larger --max-images"
-        )
-    if args.seed + n - 1 > MAX_SEED:
-        raise CommandError(f"--seed {args.seed} with -n {n}: the seeds seed .. seed + n - 1 must stay <= 2**64 - 1")
+    if args.output.suffix.lower() == ".png" and args.prompt is not None and not args.prompt.strip():
+        raise CommandError("PROMPT must not be empty")  # (a bad -o/--output is named first)
     if args.canvas == "outpaint" and not any(getattr(args, side) for side in SIDES):
         raise CommandError("outpaint needs --left, --right, --top or --bottom > 0 (pixels to add)")
-    paths = [args.output] if n == 1 else [args.output.with_name(f"{args.output.stem}_{k}.png") for k in range(n)]
-    for path in paths:
-        if path.is_dir():
-            raise CommandError(f"-o/--output {str(args.output)!r}: {str(path)!r} is a folder; give a new file name")
-    check_writable_folder(args.output.parent, f"-o/--output {str(args.output)!r}")
+    paths = output_paths(args)
     image = read_image(args.image)
     mask = read_image(args.mask, "--mask") if args.canvas == "inpaint" else None
     if mask is not None and mask.size != image.size:
@@ -185,20 +166,10 @@ def run_canvas(args) -> None:
         settings["num_inference_steps"] = None
 
     pipe = HarmonInpaintPipeline(model=model, tokenizer=tokenizer)
-    chunk = args.batch_size
-    pipe.set_progress_bar_config(disable=n > chunk)
-    with tqdm(total=n, unit="image", disable=n <= chunk) as progress:
-        for start in range(0, n, chunk):
-            seeds = [args.seed + k for k in range(start, min(n, start + chunk))]
-            try:
-                images = draw(pipe, [prompt] * len(seeds), seeds, settings, image=image, mask_image=mask, **extra)
-            except ValueError as error:
-                message = str(error).replace("init_image", "IMAGE").replace("mask_image", "--mask")
-                raise CommandError(message) from None
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            for drawn, seed, path in zip(images, seeds, paths[start:]):
-                metadata = image_metadata(prompt, seed, settings, _model_name(model))
-                metadata.update(mode=args.canvas, prompt_source=source, inputs=inputs, **extra)
-                save(drawn, path, metadata)
-                print(path)
-                progress.update()
+    metadata = {"mode": args.canvas, "prompt_source": source, "inputs": inputs, **extra}
+    try:
+        draw_to_files(
+            pipe, prompt, paths, args.seed, args.batch_size, settings, metadata, image=image, mask_image=mask, **extra
+        )
+    except ValueError as error:
+        raise CommandError(str(error).replace("init_image", "IMAGE").replace("mask_image", "--mask")) from None

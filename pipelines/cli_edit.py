@@ -21,30 +21,24 @@ import math
 import sys
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from modeling_harmon.modeling_harmon_settings import HarmonSettingError
 from modeling_harmon.pipeline_harmon_edit import HarmonImageEditPipeline, edit_training_warning
 
 from .cli import (
     IMAGES_PER_CALL,
     MAX_IMAGES,
-    MAX_SEED,
     CommandError,
     _load,
-    _model_name,
     _positive_int_argument,
     _seed_argument,
     _settings_options,
     _show,
     check_device,
-    check_writable_folder,
-    draw,
-    image_metadata,
+    draw_to_files,
+    output_paths,
     read_image,
     regular_file,
     resolve_settings,
-    save,
 )
 
 
@@ -105,27 +99,14 @@ def image_cfg_setting(model, value, preset, shown: str) -> float:
 
 def run_edit(args) -> None:
     check_device(args.device)
-    if args.output.suffix.lower() != ".png":
-        raise CommandError(f"-o/--output must name a .png file, got {str(args.output)!r}")
-    if not args.prompt.strip():
+    if args.output.suffix.lower() == ".png" and not args.prompt.strip():  # a bad -o/--output is named first
         raise CommandError("PROMPT (the instruction) must not be empty")
     cfg = args.image_cfg
     if cfg is not None and not (math.isfinite(cfg) and cfg >= 1.0):  # refused before the model loads
         raise CommandError(f"--image-cfg {cfg}: must be a finite number >= 1 (1 disables image guidance)")
     if args.mask is not None and args.size is not None:
         raise CommandError("--size does not apply with --mask: IMAGE is the canvas, and its size is the output's")
-    n = args.num_images
-    if n > args.max_images:
-        raise CommandError(
-            f"-n {n}: more than --max-images {args.max_images} images are refused; pass a larger --max-images"
-        )
-    if args.seed + n - 1 > MAX_SEED:
-        raise CommandError(f"--seed {args.seed} with -n {n}: the seeds seed .. seed + n - 1 must stay <= 2**64 - 1")
-    paths = [args.output] if n == 1 else [args.output.with_name(f"{args.output.stem}_{k}.png") for k in range(n)]
-    for path in paths:
-        if path.is_dir():
-            raise CommandError(f"-o/--output {str(args.output)!r}: {str(path)!r} is a folder; give a new file name")
-    check_writable_folder(args.output.parent, f"-o/--output {str(args.output)!r}")
+    paths = output_paths(args)
     files = [(args.image, "IMAGE"), *((path, "--also") for path in args.also)]
     # Each file is read once: what is drawn is what its recorded hash says.
     data = [regular_file(path, f"{shown} {str(path)!r}").read_bytes() for path, shown in files]
@@ -169,22 +150,20 @@ def run_edit(args) -> None:
     from harmon_training.shapes.phrasings import warn_unknown_words
 
     warn_unknown_words("harmon edit", args.prompt, tokenizer)
-    chunk = args.batch_size
-    pipe.set_progress_bar_config(disable=n > chunk)
-    with tqdm(total=n, unit="image", disable=n <= chunk) as progress:
-        for start in range(0, n, chunk):
-            seeds = [args.seed + k for k in range(start, min(n, start + chunk))]
-            try:
-                images = draw(pipe, [args.prompt] * len(seeds), seeds, settings, image=pictures, mask_image=mask)
-            except ValueError as error:
-                message = str(error).replace("mask_image", "--mask")
-                if message.startswith("image"):  # the pipeline's argument: IMAGE and the --also pictures
-                    message = ("IMAGE / --also" if args.also else "IMAGE") + message[len("image") :]
-                raise CommandError(message) from None
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            for drawn, seed, path in zip(images, seeds, paths[start:]):
-                metadata = image_metadata(args.prompt, seed, settings, _model_name(model))
-                metadata.update(mode="edit", inputs=inputs)
-                save(drawn, path, metadata)
-                print(path)
-                progress.update()
+    try:
+        draw_to_files(
+            pipe,
+            args.prompt,
+            paths,
+            args.seed,
+            args.batch_size,
+            settings,
+            {"mode": "edit", "inputs": inputs},
+            image=pictures,
+            mask_image=mask,
+        )
+    except ValueError as error:
+        message = str(error).replace("mask_image", "--mask")
+        if message.startswith("image"):  # the pipeline's argument: IMAGE and the --also pictures
+            message = ("IMAGE / --also" if args.also else "IMAGE") + message[len("image") :]
+        raise CommandError(message) from None
