@@ -429,15 +429,18 @@ class HarmonModel(HarmonPreTrainedModel):
         `visual_grad_scale`. A question's images (`forward`), an edit's context images at sampling
         (`generate_images(context_images=...)`) and in training (`text_to_image_loss(context_pixel_values=...)`) all
         go through here, so they agree."""
-        embeds = self.embed_tokens(input_ids)
         features = self.get_image_features(pixel_values)
         if self.training and torch.is_grad_enabled() and self.config.visual_grad_scale != 1.0:
             features = _ScaleGradient.apply(features, self.config.visual_grad_scale)
+        return self.place_image_features(input_ids, features), features
+
+    def place_image_features(self, input_ids: torch.LongTensor, features: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with the `<image>` placeholders holding `features` (images, tokens, hidden), in order."""
+        embeds = self.embed_tokens(input_ids)
         placeholders = self.get_placeholder_mask(input_ids, features)
-        embeds = embeds.masked_scatter(
+        return embeds.masked_scatter(
             placeholders.unsqueeze(-1).to(embeds.device), features.to(embeds.device, embeds.dtype)
         )
-        return embeds, features
 
     def forward(
         self,
@@ -778,8 +781,13 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device).long()
         seq_len = (settings.height // self._token_stride()) * (settings.width // self._token_stride())
         self._check_prompt_length(mask, "prompt with its context_images", seq_len, settings)
-        embeds, _ = self.model.embed_with_images(ids, batch["pixel_values"].to(self.device, self.dtype))
+        # The images-only rows show the pictures of the text-and-images rows again: their features are computed once.
         count = len(prompts)
+        pixels = batch["pixel_values"].to(self.device, self.dtype)
+        features = self.model.get_image_features(pixels[: sum(len(pictures) for _, pictures in rows[:count])])
+        if groups >= 2:
+            features = torch.cat([features, features])
+        embeds = self.model.place_image_features(ids, features)
 
         def per_image(tensor):
             groups_of_rows = [tensor[g * count : (g + 1) * count] for g in range(groups)]
