@@ -43,7 +43,9 @@ DEFAULTS: dict[str, Any] = {
         # from_config: a preset name ("harmon-0.5b") or HarmonConfig keyword arguments; pretrained: config attributes
         # to change (e.g. {visual_grad_scale: 0.5})
         "config": None,
-        "tokenizer": None,  # from_config: tokenizer folder (gets `<image>` if it lacks it)
+        # from_config: tokenizer folder (gets `<image>` if it lacks it); pretrained: a larger tokenizer that keeps the
+        # checkpoint's ids (the embedding table grows)
+        "tokenizer": None,
         "vae": None,  # from_config: a trained diffusers AutoencoderKL folder
         "llm": None,  # from_config, optional: a pretrained Qwen2 folder for the LLM weights
         "dtype": "float32",

@@ -2,7 +2,8 @@
 
 `model.init: from_config` is how a model is trained from scratch (the embedded demo model): Harmon's VAE is never
 trained with the rest, so it comes from its own folder (a diffusers `AutoencoderKL`), and the LLM can start from a
-pretrained Qwen2 folder.
+pretrained Qwen2 folder. `model.init: pretrained` with `model.tokenizer` continues a checkpoint with a larger
+vocabulary (the demo model's added stage learns new words): the embedding table grows, the old rows stay.
 """
 
 import torch
@@ -95,4 +96,26 @@ def load_model(settings: dict, dtype: str = "float32") -> tuple[HarmonForConditi
         if not isinstance(model, HarmonForConditionalGeneration):
             raise ConfigError(f"--model {settings['path']!r} is a {type(model).__name__}, not a Harmon checkpoint.")
         tokenizer = _tokenizer_with_image_token(settings["path"])
+        if settings.get("tokenizer"):
+            tokenizer = _grow_vocabulary(model, tokenizer, _tokenizer_with_image_token(settings["tokenizer"]))
     return model.to(getattr(torch, dtype)), tokenizer
+
+
+def _grow_vocabulary(model: HarmonForConditionalGeneration, old, new):
+    """Give `model` the tokenizer `new`, which must keep every token of its own tokenizer `old` at the same id (else
+    the trained embedding rows would mean other words): the table grows to `len(new)`, the old rows unchanged, the
+    new ones drawn around their mean (transformers' `resize_token_embeddings`; seeded by the run's seed)."""
+    moved = sorted(token for token, index in old.get_vocab().items() if new.get_vocab().get(token) != index)
+    if moved:
+        raise ConfigError(
+            f"model.tokenizer must keep the checkpoint's tokens at their ids; {len(moved)} differ or are missing "
+            f"(e.g. {moved[:5]}). Build it with the checkpoint's words first, new ones after."
+        )
+    for name in ("image_token_id", "pad_token_id", "eos_token_id"):
+        if getattr(new, name) != getattr(old, name):
+            raise ConfigError(
+                f"model.tokenizer's {name} ({getattr(new, name)}) is not the checkpoint's ({getattr(old, name)})."
+            )
+    if len(new) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(new))
+    return new

@@ -35,10 +35,14 @@ FLOOR_SCORES = (
 # Image-conditioned tasks (issue 21): items per task and the scores kept, measured with the model's own settings
 # (MAR iterations scaled by the share drawn, paste-back on) and without the text-to-image reference drawings.
 CANVAS_FLOORS = {"inpaint": (36, ("success", "kept")), "outpaint": (36, ("success",)), "vary": (18, ("0.3", "0.6"))}
+# Instruction editing (issue 25), for a model trained to edit (`trained_tasks` lists "edit"): 36 items are six of each
+# operation, all four groups of evaluation_edit.SPLIT_CYCLE among them.
+EDIT_FLOOR = (36, ("success", "preservation"))
 
 
 def measure_canvas_floors(model, tokenizer, seed: int = FLOOR_SEED) -> dict:
-    """{task: {"n", "scores"}} for CANVAS_FLOORS; vary's scores are the `preserved` share at each strength."""
+    """{task: {"n", "scores"}} for CANVAS_FLOORS (and EDIT_FLOOR for a model trained to edit); vary's scores are the
+    `preserved` share at each strength."""
     from .evaluation_inpaint import evaluate_inpaint
     from .evaluation_outpaint import evaluate_outpaint
     from .evaluation_vary import evaluate_vary
@@ -53,6 +57,13 @@ def measure_canvas_floors(model, tokenizer, seed: int = FLOOR_SEED) -> dict:
             results = evaluate(model, tokenizer, n=n, seed=seed, reference=False)
             scores = {key: results[key]["value"] for key in keys}
         floors[task] = {"n": n, "seed": seed, "scores": {key: round(float(value), 4) for key, value in scores.items()}}
+    if "edit" in (getattr(model.config, "trained_tasks", None) or []):
+        from .evaluation_edit import evaluate_edit
+
+        n, keys = EDIT_FLOOR
+        results = evaluate_edit(model, tokenizer, n=n, seed=seed)
+        scores = {key: round(float(results[key]["value"]), 4) for key in keys}
+        floors["edit"] = {"n": n, "seed": seed, "scores": scores}
     return floors
 
 

@@ -1,0 +1,91 @@
+"""`model.init: pretrained` with `model.tokenizer` (the demo model's stage IV learns new words, issue 25): the
+embedding table grows to the new tokenizer, every old row and the LLM head's tie stay, and a tokenizer that moves an
+old token to another id is refused by name."""
+
+import pytest
+import torch
+
+from modeling_harmon import HarmonConfig, HarmonForConditionalGeneration
+from training.config import ConfigError
+from training.model_init import load_model
+from training.shapes.make_data import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def plain_checkpoint(tmp_path_factory):
+    """A small Harmon around the Shapes world's plain tokenizer (the 56 ids of stages I-III), saved."""
+    tokenizer = build_tokenizer()
+    folder = tmp_path_factory.mktemp("plain") / "model"
+    torch.manual_seed(0)
+    config = HarmonConfig(
+        text_config={
+            "model_type": "qwen2",
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "tie_word_embeddings": True,
+        },
+        encoder_hidden_size=32,
+        encoder_num_layers=1,
+        encoder_num_heads=2,
+        decoder_hidden_size=32,
+        decoder_num_layers=1,
+        decoder_num_heads=2,
+        buffer_size=2,
+        image_size=32,
+        diffusion_head_depth=1,
+        diffusion_head_width=32,
+        image_token_id=tokenizer.image_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    HarmonForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_larger_tokenizer_grows_the_table_and_keeps_every_old_row(plain_checkpoint, tmp_path):
+    extended = build_tokenizer(extended=True)
+    extended.save_pretrained(tmp_path / "tokenizer")
+    before = HarmonForConditionalGeneration.from_pretrained(plain_checkpoint).get_input_embeddings().weight.detach()
+    torch.manual_seed(3)
+    model, tokenizer = load_model(
+        {"init": "pretrained", "path": str(plain_checkpoint), "tokenizer": str(tmp_path / "tokenizer")}
+    )
+    embed = model.get_input_embeddings().weight
+    assert len(tokenizer) == len(extended) > before.shape[0]
+    assert embed.shape[0] == len(extended) == model.config.text_config.vocab_size
+    assert torch.equal(embed[: before.shape[0]], before)
+    assert model.lm_head.weight.data_ptr() == embed.data_ptr()  # still tied
+    # The new rows start near the old rows' mean, not at zero or at random scale.
+    mean = before.mean(0)
+    assert (embed[before.shape[0] :] - mean).norm(dim=1).max() < before.std(0).norm()
+    ids = tokenizer("make the circle blue", add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in ids and max(ids) >= before.shape[0]  # "make" is a new word
+    logits = model(input_ids=torch.tensor([ids])).logits
+    assert logits.shape[-1] == len(extended) and torch.isfinite(logits).all()
+
+
+def test_the_same_tokenizer_changes_nothing(plain_checkpoint):
+    model, _ = load_model({"init": "pretrained", "path": str(plain_checkpoint), "tokenizer": str(plain_checkpoint)})
+    assert model.get_input_embeddings().weight.shape[0] == len(build_tokenizer())
+
+
+def test_a_tokenizer_that_moves_old_ids_is_refused(plain_checkpoint, tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    words = list(build_tokenizer(extended=True).get_vocab())
+    words[1], words[2] = words[2], words[1]  # two old words trade ids
+    moved = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(
+            models.WordLevel({word: index for index, word in enumerate(words)}, unk_token="<unk>")
+        ),
+        unk_token="<unk>",
+    )
+    moved.save_pretrained(tmp_path / "moved")
+    with pytest.raises(ConfigError, match="model.tokenizer must keep the checkpoint's tokens at their ids"):
+        load_model({"init": "pretrained", "path": str(plain_checkpoint), "tokenizer": str(tmp_path / "moved")})
