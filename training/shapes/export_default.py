@@ -19,8 +19,6 @@ from modeling_harmon.output_folders import OutputFolderError, check_output_folde
 
 # Sampling settings of the demo model (stored as its `generation_config.image_generation`).
 DEMO_IMAGE_GENERATION = {"num_iter": 16, "guidance_scale": 3.0, "temperature": 1.0, "num_sampling_steps": 50}
-# Settings that only image-conditioned sampling reads (editing's image guidance), stored beside those when given.
-DEMO_CONDITIONED = ("image_guidance_scale",)
 # Named presets over those defaults (`generation_config.image_generation_presets`; `preset="fast"`, `--preset fast`).
 # "fast": 10 head steps drew 3.8x faster than the defaults' 50 and scored the same overall (0.84, n = 270;
 # benchmarks/NOTES.md, "The same run at the new defaults").
@@ -37,10 +35,9 @@ def export(model_dir: str, output: Path, x0_clamp: float | None, overwrite: bool
     model = AutoModel.from_pretrained(model_dir, trust_remote_code=False).eval().to(torch.bfloat16)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     settings = dict(getattr(model.generation_config, "image_generation", None) or {})
-    allowed = set(DEMO_IMAGE_GENERATION) | set(DEMO_CONDITIONED)
-    unknown = sorted(set(sampling) - allowed)
+    unknown = sorted(set(sampling) - set(DEMO_IMAGE_GENERATION))
     if unknown:
-        raise ValueError(f"unknown sampling settings {unknown}; allowed: {sorted(allowed)}.")
+        raise ValueError(f"unknown sampling settings {unknown}; allowed: {sorted(DEMO_IMAGE_GENERATION)}.")
     settings.update(DEMO_IMAGE_GENERATION, x0_clamp=x0_clamp)
     settings.update({key: value for key, value in sampling.items() if value is not None})
     model.generation_config.image_generation = settings
@@ -81,9 +78,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: 3.0")
     parser.add_argument("--num-iter", type=int, default=None, help="default: 16")
     parser.add_argument("--head-steps", type=int, default=None, help="diffusion-head steps (default: 50)")
-    parser.add_argument(
-        "--image-guidance-scale", type=float, default=None, help="editing's image guidance (default: not stored, 1.0)"
-    )
     args = parser.parse_args(argv)
     try:
         export(
@@ -95,7 +89,6 @@ def main(argv: list[str] | None = None) -> None:
             guidance_scale=args.guidance_scale,
             num_iter=args.num_iter,
             num_sampling_steps=args.head_steps,
-            image_guidance_scale=args.image_guidance_scale,
         )
     except (OutputFolderError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
