@@ -2,6 +2,7 @@
 
 harmon eval shapes --n 180 --json shapes.json          # ShapesEval: GenEval-like + VQA
 harmon eval shapes --task inpaint --n 240              # image-conditioned tasks
+harmon eval shapes --task phrasing --json phrasing.json  # canonical, seen and held-out wordings
 """
 
 import argparse
@@ -48,13 +49,15 @@ def add_eval_command(commands, add_setting_arguments, add_model_arguments) -> No
     )
     shapes.add_argument(
         "--task",
-        choices=("generate", "inpaint", "outpaint", "vary", "edit"),
+        choices=("generate", "inpaint", "outpaint", "vary", "edit", "phrasing"),
         default="generate",
         help="generate: text-to-image and VQA (default); inpaint: redraw one object of a two-object scene "
         "(harmon_training.shapes.evaluation_inpaint); outpaint: draw the half of a two-object scene that is missing "
         "(harmon_training.shapes.evaluation_outpaint); vary: variations at strengths 0.3 and 0.6 "
         "(harmon_training.shapes.evaluation_vary); edit: follow an edit instruction with the source in view, by "
-        "operation, held-out combinations and phrasings apart (harmon_training.shapes.evaluation_edit)",
+        "operation, held-out combinations and phrasings apart (harmon_training.shapes.evaluation_edit); phrasing: "
+        "text-to-image and VQA with the canonical, a seen and a held-out wording of the same scenes and questions, "
+        "by phrasing name in --json (evaluate_phrasing in harmon_training.shapes.evaluation_edit)",
     )
     shapes.add_argument(
         "--n",
@@ -144,6 +147,9 @@ def run_shapes_eval(args) -> None:
     check_device(args.device)
     if args.skip_generation and args.skip_vqa:
         raise CommandError("--skip-generation with --skip-vqa leaves nothing to evaluate")
+    if args.task == "phrasing" and (args.skip_generation or args.skip_vqa):
+        # It has no half to skip: running the skipped half anyway would spend its time unasked.
+        raise CommandError("--task phrasing scores generation and VQA together; drop --skip-generation/--skip-vqa")
     if args.json is not None and args.json.is_dir():
         raise CommandError(f"--json {str(args.json)!r} is a folder; give a file name")
     if args.write_geneval_metadata is not None or args.score_geneval is not None:
@@ -160,6 +166,8 @@ def run_shapes_eval(args) -> None:
         raise CommandError(f"{flags[error.field]} {given[error.field]}: {error}" if flagged else str(error)) from None
     if args.task in ("inpaint", "outpaint", "vary", "edit"):
         return _run_canvas_eval(args, model, tokenizer, given)
+    if args.task == "phrasing":
+        return _run_phrasing_eval(args, model, tokenizer, settings)
     processor = load_processor(args.model, model, tokenizer)
     results = evaluate_shapes(
         model,
@@ -215,6 +223,33 @@ def _run_shapes_geneval(args) -> None:
         print(f"wrote {args.json}", file=sys.stderr)
 
 
+def _share_line(name: str, score: dict) -> str:
+    """One score of `share_with_se` as the image-conditioned tasks print it: fraction (count/n, SE)."""
+    return f"{name:22} {score['value']:.3f} ({score['count']}/{score['n']}, SE {score['se']:.3f})"
+
+
+def _run_phrasing_eval(args, model, tokenizer, settings: dict) -> None:
+    """`harmon eval shapes --task phrasing`: prints each (task, wording) score and the seen - held-out gaps; --json
+    also holds the scores by phrasing name. `settings`: resolved as for `--task generate` (the model's, under the
+    flags), so the three wordings are drawn as ShapesEval draws its prompts."""
+    from harmon_training.shapes.evaluation_edit import evaluate_phrasing
+
+    processor = load_processor(args.model, model, tokenizer)
+    results = evaluate_phrasing(
+        model, tokenizer, processor, n=args.n, seed=args.seed, settings=settings, batch_size=args.batch_size
+    )
+    for task in ("generation", "vqa"):
+        for wording in ("canonical", "seen", "held_out"):
+            print(_share_line(f"{task} {wording}", results[task][wording]))
+    for task in ("generation", "vqa"):
+        gap = results[task]["seen"]["value"] - results[task]["held_out"]["value"]
+        print(f"{task + ' seen - held_out':26} {gap:+.3f}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json(results, args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
+
+
 def _run_canvas_eval(args, model, tokenizer, given: dict) -> None:
     """`harmon eval shapes --task inpaint|outpaint|vary|edit`: prints the scores (fractions, counts, standard
     errors)."""
@@ -222,16 +257,12 @@ def _run_canvas_eval(args, model, tokenizer, given: dict) -> None:
     settings = {PIPELINE_NAMES.get(field, field): value for field, value in given.items() if value is not None}
     if args.preset is not None:
         settings["preset"] = args.preset
-
-    def line(name: str, score: dict) -> str:
-        return f"{name:22} {score['value']:.3f} ({score['count']}/{score['n']}, SE {score['se']:.3f})"
-
     if args.task == "inpaint":
         from harmon_training.shapes.evaluation_inpaint import evaluate_inpaint
 
         results = evaluate_inpaint(model, tokenizer, n=args.n, seed=args.seed, settings=settings)
         for name in ("success", "kept", "text_to_image", "success_with_paste_back"):
-            print(line(name, results[name]))
+            print(_share_line(name, results[name]))
         print(
             f"PSNR of the unmasked region: {results['psnr_unmasked_db']} dB raw, "
             f"{results['psnr_unmasked_db_with_paste_back']} dB with paste-back; {results['seconds_per_item']} s per item"
@@ -244,7 +275,7 @@ def _run_canvas_eval(args, model, tokenizer, given: dict) -> None:
         for group, scores in groups.items():
             for name in ("success", "preservation", "unchanged"):
                 if scores[name] is not None:
-                    print(line(f"{group} {name}", scores[name]))
+                    print(_share_line(f"{group} {name}", scores[name]))
         if results["edit_warning"] is not None:
             print(f"harmon eval shapes: warning: {results['edit_warning']}", file=sys.stderr)
     elif args.task == "outpaint":
@@ -252,14 +283,14 @@ def _run_canvas_eval(args, model, tokenizer, given: dict) -> None:
 
         results = evaluate_outpaint(model, tokenizer, n=args.n, seed=args.seed, settings=settings)
         for name in ("success", "text_to_image"):
-            print(line(name, results[name]))
+            print(_share_line(name, results[name]))
     else:
         from harmon_training.shapes.evaluation_vary import evaluate_vary
 
         results = evaluate_vary(model, tokenizer, n=args.n, seed=args.seed, settings=settings)
         for strength, scores in results["strengths"].items():
-            print(line(f"strength {strength} preserved", scores["preserved"]))
-            print(line(f"strength {strength} distinct", scores["distinct"]))
+            print(_share_line(f"strength {strength} preserved", scores["preserved"]))
+            print(_share_line(f"strength {strength} distinct", scores["distinct"]))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json(results, args.json)

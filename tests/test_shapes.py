@@ -346,10 +346,11 @@ def test_captions_and_questions_use_an_before_vowels():
 
 def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
     """The demo model's card reads every number from the recipe's files, and shows the same reproduction commands
-    as training/configs/shapes/README.md."""
+    as training/configs/shapes/README.md; the synergy ablation, not re-run for stage IV, is left to that file's
+    history."""
     from pathlib import Path
 
-    from training.shapes.demo_card import ABLATION_COMMANDS, RECIPE_COMMANDS
+    from training.shapes.demo_card import RECIPE_COMMANDS
     from training.shapes.demo_card import main as write_card
 
     evaluation_json = {
@@ -374,7 +375,6 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
     files = {
         "eval": evaluation_json,
         "timings": {"stage I (3400 steps)": 2160.0, "stage II": 600.0},
-        "ablation": {"generation-only": {"generation": {"overall": 0.3, "attributes": {"shape": 0.4}}}},
     }
     for name, content in files.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(content))
@@ -386,8 +386,6 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
             str(tmp_path / "eval.json"),
             "--timings",
             str(tmp_path / "timings.json"),
-            "--ablation",
-            str(tmp_path / "ablation.json"),
             "--note",
             "NOTE",
         ]
@@ -401,15 +399,18 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
         "shape 0.66",
         "| stage I (3400 steps) | 36.0 min |",
         "| **total** | **46.0 min** |",
-        "generation-only: generation overall 0.300, shape 0.400",
         "0.12 s per image on 2 CPU threads (Test CPU @ 2.1GHz).",
         "NOTE",
         RECIPE_COMMANDS,
-        ABLATION_COMMANDS.rstrip(),
+        "stage4_edit_phrasing.yaml",
+        "--model runs/shapes/stage4/final",
     ):
         assert expected in card, expected
+    assert "ablation" not in card.lower() and "shapes_genonly" not in card
     readme = (Path(__file__).resolve().parent.parent / "training" / "configs" / "shapes" / "README.md").read_text()
-    assert RECIPE_COMMANDS in readme and ABLATION_COMMANDS.rstrip() in readme
+    assert RECIPE_COMMANDS in readme
+    history = readme.index("## History of the shipped model")
+    assert history < readme.index("runs/shapes_genonly") and "--ablation" not in readme
     # The shipped card has the template's static "How to use it" section (a regenerated card keeps it).
     shipped = (Path(__file__).resolve().parent.parent / "pipelines" / "default_model" / "README.md").read_text()
     section = card[card.index("## How to use it") : card.index("## What it scores")]
@@ -419,14 +420,16 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
 
 def test_shipped_card_is_rendered_from_the_committed_measurements(tmp_path):
     """pipelines/default_model/README.md is exactly what demo_card renders from training/configs/shapes/card_inputs/
-    (the evaluation JSON, timings, ablation and status note): every number on the card has a file behind it, and the
-    card can be rendered again on a machine that has none of the runs."""
+    (the evaluation JSONs, timings and status note) and the packaged tokenizer's words: every number on the card has
+    a file behind it, and the card can be rendered again on a machine that has none of the runs."""
+    import shutil
     from pathlib import Path
 
     from training.shapes.demo_card import main as write_card
 
     repo = Path(__file__).resolve().parent.parent
     inputs = repo / "training" / "configs" / "shapes" / "card_inputs"
+    shutil.copy(repo / "pipelines" / "default_model" / "tokenizer.json", tmp_path)  # the card lists its words
     note = (inputs / "note.md").read_text().rstrip("\n")  # as the README's "$(cat note.md)" passes it
     write_card(
         [
@@ -436,8 +439,6 @@ def test_shipped_card_is_rendered_from_the_committed_measurements(tmp_path):
             str(inputs / "eval.json"),
             "--timings",
             str(inputs / "timings.json"),
-            "--ablation",
-            str(inputs / "ablation.json"),
             "--canvas",
             str(inputs / "canvas"),
             "--note",
@@ -469,8 +470,9 @@ def test_demo_card_hardware_phrase():
 
 def test_demo_card_puts_the_user_first_and_the_note_in_its_sections(tmp_path):
     """The card reads in a user's order (what it is, how to use it, what it scores, what it cannot do, then the
-    recipe, its wall time and the ablation); the note's status line goes under the opening paragraph and each of its
-    `## Section` parts at the end of that section; a note heading that names no section is refused."""
+    recipe and its wall time); the note's status line goes under the opening paragraph and each of its `## Section`
+    parts at the end of that section; a note heading that names no section (the removed synergy ablation's too) is
+    refused."""
     from training.shapes import world
     from training.shapes.demo_card import render_card
 
@@ -482,15 +484,8 @@ def test_demo_card_puts_the_user_first_and_the_note_in_its_sections(tmp_path):
         "generation": {"overall": 0.8125, "single_object": 0.5, "two_object": 0.25},
         "vqa": {"accuracy": 0.875},
     }
-    note = "STATUS\n\n## What it scores\n\nSCORES\n\n## Wall time\n\nTIMES\n\n## Synergy ablation\n\nABLATION"
-    card = str(
-        render_card(
-            evaluation,
-            {"stage I": 60.0},
-            {"joint": {"generation": {"overall": 0.5, "attributes": {"shape": 0.5}}}},
-            note,
-        )
-    )
+    note = "STATUS\n\n## What it scores\n\nSCORES\n\n## Wall time\n\nTIMES"
+    card = str(render_card(evaluation, {"stage I": 60.0}, note))
     headings = [line for line in card.splitlines() if line.startswith("#")]
     assert headings == [
         "# Harmon Shapes demo model",
@@ -499,7 +494,6 @@ def test_demo_card_puts_the_user_first_and_the_note_in_its_sections(tmp_path):
         "## What it cannot do",
         "## Reproduce it",
         "## Wall time",
-        "## Synergy ablation",
     ]
 
     def section(name: str) -> str:
@@ -509,17 +503,133 @@ def test_demo_card_puts_the_user_first_and_the_note_in_its_sections(tmp_path):
 
     opening = card[card.index("# Harmon Shapes demo model") : card.index("## How to use it")]
     assert "STATUS" in opening and "from scratch" in opening and f"{world.IMAGE_SIZE} x {world.IMAGE_SIZE}" in opening
-    assert "SCORES" in section("What it scores") and "TIMES" in section("Wall time")
-    ablation = section("Synergy ablation")
-    assert ablation.index("generation overall 0.500") < ablation.index("ABLATION") < ablation.index("```bash")
+    assert section("What it scores").rstrip().endswith("SCORES") and section("Wall time").rstrip().endswith("TIMES")
+    assert "harmon edit out.png" in section("How to use it")
     limits = section("What it cannot do")
     for word in (*world.COLORS, *world.SHAPES, "`<unk>`", f"{world.IMAGE_SIZE} px", "photos"):
         assert word in limits, word
     assert "about 19% of the ShapesEval prompts" in limits
     assert "50% of the one-object ones, 75% of the two-object ones" in limits
     with pytest.raises(ValueError, match="names no section"):
-        render_card(evaluation, {}, None, "STATUS\n\n## Training history\n\nno such section")
-    assert "## Training history" in str(render_card(evaluation, {}, None, "```md\n## Training history\n```"))
+        render_card(evaluation, {}, "STATUS\n\n## Training history\n\nno such section")
+    with pytest.raises(ValueError, match="names no section"):
+        render_card(evaluation, {}, "STATUS\n\n## Synergy ablation\n\nnot re-run for stage IV")
+    assert "## Training history" in str(render_card(evaluation, {}, "```md\n## Training history\n```"))
+
+
+def _share(count: int, n: int) -> dict:
+    """A share as ShapesEval's JSON writes it."""
+    value = count / n
+    return {"value": value, "count": count, "n": n, "se": round((value * (1 - value) / n) ** 0.5, 4)}
+
+
+def test_demo_card_scores_editing_and_free_phrasing_from_the_canvas_folder(tmp_path):
+    """edit.json and phrasing.json in `--canvas` give the card's "Editing" and "Free phrasing" tables, with the
+    measured numbers, after "Starting from a picture" and before the note; a missing file leaves its part out."""
+    import shutil
+    from pathlib import Path
+
+    from training.shapes.demo_card import main as write_card
+
+    inputs = Path(__file__).resolve().parent.parent / "training" / "configs" / "shapes" / "card_inputs"
+    (tmp_path / "eval.json").write_text((inputs / "eval.json").read_text())
+    (tmp_path / "timings.json").write_text(json.dumps({"stage IV": 600.0}))
+    recolor = {"success": _share(30, 40), "preservation": _share(38, 40), "unchanged": _share(2, 40)}
+    move = {"success": _share(10, 40), "preservation": None, "unchanged": _share(20, 40)}
+    edit = {
+        "n": 80,
+        "seed": 0,
+        "settings": {"image_guidance_scale": 1.5},
+        "trained_tasks": ["t2i", "edit"],
+        "edit_warning": None,
+        "success": _share(40, 80),
+        "preservation": _share(38, 40),
+        "unchanged": _share(24, 80),
+        "by_operation": {"recolor": recolor, "move": move},
+        "by_group": {"seen": recolor, "held_out_combo": move, "held_out_phrasing": move},
+        "failed_checks": {"color": 3},
+        "seconds_per_item": 0.25,
+    }
+    phrasing = {
+        "n": 180,
+        "seed": 0,
+        "settings": {},
+        "generation": {"canonical": _share(150, 180), "seen": _share(144, 180), "held_out": _share(117, 180)},
+        "vqa": {"canonical": _share(171, 180), "seen": _share(162, 180), "held_out": _share(135, 180)},
+    }
+
+    def render(files: dict) -> str:
+        canvas = tmp_path / "canvas"
+        shutil.rmtree(canvas, ignore_errors=True)
+        canvas.mkdir()
+        shutil.copy(inputs / "canvas" / "outpaint.json", canvas)
+        for name, content in files.items():
+            (canvas / f"{name}.json").write_text(json.dumps(content))
+        arguments = ["--eval", str(tmp_path / "eval.json"), "--timings", str(tmp_path / "timings.json")]
+        write_card(
+            ["--folder", str(tmp_path), *arguments, "--canvas", str(canvas), "--note", "## What it scores\n\nN"]
+        )
+        return (tmp_path / "README.md").read_text()
+
+    card = render({"edit": edit, "phrasing": phrasing})
+    for row in (
+        "| recolor | 0.75 (30/40, SE 0.07) | 0.95 (38/40, SE 0.03) | 0.05 (2/40, SE 0.03) |",
+        "| move | 0.25 (10/40, SE 0.07) | – | 0.50 (20/40, SE 0.08) |",
+        "| seen instructions | 0.75 (30/40, SE 0.07) |",
+        "| held-out instruction phrasings | 0.25 (10/40, SE 0.07) | – |",
+        "| **all** | 0.50 (40/80, SE 0.06) | 0.95 (38/40, SE 0.03) | 0.30 (24/80, SE 0.05) |",
+        "| text-to-image | 0.83 (150/180, SE 0.03) | 0.80 (144/180, SE 0.03) | 0.65 (117/180, SE 0.04) |",
+        "| VQA | 0.95 (171/180, SE 0.02) | 0.90 (162/180, SE 0.02) | 0.75 (135/180, SE 0.03) |",
+        "80 instructions of seed 0, the stored sampling settings but `image_guidance_scale=1.5`, 0.25 s per edit",
+        'harmon edit IMAGE "make the circle blue" -o out.png',
+        "docs/edit.png in the repository",
+        "new sentence structures of known words, never trained on",
+    ):
+        assert row in card, row
+    scores = card[card.index("## What it scores") : card.index("## What it cannot do")]
+    order = ("Starting from a picture", "Editing (", "Free phrasing (", "\nN\n")
+    assert [scores.find(part) for part in order] == sorted(scores.find(part) for part in order), order
+    assert "The evaluation recorded" not in card
+    warned = render({"edit": {**edit, "edit_warning": "this Harmon model was not trained for instruction editing"}})
+    assert "The evaluation recorded: this Harmon model was not trained for instruction editing" in warned
+    assert "Free phrasing (" not in warned
+    alone = render({"phrasing": phrasing})
+    assert "Free phrasing (" in alone and "Editing (" not in alone and "docs/edit.png" not in alone
+    bare = render({})
+    assert "Starting from a picture" in bare
+    assert not any(part in bare for part in ("Editing (", "Free phrasing (", "docs/edit.png", "| **all** |"))
+
+
+def test_demo_card_lists_the_words_of_the_models_tokenizer(tmp_path):
+    """The card's vocabulary is the world's words that the folder's tokenizer.json knows (the chat-template roles
+    are not the world's): the stages I-III tokenizer gives the one-wording text, the stage IV one the free-phrasing
+    text; without a tokenizer.json, world.extended_vocabulary()'s."""
+    from pathlib import Path
+
+    from training.shapes import world
+    from training.shapes.demo_card import _limits, tokenizer_words
+
+    def folder_with(words: list[str]) -> Path:
+        folder = tmp_path / str(len(words))
+        folder.mkdir()
+        vocab = {word: index for index, word in enumerate(["<unk>", *words, "?", "user", "assistant"])}
+        (folder / "tokenizer.json").write_text(json.dumps({"model": {"type": "WordLevel", "vocab": vocab}}))
+        return folder
+
+    basic = [word for word in world.vocabulary() if word.isalpha()]
+    extended = [word for word in world.extended_vocabulary() if word.isalpha()]
+    assert tokenizer_words(folder_with(basic)) == basic and tokenizer_words(folder_with(extended)) == extended
+    assert tokenizer_words(tmp_path) is None
+    evaluation = {"generation": {}, "vqa": {}}
+    old, new, default = _limits(evaluation, basic), _limits(evaluation, extended), _limits(evaluation)
+    assert f"the world's {len(basic)} words" in old and "`user`" not in old and "`make`" not in old
+    assert 'are worded like "a red circle on the left"' in old and "phrasings.py" not in old
+    assert f"the world's {len(extended)} words" in new and "`make`" in new and "`swap`" in new
+    assert "several wordings of each caption, question and edit instruction" in new and "worded like" not in new
+    assert default == new
+    for limits in (old, new):
+        assert "`harmon generate`, `harmon ask` and `harmon edit` print a one-line warning" in limits
+        assert "There is no error" not in limits
 
 
 def test_make_data_writes_conversations_that_fit_the_stage_configs(tmp_path):

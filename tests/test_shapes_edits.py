@@ -267,6 +267,139 @@ def test_phrasing_evaluation_runs_on_the_tiny_model(tiny_model, tokenizer):
         assert set(results[part]) == {"canonical", "seen", "held_out"}
         for score in results[part].values():
             _assert_share(score)
+        _assert_by_phrasing_adds_up(results, part)
+
+
+def _phrasing_names() -> dict[str, set[str]]:
+    """Every caption and question phrasing name of phrasings.py, by split (the canonical one left out)."""
+    names = {split: set() for split in phrasings.SPLITS}
+    for kind in phrasings.CAPTIONS.values():
+        for split, entries in kind.items():
+            names[split] |= {name for name, _, _ in entries if name != phrasings.CANONICAL}
+    for kind, (_, train, held_out) in phrasings.QUESTIONS.items():
+        for split, templates in (("train", train), ("held_out", held_out)):
+            names[split] |= {f"{kind}_{split}_{index}" for index in range(len(templates))}
+    return names
+
+
+def _assert_by_phrasing_adds_up(results: dict, part: str) -> None:
+    """The by-name shares of `part` are shares whose counts and sizes sum to the seen and held-out ones."""
+    by_name = results["by_phrasing"][part]
+    for score in by_name.values():
+        _assert_share(score)
+    reworded = [results[part]["seen"], results[part]["held_out"]]
+    assert sum(score["n"] for score in by_name.values()) == sum(score["n"] for score in reworded) == 2 * results["n"]
+    assert sum(score["count"] for score in by_name.values()) == sum(score["count"] for score in reworded)
+
+
+def test_named_vqa_rewordings_draw_what_reworded_vqa_items_always_drew():
+    from training.shapes.evaluation import vqa_items
+    from training.shapes.evaluation_edit import named_vqa_rewordings, reworded_vqa_items
+
+    worded, names = named_vqa_rewordings(25, seed=4)
+    assert reworded_vqa_items(25, seed=4) == worded
+    # The draw as it was before names were kept: a choice among the question texts.
+    for index, item in enumerate(vqa_items(25, seed=4)):
+        rng = random.Random(f"shapes-eval-phrasing-vqa-4-{index}")
+        train = phrasings.question_phrasings(item.question, "train")
+        held = phrasings.question_phrasings(item.question, "held_out")
+        seen = [text for name, text in train.items() if name != phrasings.CANONICAL]
+        assert worded["seen"][index].question == rng.choice(seen) == train[names["seen"][index]]
+        assert worded["held_out"][index].question == rng.choice(list(held.values())) == held[names["held_out"][index]]
+        assert worded["canonical"][index] == item
+
+
+def test_harmon_eval_shapes_task_phrasing_writes_every_wording_by_phrasing_name(tmp_path, capsys):
+    out = tmp_path / "phrasing.json"
+    argv = ["eval", "shapes", "--task", "phrasing", "--n", "3", "--steps", "2", "--head-steps", "2"]
+    code = main([*argv, "--json", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    results = json.loads(out.read_text())
+    assert results["n"] == 3 and results["seed"] == 0
+    # The model's own settings under the flags, as `--task generate` resolves them.
+    assert results["settings"]["num_iter"] == 2 and results["settings"]["num_sampling_steps"] == 2
+    assert results["settings"]["guidance_scale"] == 1.25  # the shipped model's
+    known = _phrasing_names()
+    assert not known["train"] & known["held_out"]  # by_phrasing is keyed by name alone: no name in both splits
+    for part in ("generation", "vqa"):
+        assert set(results[part]) == {"canonical", "seen", "held_out"}
+        for score in results[part].values():
+            _assert_share(score)
+            assert score["n"] == 3
+        _assert_by_phrasing_adds_up(results, part)
+        assert set(results["by_phrasing"][part]) <= known["train"] | known["held_out"]
+    # Scene i's names, and question i's, are the ones phrasing_items and named_vqa_rewordings record.
+    from training.shapes.evaluation_edit import named_vqa_rewordings, phrasing_items
+
+    items, (_, asked) = phrasing_items(3), named_vqa_rewordings(3)
+    caption_names = {item[f"{split}_name"] for item in items for split in ("seen", "held_out")}
+    assert set(results["by_phrasing"]["generation"]) == caption_names
+    assert set(results["by_phrasing"]["vqa"]) == set(asked["seen"] + asked["held_out"])
+    assert set(asked["held_out"]) <= known["held_out"] and set(asked["seen"]) <= known["train"]
+    assert {item["held_out_name"] for item in items} <= known["held_out"]
+    assert len(printed.out.splitlines()) == 8  # 2 tasks x 3 wordings, and 2 gaps
+
+
+def test_harmon_eval_shapes_task_phrasing_prints_the_numbers_it_writes(tmp_path, capsys, monkeypatch):
+    from training.shapes.evaluation import share_with_se
+
+    def share(count: int, n: int = 9) -> dict:
+        return share_with_se([True] * count + [False] * (n - count))
+
+    calls = []
+
+    def fake(model, tokenizer, processor, n, seed, settings, batch_size):
+        calls.append({"n": n, "seed": seed, "settings": settings, "batch_size": batch_size})
+        return {
+            "n": n,
+            "seed": seed,
+            "settings": settings,
+            "generation": {"canonical": share(7), "seen": share(5), "held_out": share(2)},
+            "vqa": {"canonical": share(8), "seen": share(6), "held_out": share(4)},
+            "by_phrasing": {"generation": {"pair": share(1, 2)}, "vqa": {"count_train_0": share(2, 3)}},
+        }
+
+    monkeypatch.setattr("harmon_training.shapes.evaluation_edit.evaluate_phrasing", fake)
+    out = tmp_path / "deep" / "phrasing.json"
+    argv = ["eval", "shapes", "--task", "phrasing", "--n", "9", "--seed", "5", "--batch-size", "4", "--cfg", "2"]
+    assert main([*argv, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    results = json.loads(out.read_text())
+    assert calls[0]["n"] == 9 and calls[0]["seed"] == 5 and calls[0]["batch_size"] == 4
+    assert calls[0]["settings"]["guidance_scale"] == 2.0 and results["settings"] == calls[0]["settings"]
+    assert results["by_phrasing"]["vqa"] == {"count_train_0": share(2, 3)}
+    expected = []
+    for part in ("generation", "vqa"):
+        for wording in ("canonical", "seen", "held_out"):
+            score = results[part][wording]
+            expected.append(
+                f"{part + ' ' + wording:22} {score['value']:.3f} ({score['count']}/9, SE {score['se']:.3f})"
+            )
+    assert printed[:6] == expected
+    assert printed[0] == "generation canonical   0.778 (7/9, SE 0.139)"
+    assert printed[6].split() == ["generation", "seen", "-", "held_out", "+0.333"]
+    assert printed[7].split() == ["vqa", "seen", "-", "held_out", "+0.222"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--n", "0"], "argument --n: must be an integer >= 1"),
+        (["--skip-vqa"], "--task phrasing scores generation and VQA together"),
+        (["--steps", "0"], "--steps 0: num_iter must be"),
+    ],
+)
+def test_harmon_eval_shapes_task_phrasing_errors_are_one_line(argv, message, capsys):
+    assert main(["eval", "shapes", "--task", "phrasing", *argv]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("NOTE:")]
+    assert len(errors) == 1 and errors[0].startswith("harmon eval shapes: error: ") and message in errors[0], errors
+
+
+def test_harmon_eval_shapes_help_names_the_phrasing_task(capsys):
+    assert main(["eval", "shapes", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "phrasing}" in text and "phrasing: text-to-image and VQA with the canonical, a seen and a held-out" in text
 
 
 def test_harmon_eval_shapes_task_edit_prints_and_writes_the_scores(tmp_path, capsys):

@@ -1,13 +1,17 @@
 """The model card of the embedded Shapes demo model, written for its users: what it is, how to use it, what it
-scores, what it cannot do; then, for the curious, the recipe, its wall times and the synergy ablation.
+scores, what it cannot do; then, for the curious, the recipe and its wall times.
 
     python -m training.shapes.demo_card --folder pipelines/default_model --eval shapes_eval.json \\
-        --timings runs/shapes/timings.json [--ablation ablation.json] [--note "$(cat note.md)"]
+        --timings runs/shapes/timings.json [--canvas canvas] [--note "$(cat note.md)"]
 
-Every number it states is read from files the recipe wrote (evaluation JSON, measured timings, the ablation's
-scores) or from the note (training/configs/shapes/card_inputs/note.md for the shipped card), so the card cannot claim
-numbers nobody measured; what the model's world holds (colours, shapes, words) is read from training/shapes/world.py,
-which the data step drew the training set from.
+Every number it states is read from files the recipe wrote (evaluation JSONs, measured timings) or from the note
+(training/configs/shapes/card_inputs/note.md for the shipped card), so the card cannot claim numbers nobody measured;
+what the model's world holds (colours, shapes) is read from training/shapes/world.py, which the data step drew the
+training set from, and its words from the folder's tokenizer.json (world.extended_vocabulary() without one).
+
+`--canvas` is a folder of `harmon eval shapes --task T --json` files named T.json: inpaint, outpaint and vary give
+the card's "Starting from a picture" table, edit its "Editing" table and phrasing its "Free phrasing" table; a
+missing file leaves its part out.
 
 The note is Markdown. Its text before any `## ` heading goes under the card's opening paragraph (a one-line status);
 a part headed `## What it scores` (or another heading of NOTE_SECTIONS) goes at the end of the card's section of that
@@ -30,28 +34,23 @@ from training.shapes import world
 RECIPE_COMMANDS = """\
 export OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1
 python -m training.shapes.make_data --output runs/shapes/data --scenes 20000 --seed 0   # images, jsonl, tokenizer
+python -m training.shapes.make_data --output runs/shapes/data_edit --scenes 20000 --seed 0 --free-phrasing \\
+    --edits 20000                                               # stage IV: free phrasings, edits, 104-id tokenizer
 OMP_NUM_THREADS=1 python -m training.shapes.train_vae --output runs/shapes/vae --steps 3000  # AutoencoderKL, f=4
 python -m training.train --config training/configs/shapes/stage1_alignment.yaml
 python -m training.train --config training/configs/shapes/stage2_joint.yaml
 python -m training.train --config training/configs/shapes/stage3_high_quality.yaml
-python -m training.shapes.export_default --model runs/shapes/stage3/final --output pipelines/default_model \\
+python -m training.train --config training/configs/shapes/stage4_edit_phrasing.yaml
+python -m training.shapes.export_default --model runs/shapes/stage4/final --output pipelines/default_model \\
     --overwrite --temperature 0.05 --guidance-scale 1.25 --num-iter 6                    # bf16, sampling defaults
 python -m training.shapes.write_floor --folder pipelines/default_model                  # CI regression floor
 harmon eval shapes --n 540 --json shapes_eval.json
+harmon eval shapes --task edit --n 240 --json canvas/edit.json           # also --task phrasing (--n 180)
 harmon eval shapes --task inpaint --n 240 --json canvas/inpaint.json     # also --task outpaint (--n 240), vary (--n 120)"""
-
-# The synergy ablation's arm (both arms start from stage I): after the recipe, or beside stages II and III with
-# OMP_NUM_THREADS=1 for both processes (a 2-thread process beside another one ran 2.7x slower here).
-ABLATION_COMMANDS = """\
-python -m training.train --config training/configs/shapes/stage2_joint.yaml --model runs/shapes/stage1/final \\
-    --output-dir runs/shapes_genonly/stage2 --set "data.ratio={text: 0, image2text: 0, text2image: 11}"
-python -m training.train --config training/configs/shapes/stage3_high_quality.yaml \\
-    --model runs/shapes_genonly/stage2/final --output-dir runs/shapes_genonly/stage3 \\
-    --set "data.ratio={text: 0, image2text: 0, text2image: 22}\""""
 
 
 # The card's sections that the note can add text to (in the card's order).
-NOTE_SECTIONS = ("What it scores", "What it cannot do", "Reproduce it", "Wall time", "Synergy ablation")
+NOTE_SECTIONS = ("What it scores", "What it cannot do", "Reproduce it", "Wall time")
 
 # The static "How to use it" section (a test keeps the shipped card's equal to it). Not an f-string: the Python
 # snippet has braces.
@@ -61,10 +60,12 @@ From the command line (installed with this package; no download, no network):
 
 ```bash
 harmon generate "a red circle on the left" -o out.png && harmon ask out.png "what color is the circle?"
+harmon edit out.png "make the circle blue" -o edited.png
 ```
 
 `harmon generate` writes a 32 x 32 PNG (`--seed` and `-n` give other and more drawings); `harmon ask` prints a
-one-word answer (here `red`).
+one-word answer (here `red`); `harmon edit` draws the picture again with the instruction carried out (`--mask`
+keeps it to a region; `harmon edit --help`).
 
 In Python, `harmon_pipelines.default_model.load_default_model()` returns the model and its tokenizer:
 
@@ -170,14 +171,37 @@ def _percent_wrong(value) -> str:
     return "n/a" if value is None else f"{round(100 * (1 - value))}%"
 
 
-def _limits(evaluation: dict) -> str:
-    """The "What it cannot do" list; the world's contents come from training/shapes/world.py, the error rates from
-    the evaluation."""
-    words = [word for word in world.vocabulary() if word.isalpha()]
+def tokenizer_words(folder: Path) -> list[str] | None:
+    """The world's words (world.extended_vocabulary(), in its order) that `folder`'s word-level tokenizer.json knows,
+    so the card lists what the packaged model reads; None without such a file."""
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        return None
+    vocab = json.loads(path.read_text()).get("model", {}).get("vocab")
+    if not isinstance(vocab, dict):
+        return None
+    return [word for word in world.extended_vocabulary() if word.isalpha() and word in vocab]
+
+
+def _default_words() -> list[str]:
+    return [word for word in world.extended_vocabulary() if word.isalpha()]
+
+
+def _limits(evaluation: dict, words: list[str] | None = None) -> str:
+    """The "What it cannot do" list; the world's contents come from training/shapes/world.py, its `words` from the
+    model's tokenizer (default: world.extended_vocabulary()), the error rates from the evaluation."""
+    words = _default_words() if words is None else words
     relations = _words((f'"{phrase}"' for phrase, _, _ in world.RELATIONS), "or")
     edges = _words((position for position in world.POSITIONS if position != "center"), "or")
     generation, vqa = evaluation.get("generation") or {}, evaluation.get("vqa") or {}
     side = world.IMAGE_SIZE
+    if set(words) - set(world.vocabulary()):  # the stage IV tokenizer: trained on free phrasings
+        wording = """It was trained on several wordings of each caption, question and edit instruction \
+(`training/shapes/phrasings.py`: "a red triangle in the middle", "there is a red triangle in the center", "which \
+color is the circle?"); a sentence built another way from these words may be misread."""
+    else:
+        wording = """The training captions, and ShapesEval's prompts, are worded like "a red circle on the left", "a \
+blue square above a green triangle" and "two yellow circles"."""
     return f"""- **Only the Shapes world.** It knows {len(world.COLORS)} colours ({_words(world.COLORS)}), \
 {len(world.SHAPES)} shapes ({_words(world.SHAPES)}) and scenes of three kinds: one object (on the {edges}, or in \
 the center), two objects of different colours and shapes, one {relations} the other, or two identical objects \
@@ -186,9 +210,9 @@ the center), two objects of different colours and shapes, one {relations} the ot
 sizes or styles.
 - **Only its vocabulary.** The tokenizer is word-level over the world's {len(words)} words (lower-cased, punctuation \
 split off): {", ".join(f"`{word}`" for word in words)}. Any other word (a synonym such as "ball", the spelling \
-"colour", a number such as "three") becomes `<unk>`. There is no error and no refusal: the model still draws, or \
-answers with a word of its world, but the result means nothing. The training captions, and ShapesEval's prompts, \
-are worded like "a red circle on the left", "a blue square above a green triangle" and "two yellow circles".
+"colour", a number such as "three") becomes `<unk>`: `harmon generate`, `harmon ask` and `harmon edit` print a \
+one-line warning naming it, and the model still draws, or answers with a word of its world, but what that word \
+asked for is lost. {wording}
 - **Only {side} x {side} pixels.** It was trained and scored at {side} px only; other `--size` values are untrained, \
 and `harmon ask` resizes every image to {side} x {side}.
 - **No photos or other pictures.** It has seen only flat renders of this world. It answers a question with one word \
@@ -246,28 +270,93 @@ def _canvas_scores(canvas: dict) -> str:
     )
 
 
+def _maybe_score(score: dict | None) -> str:
+    """`_score`, or a dash where there is nothing to score (preservation of moves and swaps, which touch every
+    object)."""
+    return "–" if score is None else _score(score)
+
+
+def _settings_phrase(settings: dict) -> str:
+    if not settings:
+        return "the stored sampling settings"
+    return "the stored sampling settings but " + ", ".join(f"`{key}={value}`" for key, value in settings.items())
+
+
+# The rows of the editing table: by_group's keys, as a reader would name them.
+EDIT_GROUPS = {
+    "seen": "seen instructions",
+    "held_out_combo": "held-out (operation, colour, shape) combinations",
+    "held_out_phrasing": "held-out instruction phrasings",
+}
+
+
+def _edit_scores(edit: dict | None) -> str:
+    """The "Editing" part of "What it scores", from the JSON of `harmon eval shapes --task edit` (None: left out)."""
+    if not edit:
+        return ""
+
+    def row(name: str, scores: dict) -> str:
+        cells = (_maybe_score(scores.get(key)) for key in ("success", "preservation", "unchanged"))
+        return f"| {name} | " + " | ".join(cells) + " |"
+
+    rows = [row(operation, scores) for operation, scores in edit.get("by_operation", {}).items()]
+    rows += [row(EDIT_GROUPS.get(name, name), scores) for name, scores in edit.get("by_group", {}).items()]
+    rows.append(row("**all**", edit))
+    warning = f"\n\nThe evaluation recorded: {edit['edit_warning']}" if edit.get("edit_warning") else ""
+    return (
+        f"\n\nEditing (`harmon eval shapes --task edit`, {edit['n']} instructions of seed {edit['seed']}, "
+        f"{_settings_phrase(edit.get('settings') or {})}, {edit['seconds_per_item']:.2f} s per edit). Success: the "
+        "checker reads the instructed scene in the output; preservation: every object the instruction does not touch "
+        "is still there with its colour, shape and position (– for moves and swaps, which touch every object); "
+        "unchanged: the checker still reads the source scene, no edit made (lower is better):\n\n"
+        "| edit | success | preservation | unchanged |\n|---|---|---|---|\n" + "\n".join(rows) + warning + "\n\n"
+        'To edit a picture: `harmon edit IMAGE "make the circle blue" -o out.png`. Edits drawn by this model: '
+        "docs/edit.png in the repository."
+    )
+
+
+def _phrasing_scores(phrasing: dict | None) -> str:
+    """The "Free phrasing" part of "What it scores", from the JSON of `harmon eval shapes --task phrasing` (None:
+    left out)."""
+    if not phrasing:
+        return ""
+    columns = ("canonical", "seen", "held_out")
+    rows = [
+        f"| {name} | " + " | ".join(_maybe_score((phrasing.get(key) or {}).get(column)) for column in columns) + " |"
+        for name, key in (("text-to-image", "generation"), ("VQA", "vqa"))
+    ]
+    return (
+        f"\n\nFree phrasing (`harmon eval shapes --task phrasing`, {phrasing['n']} scenes and questions of seed "
+        f"{phrasing['seed']}, each in its canonical wording, a reworded one seen in training and a held-out one, with "
+        "the same images and seeds, so the columns differ in wording alone; text-to-image: the checker reads the "
+        "scene; VQA: exact match). Held-out phrasings are new sentence structures of known words, never trained on."
+        "\n\n| task | canonical | seen rewording | held-out rewording |\n|---|---|---|---|\n" + "\n".join(rows)
+    )
+
+
 def render_card(
-    evaluation: dict, timings: dict, ablation: dict | None = None, note: str = "", canvas: dict | None = None
+    evaluation: dict,
+    timings: dict,
+    note: str = "",
+    canvas: dict | None = None,
+    words: list[str] | None = None,
 ) -> ModelCard:
+    """The card. `canvas`: the JSONs of `harmon eval shapes --task T` by T (see the module docstring); `words`: the
+    world's words the model's tokenizer knows (default: world.extended_vocabulary()'s)."""
     generation, vqa, settings = evaluation.get("generation") or {}, evaluation.get("vqa") or {}, evaluation["settings"]
     notes = split_note(note)
+    canvas = canvas or {}
+    words = _default_words() if words is None else words
 
     def with_note(section: str, text: str) -> str:
         return f"{text}\n\n{notes[section]}" if notes.get(section) else text
 
-    ablation_text = "Not run yet."
-    if ablation:
-        ablation_text = "\n".join(
-            f"- {name}: generation overall {_fraction(result['generation']['overall'], 3)}, shape "
-            f"{_fraction(result['generation']['attributes']['shape'], 3)}"
-            for name, result in ablation.items()
-        )
     by_type = ", ".join(f"{key} {_fraction(value)}" for key, value in (vqa.get("by_type") or {}).items())
     timing_lines = "\n".join(f"| {name} | {seconds / 60:.1f} min |" for name, seconds in timings.items())
     timing_lines += f"\n| **total** | **{sum(timings.values()) / 60:.1f} min** |"
     sampling = ", ".join(f"`{key}={value}`" for key, value in settings.items())
     held_out = _words(f"{color} {shape}" for color, shape in sorted(world.HELD_OUT_PAIRS))
-    side, words = world.IMAGE_SIZE, sum(word.isalpha() for word in world.vocabulary())
+    side = world.IMAGE_SIZE
     front_matter = ModelCardData(
         library_name="transformers",
         pipeline_tag="any-to-any",
@@ -279,8 +368,8 @@ def render_card(
 A tiny Harmon trained from scratch, on a CPU, by this repository's own recipe on the toy Shapes world: one or two \
 coloured circles, squares and triangles on a plain background. One model does both of Harmon's tasks: it draws such \
 a scene from a sentence ("a blue square above a green triangle") and answers questions about one ("what color is the \
-circle?"). Images are {side} x {side} pixels and the text is a word-level vocabulary of the world's {words} words. \
-It is the package's embedded default model (`harmon generate`, `harmon ask` and the pipelines use it when no \
+circle?"). Images are {side} x {side} pixels and the text is a word-level vocabulary of the world's {len(words)} \
+words. It is the package's embedded default model (`harmon generate`, `harmon ask` and the pipelines use it when no \
 `--model` is given), and it shows that the whole system works end to end: one MAR encoder shared by understanding \
 and generation, a Qwen2-style LLM, a diffusion-MLP head and a KL VAE of stride 4. It knows nothing outside that world."""
     if notes[""]:
@@ -300,7 +389,7 @@ and shapes it saw in other pairs. (The VQA questions are about training-split sc
 VQA (exact match on questions about rendered scenes): accuracy {_fraction(vqa.get("accuracy"))}; by type: {by_type}.
 
 Sampling settings: {sampling}; {evaluation["seconds_per_image"]:.2f} s per image{_hardware(evaluation)}.\
-{_canvas_scores(canvas or {})}"""
+{_canvas_scores(canvas)}{_edit_scores(canvas.get("edit"))}{_phrasing_scores(canvas.get("phrasing"))}"""
     reproduce = f"""## Reproduce it
 
 For the curious: the commands that trained these weights, in a checkout of the repository (one command at a time, \
@@ -319,46 +408,28 @@ Each step of the block above on a 2-core CPU, one command at a time on both core
 | step | wall time |
 |---|---|
 {timing_lines}"""
-    synergy = f"""## Synergy ablation
-
-Does training understanding help generation? Two arms with the same budget, both from the same stage I: the \
-shipped joint recipe, and a generation-only one whose understanding micro-batches are replaced by text-to-image \
-ones (ShapesEval generation):
-
-{ablation_text}"""
-    synergy = (
-        with_note("Synergy ablation", synergy)
-        + f"""
-
-The generation-only arm:
-
-```bash
-{ABLATION_COMMANDS}
-```"""
-    )
     sections = [
         intro,
         USAGE,
         with_note("What it scores", scores),
-        with_note("What it cannot do", "## What it cannot do\n\n" + _limits(evaluation)),
+        with_note("What it cannot do", "## What it cannot do\n\n" + _limits(evaluation, words)),
         with_note("Reproduce it", reproduce),
         with_note("Wall time", wall_time),
-        synergy,
     ]
     return ModelCard(f"---\n{front_matter}\n---\n\n" + "\n\n".join(sections) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--folder", type=Path, required=True)
+    parser.add_argument("--folder", type=Path, required=True, help="the model folder: its tokenizer.json, its card")
     parser.add_argument("--eval", type=Path, required=True)
     parser.add_argument("--timings", type=Path, required=True)
-    parser.add_argument("--ablation", type=Path, default=None)
     parser.add_argument(
         "--canvas",
         type=Path,
         default=None,
-        help="folder with inpaint.json, outpaint.json and vary.json of `harmon eval shapes --task ... --json`",
+        help="folder of `harmon eval shapes --task T --json T.json` files: inpaint, outpaint, vary, edit, phrasing "
+        "(each optional)",
     )
     parser.add_argument(
         "--note",
@@ -370,11 +441,11 @@ def main(argv: list[str] | None = None) -> None:
     card = render_card(
         json.loads(args.eval.read_text()),
         json.loads(args.timings.read_text()),
-        json.loads(args.ablation.read_text()) if args.ablation else None,
         args.note,
         {path.stem: json.loads(path.read_text()) for path in sorted(args.canvas.glob("*.json"))}
         if args.canvas
         else None,
+        tokenizer_words(args.folder),
     )
     with atomic_path(args.folder / "README.md") as temporary:
         card.save(temporary)

@@ -14,9 +14,9 @@ instruction with the source in view (`generate_images(instruction, context_image
   reconstructs its input shows;
 - each by operation, and for seen items, held-out combinations and held-out phrasings apart.
 
-Free phrasing ([`evaluate_phrasing`], Python only): text-to-image and VQA with the canonical wording, a seen
-(train, non-canonical) rewording and a held-out one of the same scene or question, same seeds, so the three differ
-in wording alone.
+Free phrasing (`harmon eval shapes --task phrasing`, [`evaluate_phrasing`]): text-to-image and VQA with the
+canonical wording, a seen (train, non-canonical) rewording and a held-out one of the same scene or question, same
+seeds, so the three differ in wording alone; the seen and held-out scores also by phrasing name.
 """
 
 import random
@@ -171,34 +171,85 @@ def phrasing_items(n: int, seed: int = 0) -> list[dict]:
 def reworded_vqa_items(n: int, seed: int = 0) -> dict[str, list[VQAItem]]:
     """ShapesEval's `n` VQA items (`evaluation.vqa_items`) with their canonical questions, and the same images and
     answers with a seen and a held-out rewording of each question."""
+    return named_vqa_rewordings(n, seed)[0]
+
+
+def named_vqa_rewordings(n: int, seed: int = 0) -> tuple[dict[str, list[VQAItem]], dict[str, list[str]]]:
+    """[`reworded_vqa_items`] and, for "seen" and "held_out", the phrasing name of each item's question (the names
+    of `phrasings.question_phrasings`), so scores can be broken down by wording. Draws as it always did: the name
+    lists are the question lists it chose from, in the same order."""
     items = vqa_items(n, seed)
     worded = {"canonical": items, "seen": [], "held_out": []}
+    names = {"seen": [], "held_out": []}
     for index, item in enumerate(items):
         rng = random.Random(f"shapes-eval-phrasing-vqa-{seed}-{index}")
-        seen = [text for name, text in question_phrasings(item.question, "train").items() if name != CANONICAL]
-        held = list(question_phrasings(item.question, "held_out").values())
+        seen = {name: text for name, text in question_phrasings(item.question, "train").items() if name != CANONICAL}
+        held = question_phrasings(item.question, "held_out")
         for key, choices in (("seen", seen), ("held_out", held)):
-            worded[key].append(VQAItem(item.scene, item.image, item.question_type, rng.choice(choices), item.answer))
-    return worded
+            name = rng.choice(list(choices))
+            names[key].append(name)
+            worded[key].append(VQAItem(item.scene, item.image, item.question_type, choices[name], item.answer))
+    return worded, names
+
+
+def _exact_matches(asked: list[VQAItem], answers: list[str]) -> int:
+    """How many `answers` the `shapes_vqa` metric counts right (its exact match, as ShapesEval scores it)."""
+    return round(vqa_scores(asked, answers)["accuracy"] * len(asked))
+
+
+def _by_name(names: dict[str, list[str]], score) -> dict[str, dict]:
+    """{phrasing name: share}: `score(split, indices)` -> (right, total) for the items of each name; seen names
+    first, each split's names sorted (caption and question names of the two splits differ)."""
+    shares = {}
+    for split in ("seen", "held_out"):
+        indices = {}
+        for index, name in enumerate(names[split]):
+            indices.setdefault(name, []).append(index)
+        for name in sorted(indices):
+            right, total = score(split, indices[name])
+            shares[name] = share_with_se([True] * right + [False] * (total - right))
+    return shares
 
 
 def evaluate_phrasing(
     model, tokenizer, processor, n: int = 180, seed: int = 0, settings: dict | None = None, batch_size: int = 16
 ) -> dict:
     """Text-to-image success (checker `overall`) and VQA exact match for the canonical, a seen and a held-out wording
-    of the same `n` scenes (image i drawn with seed + i in all three) and `n` questions; each a share with SE."""
+    of the same `n` scenes (image i drawn with seed + i in all three) and `n` questions; each a share with SE.
+    `by_phrasing` splits the seen and held-out shares by phrasing name, to tell one weak wording from a general
+    failure to generalise."""
     from .evaluation import generate
 
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}.")
     settings = generation_settings(model) if settings is None else settings
     items = phrasing_items(n, seed)
     seeds = [seed + index for index in range(n)]
     results = {"n": n, "seed": seed, "settings": settings, "generation": {}, "vqa": {}}
+    correct = {}
     for key in ("canonical", "seen", "held_out"):
         images = generate(model, tokenizer, [item[key] for item in items], seeds, settings, batch_size, False)
-        correct = [bool(check(item["scene"], image)["overall"]) for item, image in zip(items, images, strict=True)]
-        results["generation"][key] = share_with_se(correct)
-    for key, asked in reworded_vqa_items(n, seed).items():
-        accuracy = vqa_scores(asked, answer(model, processor, asked, batch_size, progress=False))["accuracy"]
-        right = round(accuracy * len(asked))  # the `shapes_vqa` metric's exact match, as ShapesEval scores it
+        correct[key] = [
+            bool(check(item["scene"], image)["overall"]) for item, image in zip(items, images, strict=True)
+        ]
+        results["generation"][key] = share_with_se(correct[key])
+    worded, names = named_vqa_rewordings(n, seed)
+    answers = {}
+    for key, asked in worded.items():
+        answers[key] = answer(model, processor, asked, batch_size, progress=False)
+        right = _exact_matches(asked, answers[key])
         results["vqa"][key] = share_with_se([True] * right + [False] * (len(asked) - right))
+
+    def generation_score(split: str, indices: list[int]) -> tuple[int, int]:
+        return sum(correct[split][index] for index in indices), len(indices)
+
+    def vqa_score(split: str, indices: list[int]) -> tuple[int, int]:
+        asked = [worded[split][index] for index in indices]
+        return _exact_matches(asked, [answers[split][index] for index in indices]), len(indices)
+
+    item_names = {split: [item[f"{split}_name"] for item in items] for split in ("seen", "held_out")}
+    results["by_phrasing"] = {
+        "generation": _by_name(item_names, generation_score),
+        "vqa": _by_name(names, vqa_score),
+    }
     return results
