@@ -346,8 +346,7 @@ def test_captions_and_questions_use_an_before_vowels():
 
 def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
     """The demo model's card reads every number from the recipe's files, and shows the same reproduction commands
-    as training/configs/shapes/README.md; the synergy ablation, not re-run for stage IV, is left to that file's
-    history."""
+    as training/configs/shapes/README.md; the synergy ablation is left to that file's history."""
     from pathlib import Path
 
     from training.shapes.demo_card import RECIPE_COMMANDS
@@ -402,8 +401,7 @@ def test_demo_card_states_the_measured_numbers_and_the_commands(tmp_path):
         "0.12 s per image on 2 CPU threads (Test CPU @ 2.1GHz).",
         "NOTE",
         RECIPE_COMMANDS,
-        "stage4_edit_phrasing.yaml",
-        "--model runs/shapes/stage4/final",
+        "--model runs/shapes/stage3/final",
     ):
         assert expected in card, expected
     assert "ablation" not in card.lower() and "shapes_genonly" not in card
@@ -504,7 +502,7 @@ def test_demo_card_puts_the_user_first_and_the_note_in_its_sections(tmp_path):
     opening = card[card.index("# Harmon Shapes demo model") : card.index("## How to use it")]
     assert "STATUS" in opening and "from scratch" in opening and f"{world.IMAGE_SIZE} x {world.IMAGE_SIZE}" in opening
     assert section("What it scores").rstrip().endswith("SCORES") and section("Wall time").rstrip().endswith("TIMES")
-    assert "harmon edit out.png" in section("How to use it")
+    assert "harmon generate" in section("How to use it") and "harmon ask" in section("How to use it")
     limits = section("What it cannot do")
     for word in (*world.COLORS, *world.SHAPES, "`<unk>`", f"{world.IMAGE_SIZE} px", "photos"):
         assert word in limits, word

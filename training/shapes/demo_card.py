@@ -34,18 +34,14 @@ from training.shapes import world
 RECIPE_COMMANDS = """\
 export OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1
 python -m training.shapes.make_data --output runs/shapes/data --scenes 20000 --seed 0   # images, jsonl, tokenizer
-python -m training.shapes.make_data --output runs/shapes/data_edit --scenes 20000 --seed 0 --free-phrasing \\
-    --edits 20000                                               # stage IV: free phrasings, edits, 104-id tokenizer
 OMP_NUM_THREADS=1 python -m training.shapes.train_vae --output runs/shapes/vae --steps 3000  # AutoencoderKL, f=4
 python -m training.train --config training/configs/shapes/stage1_alignment.yaml
 python -m training.train --config training/configs/shapes/stage2_joint.yaml
 python -m training.train --config training/configs/shapes/stage3_high_quality.yaml
-python -m training.train --config training/configs/shapes/stage4_edit_phrasing.yaml
-python -m training.shapes.export_default --model runs/shapes/stage4/final --output pipelines/default_model \\
+python -m training.shapes.export_default --model runs/shapes/stage3/final --output pipelines/default_model \\
     --overwrite --temperature 0.05 --guidance-scale 1.25 --num-iter 6                    # bf16, sampling defaults
 python -m training.shapes.write_floor --folder pipelines/default_model                  # CI regression floor
 harmon eval shapes --n 540 --json shapes_eval.json
-harmon eval shapes --task edit --n 240 --json canvas/edit.json           # also --task phrasing (--n 180)
 harmon eval shapes --task inpaint --n 240 --json canvas/inpaint.json     # also --task outpaint (--n 240), vary (--n 120)"""
 
 
@@ -60,12 +56,10 @@ From the command line (installed with this package; no download, no network):
 
 ```bash
 harmon generate "a red circle on the left" -o out.png && harmon ask out.png "what color is the circle?"
-harmon edit out.png "make the circle blue" -o edited.png
 ```
 
 `harmon generate` writes a 32 x 32 PNG (`--seed` and `-n` give other and more drawings); `harmon ask` prints a
-one-word answer (here `red`); `harmon edit` draws the picture again with the instruction carried out (`--mask`
-keeps it to a region; `harmon edit --help`).
+one-word answer (here `red`).
 
 In Python, `harmon_pipelines.default_model.load_default_model()` returns the model and its tokenizer:
 
