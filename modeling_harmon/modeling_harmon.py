@@ -1139,6 +1139,58 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         u = torch.rand((), generator=generator, dtype=torch.float64)
         return float(1.0 + 0.25 * torch.special.ndtri(low + u * (high - low)))
 
+    def draw_generation_mask(
+        self,
+        batch: int,
+        seq_len: int,
+        orders: torch.LongTensor | None = None,
+        mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+        device=None,
+    ) -> torch.BoolTensor:
+        """(batch, seq_len) training mask, True = masked: `ceil(seq_len * ratio)` tokens of each row, the first of its
+        order. `orders` (B, L) and `mask_ratio` are drawn from `generator` when not given (orders first)."""
+        if orders is None:
+            orders = torch.stack([torch.randperm(seq_len, generator=generator) for _ in range(batch)])
+        orders = self._check_orders(orders, batch, seq_len).to(device)
+        ratio = self.sample_mask_ratio(generator) if mask_ratio is None else float(mask_ratio)
+        num_masked = math.ceil(seq_len * ratio)
+        ranks = torch.empty_like(orders).scatter_(1, orders, torch.arange(seq_len, device=device).expand(batch, -1))
+        return ranks < num_masked
+
+    def generation_condition(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        latents: torch.FloatTensor,
+        mask: torch.BoolTensor,
+        context_pixel_values: torch.FloatTensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conditioning (B, L, C) the diffusion head would get, target tokens (B, L, D)) of prompts `input_ids` for
+        scaled VAE `latents` (B, rows, cols, D) with `mask` (B, L) hidden: the MAR encoder reads the visible tokens,
+        the LLM the prompt (with `context_pixel_values` in its `<image>` placeholders) and them, the MAR decoder
+        answers for every token. Training computes it once per step; a teacher's copy gives `condition_targets`."""
+        model = self.model
+        batch, rows, cols, dim = latents.shape
+        seq_len = rows * cols
+        target = latents.reshape(batch, seq_len, dim).to(self.dtype)
+        device = target.device
+        mask = mask.to(device=device, dtype=torch.bool)
+        if mask.shape != (batch, seq_len) or len(set(mask.sum(1).tolist())) != 1:
+            raise ValueError(f"mask must be (batch, {seq_len}) with the same number of masked tokens in every row.")
+        encoded = model.mar_encoder(target, mask, (rows, cols))
+        input_ids = input_ids.to(device)
+        if context_pixel_values is not None:
+            prompt_embeds, _ = model.embed_with_images(input_ids, context_pixel_values.to(device))
+        elif bool((input_ids == self.config.image_token_id).any()):
+            raise ValueError(
+                "input_ids hold <image> placeholders but no context_pixel_values were given (the images they stand for)."
+            )
+        else:
+            prompt_embeds = model.embed_tokens(input_ids)
+        encoded = model.bridge(encoded, attention_mask, prompt_embeds=prompt_embeds)
+        return model.mar_decoder(encoded, mask, (rows, cols)), target
+
     def text_to_image_loss(
         self,
         input_ids: torch.LongTensor,
@@ -1152,6 +1204,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         noise: torch.FloatTensor | None = None,
         generator: torch.Generator | None = None,
         context_pixel_values: torch.FloatTensor | None = None,
+        condition_targets: torch.FloatTensor | None = None,
     ) -> HarmonGenerationLossOutput:
         """MAR diffusion loss of a text-to-image batch, averaged over masked tokens.
 
@@ -1165,6 +1218,11 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             context_pixel_values: (N, 3, S, S) context images of an edit (the task `edit`), in the order of the
                 prompts' `<image>` placeholders, which they fill as at sampling ([`HarmonModel.embed_with_images`]);
                 they are prompt, not target, and carry no loss terms.
+            condition_targets: (B, L, C) the diffusion head's conditioning that another model (a teacher) gives these
+                targets with this `mask`. The loss is then how far this model's conditioning is from it at the masked
+                tokens (squared error over the targets' mean square, [`condition_matching_loss`]) instead of the
+                diffusion loss, and the head does not run: a new prompt form (an edit, a reworded caption) learns to
+                give the conditioning that the teacher gives the prompt it already draws well.
         """
         model = self.model
         if latents is None:
@@ -1173,34 +1231,14 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             latents = model.encode_images(pixel_values)
         batch, rows, cols, dim = latents.shape
         seq_len = rows * cols
-        target = latents.reshape(batch, seq_len, dim).to(self.dtype)
-        device = target.device
         if mask is None:
-            if orders is None:
-                orders = torch.stack([torch.randperm(seq_len, generator=generator) for _ in range(batch)])
-            orders = self._check_orders(orders, batch, seq_len).to(device)
-            ratio = self.sample_mask_ratio(generator) if mask_ratio is None else float(mask_ratio)
-            num_masked = math.ceil(seq_len * ratio)
-            ranks = torch.empty_like(orders).scatter_(
-                1, orders, torch.arange(seq_len, device=device).expand(batch, -1)
-            )
-            mask = ranks < num_masked
-        mask = mask.to(device=device, dtype=torch.bool)
-        if mask.shape != (batch, seq_len) or len(set(mask.sum(1).tolist())) != 1:
-            raise ValueError(f"mask must be (batch, {seq_len}) with the same number of masked tokens in every row.")
-
-        encoded = model.mar_encoder(target, mask, (rows, cols))
-        input_ids = input_ids.to(device)
-        if context_pixel_values is not None:
-            prompt_embeds, _ = model.embed_with_images(input_ids, context_pixel_values.to(device))
-        elif bool((input_ids == self.config.image_token_id).any()):
-            raise ValueError(
-                "input_ids hold <image> placeholders but no context_pixel_values were given (the images they stand for)."
-            )
-        else:
-            prompt_embeds = model.embed_tokens(input_ids)
-        encoded = model.bridge(encoded, attention_mask, prompt_embeds=prompt_embeds)
-        condition = model.mar_decoder(encoded, mask, (rows, cols))
+            mask = self.draw_generation_mask(batch, seq_len, orders, mask_ratio, generator, latents.device)
+        condition, target = self.generation_condition(input_ids, attention_mask, latents, mask, context_pixel_values)
+        mask = mask.to(device=target.device, dtype=torch.bool)
+        device = target.device
+        if condition_targets is not None:
+            loss = self.condition_matching_loss(condition, condition_targets, mask)
+            return HarmonGenerationLossOutput(loss=loss, mask=mask, condition=condition, target=target)
 
         repeats = self.config.diffusion_batch_mul
         flat_target = target.reshape(batch * seq_len, dim).repeat(repeats, 1)
@@ -1221,6 +1259,20 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         return HarmonGenerationLossOutput(
             loss=loss, mse=terms["mse"], vb=terms["vb"], mask=mask, condition=condition, target=target
         )
+
+    @staticmethod
+    def condition_matching_loss(
+        condition: torch.Tensor, targets: torch.Tensor, mask: torch.BoolTensor
+    ) -> torch.Tensor:
+        """Mean squared distance of `condition` (B, L, C) from `targets` over the masked tokens, divided by the
+        targets' mean square there: scale-free, so one weight suits any decoder width; 0 is a perfect match."""
+        if targets.shape != condition.shape:
+            raise ValueError(
+                f"condition_targets must have the conditioning's shape {tuple(condition.shape)}, got "
+                f"{tuple(targets.shape)}."
+            )
+        picked, wanted = condition[mask].float(), targets.to(condition.device)[mask].float()
+        return ((picked - wanted) ** 2).mean() / (wanted**2).mean().clamp_min(1e-12)
 
 
 # `save_pretrained` copies these files next to the weights and writes `auto_map`, so checkpoints load as remote code.

@@ -426,7 +426,7 @@ def test_edit_config_defaults_and_checks():
     for stage in ("stage1_alignment", "stage2_joint", "stage3_high_quality", "finetune", "decoder_only"):
         assert load_config(CONFIGS / f"{stage}.yaml")["data"]["ratio"]["edit"] == 0  # existing recipes unchanged
     recipe = load_config(CONFIGS / "edit_finetune.yaml")
-    assert recipe["data"]["ratio"] == {"text": 0, "image2text": 0, "text2image": 0, "edit": 1}
+    assert recipe["data"]["ratio"] == {"text": 0, "image2text": 0, "text2image": 0, "edit": 1, "distill": 0}
     source = recipe["data"]["sources"][0]
     assert SourceSpec.from_dict(source).kind == "edit" and source["target_column"] == "target_img"
     with pytest.raises(ConfigError, match="edit_dropout must map"):

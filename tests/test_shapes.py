@@ -671,8 +671,11 @@ def test_shapes_stage_configs_train_on_files_make_data_writes(tmp_path):
     from training.shapes.make_data import write_data
 
     write_data(tmp_path / "data", scenes=8, seed=5)
+    write_data(tmp_path / "data_edit", scenes=8, seed=5, free_phrasing=True, edits=4)
     configs = Path(__file__).resolve().parent.parent / "training" / "configs" / "shapes"
-    for stage in ("stage1_alignment", "stage2_joint", "stage3_high_quality"):
+    for stage, folder in [(name, "data") for name in ("stage1_alignment", "stage2_joint", "stage3_high_quality")] + [
+        ("stage4_edit_phrasing", "data_edit")
+    ]:
         for source in yaml.safe_load((configs / f"{stage}.yaml").read_text())["data"]["sources"]:
-            assert source["path"].startswith("runs/shapes/data/"), source
-            assert (tmp_path / "data" / Path(source["path"]).name).is_file(), source
+            assert source["path"].startswith(f"runs/shapes/{folder}/"), source
+            assert (tmp_path / folder / Path(source["path"]).name).is_file(), source

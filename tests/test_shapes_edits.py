@@ -478,6 +478,52 @@ def test_make_data_flags_reword_the_same_scenes_and_write_edit_records(tmp_path)
     assert main_make_data(["--output", str(tmp_path / "bad"), "--edits", "-1"]) == 2
 
 
+def test_make_data_writes_distill_records_whose_teacher_is_the_canonical_caption(tmp_path):
+    """distill_phrasing.jsonl: each caption record's image and wording, taught to condition as the plain data's
+    (canonical) caption does. distill_edits.jsonl: each edit as instruction + source -> target's caption; a dropped
+    instruction draws the source as its caption; both dropped is unconditional, in EDIT_DISTILL_DROPOUT's shares."""
+    import random
+
+    from training.shapes.edits import sample_edit
+    from training.shapes.make_data import EDIT_DISTILL_DROPOUT, edit_distill_record
+
+    write_data(tmp_path / "plain", scenes=30, seed=1)
+    write_data(tmp_path / "free", scenes=30, seed=1, free_phrasing=True, edits=12)
+    plain, free = tmp_path / "plain", tmp_path / "free"
+
+    def read(path):
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    phrasing = read(free / "distill_phrasing.jsonl")
+    canonical, worded = read(plain / "captions.jsonl"), read(free / "captions.jsonl")
+    assert [(r["target"], r["prompt"], r["teacher_prompt"], r["sources"]) for r in phrasing] == [
+        (w["image"], w["text"], c["text"], []) for w, c in zip(worded, canonical, strict=True)
+    ]
+    edits, distill = read(free / "edits.jsonl"), read(free / "distill_edits.jsonl")
+    assert len(distill) == len(edits) == 12
+    for edit, record in zip(edits, distill):
+        if record["prompt"] is not None:
+            assert (record["prompt"], record["sources"], record["target"]) == (
+                edit["instruction"],
+                [edit["source"]],
+                edit["target"],
+            )
+        elif record["sources"]:
+            assert record["target"] == edit["source"] and record["teacher_prompt"]
+        else:
+            assert record["teacher_prompt"] is None
+    rng, draws = random.Random(0), random.Random(1)
+    edit = sample_edit(rng, "train")
+    kinds = []
+    for _ in range(20000):
+        record = edit_distill_record(edit, "s.png", "t.png", draws)
+        kinds.append("both" if not record["sources"] else "instruction" if record["prompt"] is None else "keep")
+        expected = {"both": None, "instruction": edit.source.caption(), "keep": edit.target.caption()}[kinds[-1]]
+        assert record["teacher_prompt"] == expected
+    assert abs(kinds.count("instruction") / 20000 - EDIT_DISTILL_DROPOUT[0]) < 0.01
+    assert abs(kinds.count("both") / 20000 - EDIT_DISTILL_DROPOUT[1]) < 0.01
+
+
 def main_make_data(argv: list[str]) -> int:
     from training.shapes.make_data import main as make_data
 

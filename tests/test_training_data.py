@@ -137,7 +137,7 @@ def test_source_spec_parse_grammar():
     assert SourceSpec.parse("t2i=hf:org/set?streaming=true").streaming is True
     assert SourceSpec.parse("vqa=llava_json:x.json?image_folder=/imgs").image_folder == "/imgs"
     assert SourceSpec.from_dict({"kind": "text", "format": "jsonl", "path": "t.jsonl", "weight": 2}).weight == 2
-    assert set(KIND_TO_TASK) == {"text", "caption", "vqa", "t2i", "edit"} and len(FORMATS) == 4
+    assert set(KIND_TO_TASK) == {"text", "caption", "vqa", "t2i", "edit", "distill"} and len(FORMATS) == 4
 
 
 @pytest.mark.parametrize(

@@ -53,9 +53,10 @@ DEFAULTS: dict[str, Any] = {
     "image_size": 256,
     "data": {
         "sources": [],
-        # `edit` (instruction editing) is optional in a ratio given whole (e.g. by --set): missing means 0.
-        "ratio": {"text": 0, "image2text": 1, "text2image": 2, "edit": 0},
-        "micro_batch_size": {"text": 8, "image2text": 8, "text2image": 32, "edit": 16},
+        # `edit` (instruction editing) and `distill` (conditioning distillation) are optional in a ratio given whole
+        # (e.g. by --set): missing means 0.
+        "ratio": {"text": 0, "image2text": 1, "text2image": 2, "edit": 0, "distill": 0},
+        "micro_batch_size": {"text": 8, "image2text": 8, "text2image": 32, "edit": 16, "distill": 32},
         "max_length": 2048,
         "t2i_max_length": 128,
         "caption_dropout": 0.1,
@@ -76,8 +77,8 @@ DEFAULTS: dict[str, Any] = {
         "scheduler": "cosine",
         "warmup": 0.01,  # fraction of max_steps (< 1) or a number of steps
         "max_grad_norm": 1.0,
-        "task_loss_weights": {"text": 1.0, "image2text": 1.0, "text2image": 1.0, "edit": 1.0},
-        "task_max_grad_norm": {"text": None, "image2text": None, "text2image": None, "edit": None},
+        "task_loss_weights": {"text": 1.0, "image2text": 1.0, "text2image": 1.0, "edit": 1.0, "distill": 1.0},
+        "task_max_grad_norm": {"text": None, "image2text": None, "text2image": None, "edit": None, "distill": None},
     },
     "train": {
         "max_steps": 1000,
@@ -212,7 +213,7 @@ def validate(config: dict) -> None:
     if not isinstance(size, int) or size <= 0:
         raise ConfigError(f"image_size must be a positive integer (pixels), got {size!r}.")
     ratio = config["data"]["ratio"]
-    tasks, optional = ("text", "image2text", "text2image"), ("edit",)
+    tasks, optional = ("text", "image2text", "text2image"), ("edit", "distill")
     if (
         not isinstance(ratio, dict)
         or not set(tasks) <= set(ratio) <= set(tasks + optional)

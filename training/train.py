@@ -42,7 +42,7 @@ from .ema import EmaCallback
 from .lora import apply_lora, merge_adapter
 from .model_init import load_model
 from .run_folder import input_paths, prepare_run_folder
-from .trainer import HarmonTrainer, apply_trainable, micro_batches_per_step
+from .trainer import HarmonTrainer, _unwrap, apply_trainable, micro_batches_per_step, trained_tasks
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,17 +252,6 @@ def run(args) -> Path:
     return final
 
 
-# The order `trained_tasks` lists tasks in (generation first, as the paper's ratios are given); others follow sorted.
-TASK_ORDER = ("text2image", "image2text", "text", "edit")
-
-
-def trained_tasks(recorded: list[str] | None, ratio: dict[str, int]) -> list[str]:
-    """The tasks a model has been trained for after this run: those `recorded` in its starting config (None: unknown,
-    nothing to keep) and those this run's `ratio` gives micro-batches."""
-    tasks = set(recorded or ()) | {task for task, count in ratio.items() if count > 0}
-    return [task for task in TASK_ORDER if task in tasks] + sorted(tasks - set(TASK_ORDER))
-
-
 def save_final(trainer, final: Path, inputs: list[str], config: dict, tokenizer, processor) -> None:
     """`final/` (and `final/merged/` for a merged LoRA run) staged and swapped in like a checkpoint, so a kill while
     saving never leaves weights without their tokenizer and processor."""
@@ -277,7 +266,7 @@ def save_final(trainer, final: Path, inputs: list[str], config: dict, tokenizer,
             from harmon_pipelines.hub import write_hub_files
 
             base, _ = load_model(config["model"], config["model"]["dtype"])
-            base.config.trained_tasks = trained_tasks(base.config.trained_tasks, config["data"]["ratio"])
+            base.config.trained_tasks = list(_unwrap(trainer.model).config.trained_tasks or ())
             write_hub_files(staging / "merged", merge_adapter(base, str(staging)), tokenizer, processor=processor)
 
 

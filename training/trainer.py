@@ -4,6 +4,10 @@ What the stock Trainer does not know and this subclass adds:
 - single-task micro-batches (text CE, image-to-text CE, text-to-image diffusion loss, and the edit loss: the same
   diffusion loss on the target with the source images in the prompt: `context_pixel_values`) from a rank-synchronised
   stream, each task backpropagated on its own with its loss weight and optional gradient clipping;
+- conditioning distillation (task `distill`): a frozen copy of the starting model (the teacher) gives the diffusion
+  head's conditioning for a prompt it already draws well (an edit's target caption, a reworded prompt's canonical
+  wording), and the model learns to give the same for the new prompt form, at the same masked tokens; the diffusion
+  head does not run. It teaches a new way of asking without moving what the model draws;
 - per-module-group learning rates and the reference's weight-decay rule (none for 1-D parameters, biases and the
   diffusion head);
 - a data stream that restarts at the exact micro-batch of a checkpoint (no re-reading of skipped data);
@@ -11,6 +15,7 @@ What the stock Trainer does not know and this subclass adds:
   with the weights' moving average (training/ema.py) when one is kept.
 """
 
+import copy
 import math
 import re
 import shutil
@@ -34,7 +39,17 @@ from modeling_harmon.output_folders import (
 )
 
 
-TASKS = ("text", "image2text", "text2image", "edit")
+TASKS = ("text", "image2text", "text2image", "edit", "distill")
+# The order `trained_tasks` lists tasks in (generation first, as the paper's ratios are given); others follow sorted.
+TASK_ORDER = ("text2image", "image2text", "text", "edit")
+
+
+def trained_tasks(recorded: list[str] | None, ratio: dict[str, int]) -> list[str]:
+    """The tasks a model has been trained for after this run: those `recorded` in its starting config (None: unknown,
+    nothing to keep) and those this run's `ratio` gives micro-batches. `distill` is not an ability: what it teaches
+    (editing, with source images in its prompts; else text-to-image) is added as its micro-batches show it."""
+    tasks = set(recorded or ()) | {task for task, count in ratio.items() if count > 0 and task != "distill"}
+    return [task for task in TASK_ORDER if task in tasks] + sorted(tasks - set(TASK_ORDER))
 
 
 def _unwrap(model):
@@ -144,6 +159,10 @@ class HarmonTrainer(Trainer):
         self._samples = 0
         self._last_log_time = time.time()
         self.skipped_samples = Counter()  # this rank's data skips by reason (the stream reports them per batch)
+        # The distillation teacher: the model as it starts this run (before a resumed checkpoint's weights), frozen.
+        self.teacher = None
+        if harmon_config["data"]["ratio"].get("distill", 0) > 0:
+            self.teacher = copy.deepcopy(_unwrap(self.model)).eval().requires_grad_(False)
 
     # ------------------------------------------------------------------------------------------------ data
     def get_train_dataloader(self) -> DataLoader:
@@ -182,11 +201,36 @@ class HarmonTrainer(Trainer):
             outputs = model(generation_targets=True, **inputs)
         elif task == "edit":  # the target's loss with the sources in the prompt (`context_pixel_values`)
             outputs = model(generation_targets=True, **inputs)
+        elif task == "distill":  # the teacher's conditioning as target, at the same masked tokens
+            outputs = model(generation_targets=True, **self._distillation_inputs(model, inputs))
         elif task in ("image2text", "text"):
             outputs = model(**inputs)
         else:
             raise ValueError(f"micro-batch task must be one of {TASKS}, got {task!r}.")
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def _distillation_inputs(self, model, inputs: dict) -> dict:
+        """A distill micro-batch's `text_to_image_loss` arguments: its target latents, a drawn mask, and the teacher's
+        conditioning for its teacher prompts with that mask (`condition_targets`)."""
+        student = _unwrap(model)
+        teacher_ids, teacher_mask = inputs.pop("teacher_input_ids"), inputs.pop("teacher_attention_mask")
+        latents = inputs.pop("latents", None)
+        with torch.no_grad():
+            if latents is None:
+                latents = student.model.encode_images(inputs.pop("pixel_values"))
+            batch, rows, cols, _ = latents.shape
+            mask = student.draw_generation_mask(batch, rows * cols, device=latents.device)
+            self.teacher.to(latents.device)
+            targets, _ = self.teacher.generation_condition(teacher_ids, teacher_mask, latents, mask)
+        return {**inputs, "latents": latents, "mask": mask, "condition_targets": targets}
+
+    def _note_taught(self, model, inputs: dict) -> None:
+        """Record in the model's `trained_tasks` what a distill micro-batch teaches (checkpoints then say it)."""
+        config = _unwrap(model).config
+        taught = "edit" if "context_pixel_values" in inputs else "text2image"
+        recorded = getattr(config, "trained_tasks", None)
+        if recorded is None or taught not in recorded:
+            config.trained_tasks = trained_tasks([*(recorded or ()), taught], {})
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         """Forward and backward of ONE single-task micro-batch: loss weight, 1/accumulation scaling and, if
@@ -195,6 +239,8 @@ class HarmonTrainer(Trainer):
         inputs = dict(inputs)
         self.skipped_samples.update(inputs.pop("skipped", None) or {})
         task = inputs["task"]
+        if task == "distill":
+            self._note_taught(model, inputs)
         samples = int(inputs["input_ids"].shape[0])
         inputs = self._prepare_inputs(inputs)
         with self.compute_loss_context_manager():

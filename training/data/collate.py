@@ -13,7 +13,8 @@ def collate(task: str, examples: list[Example], pad_token_id: int) -> dict:
     carry `latents` (B, rows, cols, D) when every example has cached latents, else `pixel_values` (B, 3, S, S). Edit
     batches carry the targets as `pixel_values` and the context images of all rows, in row order, as
     `context_pixel_values` (N, 3, S, S) (absent when every row dropped its images), which fill the rows' `<image>`
-    placeholders in order, as `generate_images` fills them.
+    placeholders in order, as `generate_images` fills them. Distill batches carry them as edit batches do, plus the
+    teacher's prompts as `teacher_input_ids` / `teacher_attention_mask` (right-padded).
 
     Returns:
         `{"task", "input_ids", "attention_mask"}` plus `labels` (image2text, text) and `pixel_values` or `latents`
@@ -28,7 +29,7 @@ def collate(task: str, examples: list[Example], pad_token_id: int) -> dict:
         input_ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids, dtype=torch.long)
         attention_mask[row, : len(example.input_ids)] = 1
     batch = {"task": task, "input_ids": input_ids, "attention_mask": attention_mask}
-    if task not in ("text2image", "edit"):
+    if task not in ("text2image", "edit", "distill"):
         labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
         for row, example in enumerate(examples):
             labels[row, : len(example.labels)] = torch.tensor(example.labels, dtype=torch.long)
@@ -38,6 +39,14 @@ def collate(task: str, examples: list[Example], pad_token_id: int) -> dict:
     elif task != "text":
         batch["pixel_values"] = torch.stack([example.pixel_values for example in examples])
     context = [example.context_pixel_values for example in examples if example.context_pixel_values is not None]
-    if task == "edit" and context:
+    if task in ("edit", "distill") and context:
         batch["context_pixel_values"] = torch.cat(context).float()
+    if task == "distill":
+        teacher = [example.teacher_input_ids for example in examples]
+        width = max(len(ids) for ids in teacher)
+        batch["teacher_input_ids"] = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+        batch["teacher_attention_mask"] = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, ids in enumerate(teacher):
+            batch["teacher_input_ids"][row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            batch["teacher_attention_mask"][row, : len(ids)] = 1
     return batch

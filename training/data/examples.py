@@ -64,13 +64,15 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
 class Example:
     """One training sample: `input_ids` and, by task, `labels` (-100 = no loss), `pixel_values` (3, S, S) in [-1, 1]
     or cached `latents` (rows, cols, D); an `edit` sample also has `context_pixel_values` (k, 3, S, S), the images its
-    prompt's placeholders stand for (None when its images were dropped)."""
+    prompt's placeholders stand for (None when its images were dropped), and a `distill` sample (which may have them
+    too) the token ids of its teacher's text-to-image prompt."""
 
     input_ids: list[int]
     labels: list[int] | None = None
     pixel_values: torch.Tensor | None = None
     latents: torch.Tensor | None = None
     context_pixel_values: torch.Tensor | None = None
+    teacher_input_ids: list[int] | None = None  # a `distill` sample's teacher prompt
 
 
 def to_messages(turns: object) -> list[dict]:
@@ -210,7 +212,7 @@ class ExampleBuilder:
         self.caption_prompts = tuple(caption_prompts)
         self.max_length, self.edit_dropout = max_length, edit_dropout
         self.chat = ChatEncoder(processor, model_config.eos_token_id, max_length)
-        if "t2i" in kinds or "edit" in kinds:
+        if {"t2i", "edit", "distill"} & set(kinds):
             template = max(len(self._encode(processor.format_text_to_image_prompt(text))) for text in ("", None))
             if template > t2i_max_length:
                 raise ValueError(
@@ -250,6 +252,8 @@ class ExampleBuilder:
             return self.visual_question_answering(record)
         if kind == "edit":
             return self.edit(record, rng)
+        if kind == "distill":
+            return self.distill(record)
         return self.text(record)
 
     # ------------------------------------------------------------------------------------------------ helpers
@@ -403,6 +407,43 @@ class ExampleBuilder:
             inputs["input_ids"][0].tolist(),
             pixel_values=pixels["pixel_values"][0],
             context_pixel_values=inputs["pixel_values"],
+        )
+
+    # ------------------------------------------------------------------------------------------------ distillation
+    def distill(self, record: dict) -> Example:
+        """A conditioning-distillation sample: the student's prompt (an edit prompt with the record's sources in
+        view, or a text-to-image prompt without them; a None prompt is the unconditional text), the target image,
+        and the teacher's text-to-image prompt ids (None: unconditional). No dropout is drawn: the records say
+        which rows are unconditional, since each needs its own teacher prompt."""
+        prompt, sources = record["prompt"], record["sources"]
+        if prompt is not None:
+            prompt, _ = self._fitted_caption(prompt.strip())
+        teacher_prompt = record["teacher_prompt"]
+        teacher = self.text_to_image_prompt_ids(None if teacher_prompt is None else teacher_prompt.strip())
+        if sources:
+            text = self.edit_prompt(prompt, len(sources))
+            length = self._expanded_length(text, len(sources))
+            if length > self.max_length:
+                raise SkipSample(
+                    TOO_LONG,
+                    f"the distill prompt with its {len(sources)} source images takes {length} tokens, more than "
+                    f"max_length {self.max_length}.",
+                )
+        images = [self._read_image(source) for source in sources]
+        target = self._read_image(record["target"])
+        try:
+            pixels = self.processor.image_processor(target, size=self.image_size, return_tensors="pt")
+            if not images:
+                ids = self.text_to_image_prompt_ids(prompt)
+                return Example(ids, pixel_values=pixels["pixel_values"][0], teacher_input_ids=teacher)
+            inputs = self.processor(text=text, images=images, size=self.image_size, return_tensors="pt")
+        except ValueError as error:  # as in `_image_to_text`
+            raise SkipSample(UNREADABLE_IMAGE, f"the image processor refused an image: {error}") from None
+        return Example(
+            inputs["input_ids"][0].tolist(),
+            pixel_values=pixels["pixel_values"][0],
+            context_pixel_values=inputs["pixel_values"],
+            teacher_input_ids=teacher,
         )
 
     # ------------------------------------------------------------------------------------------------ text

@@ -9,6 +9,10 @@ Whatever the storage format, a source gives records of one shape per kind:
   columns (hf) that `source_column`, `instruction_column` and `target_column` name; a source field holds one image
   or a list of them, so InstructPix2Pix-style (`original_image`, `edit_prompt`, `edited_image`) and MagicBrush-style
   (`source_img`, `instruction`, `target_img`) sets map onto it by options alone.
+* `distill`: `{"target": image, "prompt": str | None, "sources": [image, ...], "teacher_prompt": str | None}` (task
+  `distill`, conditioning distillation): the model, given `prompt` (None: the unconditional text) with `sources` in
+  view (none: a text-to-image prompt), learns to give the conditioning that a frozen copy of itself gives
+  `teacher_prompt` (None: unconditional) for `target`; jsonl fields or hf columns of those names.
 
 `image` is what the storage holds: a path (made absolute), an encoded image (`{"bytes", "path"}` from a Hugging
 Face `Image` column) or a PIL image; `images.read_image` reads them all. Values are checked later by the example
@@ -28,8 +32,15 @@ import numpy as np
 from .skips import BAD_RECORD, SkipSample
 
 
-TASKS = ("text", "image2text", "text2image", "edit")
-KIND_TO_TASK = {"text": "text", "caption": "image2text", "vqa": "image2text", "t2i": "text2image", "edit": "edit"}
+TASKS = ("text", "image2text", "text2image", "edit", "distill")
+KIND_TO_TASK = {
+    "text": "text",
+    "caption": "image2text",
+    "vqa": "image2text",
+    "t2i": "text2image",
+    "edit": "edit",
+    "distill": "distill",
+}
 FORMATS = ("reference_folder", "llava_json", "jsonl", "hf")
 # Which kinds each format can hold: the reference folder layout stores captions only, LLaVA files conversations.
 FORMAT_KINDS = {
@@ -281,10 +292,33 @@ def _edit_record(spec: "SourceSpec", stored: object, image_root: Path, where: st
     }
 
 
+def _distill_record(stored: object, image_root: Path, where: str) -> dict:
+    """The `distill` record of a stored JSON object or dataset row (see the module docstring)."""
+    if not isinstance(stored, Mapping):
+        raise SkipSample(BAD_RECORD, f"{where} is a {type(stored).__name__}, not an object.")
+    if stored.get("target") is None:
+        raise SkipSample(BAD_RECORD, f"{where} has no 'target' (a distill record needs the image to draw).")
+    sources = stored.get("sources") or []
+    sources = list(sources) if isinstance(sources, (list, tuple)) else [sources]
+    if any(source is None for source in sources):
+        raise SkipSample(BAD_RECORD, f"{where}: 'sources' must hold images (or be empty).")
+    texts = {name: stored.get(name) for name in ("prompt", "teacher_prompt")}
+    for name, text in texts.items():
+        if text is not None and (not isinstance(text, str) or not text.strip()):
+            raise SkipSample(BAD_RECORD, f"{where}: {name!r} must be a non-empty string or null, got {text!r:.200}.")
+    return {
+        "target": _resolve_image(stored["target"], image_root),
+        "sources": [_resolve_image(source, image_root) for source in sources],
+        **texts,
+    }
+
+
 def _record(spec: "SourceSpec", stored: object, image_root: Path, where: str) -> dict:
     """The record of a stored object from a source that may hold any kind (jsonl, hf)."""
     if spec.kind == "edit":
         return _edit_record(spec, stored, image_root, where)
+    if spec.kind == "distill":
+        return _distill_record(stored, image_root, where)
     return _to_record(spec.kind, stored, image_root, where)
 
 
@@ -462,6 +496,8 @@ def _load_hf(spec: SourceSpec):
     if spec.kind == "edit":
         options = ("source_column", "instruction_column", "target_column")
         images = (spec.source_column, spec.target_column)
+    elif spec.kind == "distill":  # fixed column names (the module docstring); sources and prompts may be absent
+        options, images = (), tuple(name for name in ("target", "sources") if name in (data.column_names or ()))
     else:
         options = ("text_column",) if spec.kind == "text" else ("image_column", "text_column")
         images = () if spec.kind == "text" else (spec.image_column,)
@@ -517,6 +553,8 @@ def hf_row_to_record(spec: SourceSpec, row: Mapping, image_root: Path, where: st
     """Map a dataset row onto a record through the spec's column names."""
     if spec.kind == "edit":
         return _edit_record(spec, row, image_root, where)
+    if spec.kind == "distill":
+        return _distill_record(row, image_root, where)
     if spec.kind == "text":
         stored = {"messages": row[spec.text_column]}
     else:

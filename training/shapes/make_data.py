@@ -14,10 +14,12 @@ Issue 25 (both off by default, so the shipped model's data comes out byte for by
 the time; same scenes, images and answers as without it); `--edits N` also writes `edits.jsonl` (one record a line:
 `{"source": "edits/000000_source.png", "instruction": "make the circle blue", "target":
 "edits/000000_target.png", "operation": "recolor"}`, image paths relative to the JSONL; train-split edits of
-edits.py) and `edits/*.png`. Either flag writes the tokenizer over `world.extended_vocabulary()`.
+edits.py), `edits/*.png` and `distill_edits.jsonl`; `--free-phrasing` also writes `distill_phrasing.jsonl` (the
+`distill` records of stage IV: training/configs/shapes/stage4_edit_phrasing.yaml). Either flag writes the tokenizer over `world.extended_vocabulary()`.
 """
 
 import argparse
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -38,6 +40,13 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 QUESTIONS_PER_SCENE = 3
 # The keys of an edit record in edits.jsonl (the `edit` training source's default column names).
 EDIT_KEYS = ("source", "instruction", "target")
+# Beside edits.jsonl and captions.jsonl: the same edits and captions as conditioning-distillation records (the
+# `distill` source kind, training/data/sources.py): the teacher prompt is the canonical caption of the scene to draw.
+EDIT_DISTILL, PHRASING_DISTILL = "distill_edits.jsonl", "distill_phrasing.jsonl"
+# Shares of edit distill records whose instruction is dropped, and whose instruction and image both are: the rows
+# that text guidance and full guidance of editing compare against (InstructPix2Pix's 5 % each would leave the
+# images-only row, the one the default guidance uses, rarely trained).
+EDIT_DISTILL_DROPOUT = (0.10, 0.05)
 
 
 def build_tokenizer(extended: bool = False):
@@ -78,13 +87,21 @@ def write_data(
         (staging / "images").mkdir()
         rng = random.Random(seed)
         wording = random.Random(f"shapes-phrasing-{seed}") if free_phrasing else None
-        with open(staging / "captions.jsonl", "w") as captions, open(staging / "vqa.jsonl", "w") as vqa:
+        phrasing = open(staging / PHRASING_DISTILL, "w") if free_phrasing else contextlib.nullcontext()
+        with (
+            open(staging / "captions.jsonl", "w") as captions,
+            open(staging / "vqa.jsonl", "w") as vqa,
+            phrasing as distill,
+        ):
             for index in range(scenes):
                 scene = sample_scene(rng, "train")
                 name = f"images/{index:06d}.png"
                 render(scene, rng).save(staging / name)
                 caption = scene.caption() if wording is None else phrase_caption(scene, wording)[1]
                 captions.write(json.dumps({"image": name, "text": caption}) + "\n")
+                if distill is not None:  # the wording should condition as the canonical caption does
+                    record = {"target": name, "prompt": caption, "sources": [], "teacher_prompt": scene.caption()}
+                    distill.write(json.dumps(record) + "\n")
                 asked = questions(scene, rng)
                 rng.shuffle(asked)
                 turns = []
@@ -108,7 +125,8 @@ def write_edit_records(folder: Path, count: int, seed: int) -> Path:
     (folder / "edits").mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"shapes-edits-{seed}")
     path = folder / "edits.jsonl"
-    with open(path, "w") as records:
+    dropout = random.Random(f"shapes-edit-distill-{seed}")
+    with open(path, "w") as records, open(folder / EDIT_DISTILL, "w") as distill:
         for index in range(count):
             edit = sample_edit(rng, "train")
             source, target = (f"edits/{index:06d}_{name}.png" for name in ("source", "target"))
@@ -116,7 +134,21 @@ def write_edit_records(folder: Path, count: int, seed: int) -> Path:
                 image.save(folder / name)
             record = {"source": source, "instruction": edit.instruction, "target": target, "operation": edit.operation}
             records.write(json.dumps(record) + "\n")
+            distill.write(json.dumps(edit_distill_record(edit, source, target, dropout)) + "\n")
     return path
+
+
+def edit_distill_record(edit, source: str, target: str, rng: random.Random) -> dict:
+    """The `distill` record of an edit: the instruction with the source in view should condition the model as the
+    target's caption does. With the guidance rows' shares (`EDIT_DISTILL_DROPOUT`) the instruction is dropped (the
+    images-only row, which should draw the source as its caption does) or both are (the unconditional row)."""
+    draw = rng.random()
+    instruction_dropped, both_dropped = EDIT_DISTILL_DROPOUT
+    if draw < both_dropped:
+        return {"target": target, "prompt": None, "sources": [], "teacher_prompt": None}
+    if draw < both_dropped + instruction_dropped:
+        return {"target": source, "prompt": None, "sources": [source], "teacher_prompt": edit.source.caption()}
+    return {"target": target, "prompt": edit.instruction, "sources": [source], "teacher_prompt": edit.target.caption()}
 
 
 def main(argv: list[str] | None = None) -> None:
