@@ -35,6 +35,7 @@ from .modeling_harmon_settings import (
     HarmonSettingError,
     _is_int,
     resolve_image_generation_settings,
+    sampling_name,
 )
 
 
@@ -659,29 +660,38 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             attention_mask[row, : len(tokens)] = 1
         return input_ids.to(self.device), attention_mask.to(self.device)
 
-    def image_generation_settings(self, preset: str | None = None, **given) -> HarmonImageGenerationSettings:
+    def image_generation_settings(self, sampling: str | None = None, **given) -> HarmonImageGenerationSettings:
         """The validated [`HarmonImageGenerationSettings`] for `given` (keyword arguments, `None` = not given,
         aliases such as `num_inference_steps` accepted) over this checkpoint's stored defaults
-        (`generation_config.image_generation`) and its named `preset` (`generation_config.image_generation_presets`).
-        A bad value raises [`HarmonSettingError`] (a `ValueError`) whose `field` names the setting."""
+        (`generation_config.image_generation`) and its named sampling preset `sampling`
+        (`generation_config.image_generation_presets`, e.g. "fast"). A bad value raises [`HarmonSettingError`] (a
+        `ValueError`) whose `field` names the setting."""
+        sampling = sampling_name(sampling, given.pop("preset", None))
         return resolve_image_generation_settings(
             self.config,
             stored=getattr(self.generation_config, "image_generation", None),
             presets=getattr(self.generation_config, "image_generation_presets", None),
-            preset=preset,
+            preset=sampling,
             **given,
         )
+
+    # `sampling=` (a sampling preset's name) from it and the deprecated `preset=`, for the pipelines.
+    sampling_name = staticmethod(sampling_name)
+
+    def sampling_presets(self) -> dict[str, dict]:
+        """This checkpoint's named sampling presets: name -> the settings it changes over the stored defaults."""
+        return dict(getattr(self.generation_config, "image_generation_presets", None) or {})
 
     @staticmethod
     def image_generation_argument_names() -> tuple[str, ...]:
         """Every settings keyword `generate_images` and the pipelines take: the settings, their aliases (diffusers'
-        `num_inference_steps`) and `preset`."""
+        `num_inference_steps`), `sampling` and its older name `preset`."""
         settings = HarmonImageGenerationSettings
-        return (*settings.names(), *settings.aliases(), "preset")
+        return (*settings.names(), *settings.aliases(), "sampling", "preset")
 
-    def resolve_image_generation_settings(self, preset: str | None = None, **given) -> dict:
+    def resolve_image_generation_settings(self, sampling: str | None = None, **given) -> dict:
         """[`image_generation_settings`] as a dict of `generate_images` keyword arguments."""
-        return self.image_generation_settings(preset, **given).to_dict()
+        return self.image_generation_settings(sampling, **given).to_dict()
 
     def _prompt_rows(self, prompt, input_ids, attention_mask, tokenizer, processor, what: str):
         """(ids, mask) of one prompt batch: given token ids, or text (None: unconditional) formatted and tokenised."""
@@ -890,13 +900,14 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         decode: bool = True,
         return_dict: bool = True,
         processor=None,
-        preset: str | None = None,
+        sampling: str | None = None,
         num_inference_steps: int | None = None,
         strength: float | None = None,
         image_guidance_scale: float | None = None,
         init_image=None,
         mask_image=None,
         context_images=None,
+        preset: str | None = None,
     ) -> HarmonImageGenerationOutput | tuple:
         r"""
         Text-to-image generation by masked autoregression in MAR token space.
@@ -913,8 +924,8 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             cfg_schedule: `"constant"` or `"linear"` (ramps from 1 as tokens get revealed). temperature: scales
                 the diffusion head's sampling noise. num_sampling_steps: diffusion steps per iteration.
             x0_clamp: clamp the head's x0 prediction to [-x0_clamp, x0_clamp] (None: no clamp, as the reference).
-            preset: a named preset of the checkpoint (`generation_config.image_generation_presets`), under the
-                settings given here.
+            sampling: a named sampling preset of the checkpoint (`generation_config.image_generation_presets`, e.g.
+                "fast"; `preset=` is its older, deprecated name), under the settings given here.
             init_image: the canvas to start from (PIL image(s), or (3, H, W) / (B, 3, H, W) in [0, 1]; one, or
                 one per prompt): its tokens are kept except those `mask_image` or `strength` selects, which are
                 drawn. Its size sets `height` and `width` (sides must be multiples of the token stride).
@@ -952,7 +963,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         elif mask_image is not None:
             raise ValueError("mask_image needs an init_image (the canvas whose tokens it selects).")
         settings = self.image_generation_settings(
-            preset,
+            sampling_name(sampling, preset),
             height=height,
             width=width,
             num_iter=num_iter,

@@ -15,13 +15,15 @@ This file is uploaded with the model code (remote code), so it imports only the 
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 
 class HarmonSettingError(ValueError):
     """An image-generation setting that cannot be used. `field`: the setting's name (a field of
-    [`HarmonImageGenerationSettings`], or "preset"); `argument`: the name the caller passed it under."""
+    [`HarmonImageGenerationSettings`], or "sampling": the name of a preset); `argument`: the name the caller passed it
+    under."""
 
     def __init__(self, field: str, message: str, argument: str | None = None):
         self.field = field
@@ -132,6 +134,21 @@ class HarmonImageGenerationSettings:
         return self
 
 
+def sampling_name(sampling: str | None, preset: str | None = None) -> str | None:
+    """The sampling preset asked for: `sampling`, or the older keyword `preset` (a FutureWarning: `preset` also names
+    a model shape in the benchmarks, so the sampling one is now `sampling`). Both, differing, is an error."""
+    if preset is None:
+        return sampling
+    warnings.warn(
+        "preset= is renamed sampling= (the name of one of the model's sampling presets); preset= will be removed.",
+        FutureWarning,
+        stacklevel=3,
+    )
+    if sampling is not None and sampling != preset:
+        raise HarmonSettingError("sampling", f"was given twice, as sampling={sampling!r} and preset={preset!r}.")
+    return preset
+
+
 def _is_int(value) -> bool:
     """An int but not a bool: `isinstance(True, int)` holds, yet `num_iter=True` is a mistake, not 1."""
     return isinstance(value, int) and not isinstance(value, bool)
@@ -180,7 +197,9 @@ def resolve_image_generation_settings(
     if preset is not None:
         if not isinstance(preset, str) or preset not in (presets or {}):
             names = sorted(presets or {})
-            raise HarmonSettingError("preset", f"must be one of this model's presets {names}, got {preset!r}.")
+            raise HarmonSettingError(
+                "sampling", f"must be one of this model's sampling presets {names}, got {preset!r}."
+            )
         merged.update({key: value for key, value in presets[preset].items() if value is not None})
     unknown = sorted(set(merged) - set(HarmonImageGenerationSettings.names()))
     if unknown:
@@ -203,4 +222,5 @@ __all__ = [
     "HarmonSettingError",
     "canonical_settings",
     "resolve_image_generation_settings",
+    "sampling_name",
 ]

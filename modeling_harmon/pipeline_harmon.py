@@ -243,14 +243,14 @@ class HarmonPipeline(DiffusionPipeline):
             )
         return self.model.image_generation_settings(**settings)
 
-    def _generation_arguments(self, settings, preset: str | None, num_inference_steps: int | None) -> dict:
+    def _generation_arguments(self, settings, sampling: str | None, num_inference_steps: int | None) -> dict:
         """`generate_images` arguments: the resolved settings, plus the image-conditioned inputs of a subclass's call,
         whose MAR iterations the model scales by the share of tokens drawn unless the caller gave them."""
         arguments = settings.to_dict()
         if self._canvas:
             arguments.update({name: value for name, value in self._canvas.items() if name != "strength"})
             if num_inference_steps is None:
-                arguments.update(num_iter=None, preset=preset)
+                arguments.update(num_iter=None, sampling=sampling)
         return arguments
 
     @torch.no_grad()
@@ -269,11 +269,12 @@ class HarmonPipeline(DiffusionPipeline):
         x0_clamp: float | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        preset: str | None = None,
+        sampling: str | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        preset: str | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Generate images from text.
@@ -302,8 +303,9 @@ class HarmonPipeline(DiffusionPipeline):
             x0_clamp (`float`, *optional*): clamps the head's predicted clean latent to [-x0_clamp, x0_clamp] at every
                 diffusion step (None for the released models: the reference sampler does not clamp).
             num_images_per_prompt (`int`, defaults to 1): images per prompt.
-            preset (`str`, *optional*): a named preset of the checkpoint (`generation_config.image_generation_presets`,
-                e.g. a fast one); the arguments given here override it.
+            sampling (`str`, *optional*): a named sampling preset of the checkpoint
+                (`generation_config.image_generation_presets`, e.g. `"fast"`); the arguments given here override it.
+                `preset=` is its older name (deprecated).
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one generator, or one per image
                 (prompt-major: image `i * num_images_per_prompt + k`); with a list, each image depends only on its
                 own generator, so it is the same alone or in any batch.
@@ -324,6 +326,8 @@ class HarmonPipeline(DiffusionPipeline):
             [`~pipelines.ImagePipelineOutput`] with `images` (a list of PIL images, or an array/tensor), or a tuple
             `(images,)` when `return_dict` is False.
         """
+        if preset is not None:  # the older name: the model warns and checks it against `sampling`
+            sampling = self.model.sampling_name(sampling, preset)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         settings = self.check_inputs(
@@ -334,7 +338,7 @@ class HarmonPipeline(DiffusionPipeline):
             output_type,
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,
-            preset=preset,
+            sampling=sampling,
             height=height,
             width=width,
             num_inference_steps=num_inference_steps,
@@ -402,7 +406,7 @@ class HarmonPipeline(DiffusionPipeline):
 
             generated = self.model.generate_images(
                 **prompt_inputs,
-                **self._generation_arguments(settings, preset, num_inference_steps),
+                **self._generation_arguments(settings, sampling, num_inference_steps),
                 num_images_per_prompt=num_images_per_prompt,
                 generator=generator,
                 callback=on_iteration,

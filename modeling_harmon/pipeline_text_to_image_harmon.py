@@ -25,8 +25,8 @@ class HarmonTextToImagePipeline(Pipeline):
 
     Call with a prompt or a list of prompts and any of the `generate_images` arguments: the image-generation
     settings under their names or diffusers' (`num_inference_steps` or `num_iter`, `guidance_scale`, `height`,
-    `width`, `cfg_schedule`, `temperature`, `num_sampling_steps`, `x0_clamp`), `preset`, `num_images_per_prompt`,
-    `negative_prompt` and `generator`; every unset setting comes from the checkpoint's
+    `width`, `cfg_schedule`, `temperature`, `num_sampling_steps`, `x0_clamp`), `sampling` (a sampling preset of the
+    model, e.g. "fast"), `num_images_per_prompt`, `negative_prompt` and `generator`; every unset setting comes from the checkpoint's
     `generation_config.image_generation`.
     """
 

@@ -92,7 +92,7 @@ SETTING_LABELS = {
     "image_guidance_scale": "Image guidance scale",
     "cfg_schedule": "CFG schedule",
     "temperature": "Temperature",
-    "preset": "Preset",
+    "sampling": "Sampling preset",
 }
 CSS = """
 .harmon-pixelated img, .harmon-pixelated canvas { image-rendering: pixelated; }
@@ -572,7 +572,7 @@ class HarmonDemo:
                 negative_prompt=negative,
                 num_images_per_prompt=count,
                 generator=[torch.Generator().manual_seed(seed + k) for k in range(count)],
-                preset=preset,
+                sampling=preset,
                 callback_on_step_end=callback,
                 callback_on_step_end_tensor_inputs=["latents", "mask"],
                 **arguments,
@@ -971,8 +971,8 @@ class HarmonDemo:
                                 preset = gr.Dropdown(
                                     [DEFAULTS_CHOICE, *sorted(self.presets)],
                                     value=DEFAULTS_CHOICE,
-                                    label="Preset",
-                                    info="the model's named presets (generation_config.image_generation_presets)",
+                                    label="Sampling preset",
+                                    info="the model's named sampling presets (generation_config.image_generation_presets)",
                                 )
                                 steps = gr.Slider(
                                     1, max_tokens, value=defaults["num_iter"], step=1, label="MAR iterations"

@@ -427,7 +427,7 @@ def _describe_canvas(canvas: Canvas) -> str:
     return f"the canvas of {what}{padding} ({width} pixels wide, {height} high)"
 
 
-def resolve_jobs(jobs: list[Job], model, *, preset: str | None = None, max_side: int = MAX_SIDE) -> list[Job]:
+def resolve_jobs(jobs: list[Job], model, *, sampling: str | None = None, max_side: int = MAX_SIDE) -> list[Job]:
     """`jobs` with every setting filled in from the model and validated by it, and for image lines the stride, the
     canvas size and the tokens to draw checked; errors name the file, line and key. Nothing is drawn."""
     stride = model.config.vae_stride * model.config.patch_size
@@ -455,10 +455,10 @@ def resolve_jobs(jobs: list[Job], model, *, preset: str | None = None, max_side:
                 return f"{where}: {_describe_edit(edit)}"
             return f'{where}: "{key}" {_show(key, options[key])}'
 
-        settings = resolve_settings(model, options, describe, preset)
+        settings = resolve_settings(model, options, describe, sampling)
         if edit is not None:
             try:
-                scale = model.image_generation_settings(preset, image_guidance_scale=edit.image_cfg)
+                scale = model.image_generation_settings(sampling, image_guidance_scale=edit.image_cfg)
             except HarmonSettingError as error:
                 raise CommandError(f'{where}: "image_cfg" {_show("image_cfg", edit.image_cfg)}: {error}') from None
             settings["image_guidance_scale"] = scale.image_guidance_scale

@@ -189,8 +189,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_setting_arguments(parser: argparse.ArgumentParser, fields: tuple[str, ...]) -> None:
-    """The flags of `fields` (their type and help from `HarmonImageGenerationSettings`), plus `--preset`; left
-    out, a setting is the model's own."""
+    """The flags of `fields` (their type and help from `HarmonImageGenerationSettings`), plus `--sampling` (with
+    `--preset`, its older name); left out, a setting is the model's own."""
     types = {field.name: field.type for field in dataclasses.fields(HarmonImageGenerationSettings)}
     helps = {field.name: field.metadata["help"] for field in dataclasses.fields(HarmonImageGenerationSettings)}
     for key, names in _setting_keys(fields).items():
@@ -213,10 +213,12 @@ def _add_setting_arguments(parser: argparse.ArgumentParser, fields: tuple[str, .
             help=f"{helps[names[0]]} (default: the model's)",
         )
     parser.add_argument(
+        "--sampling",
         "--preset",
+        dest="sampling",
         metavar="NAME",
-        help="a named preset of the model's sampling settings, under the "
-        "flags given (generation_config.image_generation_presets)",
+        help="a named sampling preset of the model (e.g. fast), under the flags given "
+        "(generation_config.image_generation_presets; --preset is its older name)",
     )
 
 
@@ -424,7 +426,7 @@ def _model_name(model) -> str:
 
 
 # -------------------------------------------------------------------------------------------------- generate
-def resolve_settings(model, options: dict, describe: Callable[[str], str], preset: str | None = None) -> dict:
+def resolve_settings(model, options: dict, describe: Callable[[str], str], sampling: str | None = None) -> dict:
     """`HarmonPipeline` arguments (every drawn setting filled in and validated) for `options`, which maps the
     keys of `SETTINGS` to a value or None (None: the model's default); `size` is a (height, width) pair.
 
@@ -435,10 +437,10 @@ def resolve_settings(model, options: dict, describe: Callable[[str], str], prese
         value = options.get(key)
         given.update(zip(names, value) if key == "size" and value is not None else dict.fromkeys(names, value))
     try:
-        resolved = model.image_generation_settings(preset, **given).to_dict()
+        resolved = model.image_generation_settings(sampling, **given).to_dict()
     except HarmonSettingError as error:
-        if error.field == "preset":
-            raise CommandError(f"--preset {preset}: {error}") from None
+        if error.field == "sampling":
+            raise CommandError(f"--sampling {sampling}: {error}") from None
         key = next((key for key, names in SETTINGS.items() if error.field in names), None)
         raise CommandError(f"{describe(key)}: {error}" if key else str(error)) from None
     return {PIPELINE_NAMES.get(name, name): resolved[name] for name in DRAWN_FIELDS}
@@ -560,7 +562,7 @@ def run_generate(args) -> None:
     model, tokenizer = _load(args)
     options = _settings_options(args)
     settings = resolve_settings(
-        model, options, lambda key: f"--{key.replace('_', '-')} {_show(key, options[key])}", args.preset
+        model, options, lambda key: f"--{key.replace('_', '-')} {_show(key, options[key])}", args.sampling
     )
     default = (settings["height"], settings["width"])
     check_size(default, args.max_side, f"--size (the model's default, {_show('size', default)})")
@@ -594,7 +596,7 @@ def _generate_jobs(args) -> None:
         )
     launch = _launch()
     model, tokenizer = _load(args)
-    jobs = resolve_jobs(jobs, model, preset=args.preset, max_side=args.max_side)
+    jobs = resolve_jobs(jobs, model, sampling=args.sampling, max_side=args.max_side)
     run_jobs(
         jobs,
         layout,

@@ -160,7 +160,7 @@ def run_canvas(args) -> None:
     if prompt is None:
         prompt, source = _caption(model, tokenizer, args.model, image), "the model's caption of IMAGE"
     options = _settings_options(args)
-    settings = resolve_settings(model, options, lambda key: f"--{key.replace('_', '-')} {options[key]}", args.preset)
+    settings = resolve_settings(model, options, lambda key: f"--{key.replace('_', '-')} {options[key]}", args.sampling)
     settings.update(height=image.height, width=image.width)
     if args.steps is None:  # the model scales its iterations by the share of tokens drawn
         settings["num_inference_steps"] = None

@@ -88,11 +88,11 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def image_cfg_setting(model, value, preset, shown: str) -> float:
+def image_cfg_setting(model, value, sampling, shown: str) -> float:
     """The image guidance scale for `value` (None: the model's), validated by the settings object; a bad value is a
     [`CommandError`] prefixed by `shown` (e.g. `--image-cfg 0.5`)."""
     try:
-        return model.image_generation_settings(preset, image_guidance_scale=value).image_guidance_scale
+        return model.image_generation_settings(sampling, image_guidance_scale=value).image_guidance_scale
     except HarmonSettingError as error:
         raise CommandError(f"{shown}: {error}") from None
 
@@ -134,9 +134,9 @@ def run_edit(args) -> None:
             )
     options = _settings_options(args)
     settings = resolve_settings(
-        model, options, lambda key: f"--{key.replace('_', '-')} {_show(key, options[key])}", args.preset
+        model, options, lambda key: f"--{key.replace('_', '-')} {_show(key, options[key])}", args.sampling
     )
-    settings["image_guidance_scale"] = image_cfg_setting(model, cfg, args.preset, f"--image-cfg {_show('cfg', cfg)}")
+    settings["image_guidance_scale"] = image_cfg_setting(model, cfg, args.sampling, f"--image-cfg {_show('cfg', cfg)}")
     if mask is not None:
         settings.update(height=pictures[0].height, width=pictures[0].width)
         if args.steps is None:  # the model scales its iterations by the share of tokens drawn

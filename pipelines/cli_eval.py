@@ -158,10 +158,10 @@ def run_shapes_eval(args) -> None:
     flags = HarmonImageGenerationSettings.flags()
     given = {field: getattr(args, flags[field][2:].replace("-", "_")) for field in EVAL_FIELDS}
     try:
-        settings = generation_settings(model, preset=args.preset, **given)
+        settings = generation_settings(model, sampling=args.sampling, **given)
     except HarmonSettingError as error:
-        if error.field == "preset":
-            raise CommandError(f"--preset {args.preset}: {error}") from None
+        if error.field == "sampling":
+            raise CommandError(f"--sampling {args.sampling}: {error}") from None
         flagged = given.get(error.field) is not None  # else the default (ShapesEval's or the model's) is at fault
         raise CommandError(f"{flags[error.field]} {given[error.field]}: {error}" if flagged else str(error)) from None
     if args.task in ("inpaint", "outpaint", "vary", "edit"):
@@ -255,8 +255,8 @@ def _run_canvas_eval(args, model, tokenizer, given: dict) -> None:
     errors)."""
     # Only what the flags set: the rest is the model's, and its MAR iterations scale with the share drawn.
     settings = {PIPELINE_NAMES.get(field, field): value for field, value in given.items() if value is not None}
-    if args.preset is not None:
-        settings["preset"] = args.preset
+    if args.sampling is not None:
+        settings["sampling"] = args.sampling
     if args.task == "inpaint":
         from harmon_training.shapes.evaluation_inpaint import evaluate_inpaint
 

@@ -64,9 +64,11 @@ def test_errors_carry_the_field_and_the_name_given(tiny_model, given, field, arg
 
 
 def test_unknown_presets_and_stored_keys_are_refused(tiny_model):
-    with pytest.raises(HarmonSettingError, match=r"preset must be one of this model's presets \['fast'\]") as caught:
+    with pytest.raises(
+        HarmonSettingError, match=r"sampling must be one of this model's sampling presets \['fast'\]"
+    ) as caught:
         resolve_image_generation_settings(tiny_model.config, {}, {"fast": {}}, "slow")
-    assert caught.value.field == "preset"
+    assert caught.value.field == "sampling"
     with pytest.raises(HarmonSettingError, match="not a setting"):
         resolve_image_generation_settings(tiny_model.config, {"num_steps": 3})
 
@@ -80,13 +82,42 @@ def test_the_model_and_generate_images_use_the_checkpoints_presets(tiny_model, t
         tiny_model.generate_images(
             "a red circle",
             tokenizer=tokenizer,
-            preset="tiny",
+            sampling="tiny",
             guidance_scale=1.0,
             callback=lambda step, *_: steps.append(step),
         )
         assert steps == [0, 1]
         with pytest.raises(HarmonSettingError, match="applies to an init_image"):
-            tiny_model.generate_images("a red circle", tokenizer=tokenizer, preset="tiny", strength=0.5)
+            tiny_model.generate_images("a red circle", tokenizer=tokenizer, sampling="tiny", strength=0.5)
+        assert tiny_model.sampling_presets() == {"tiny": {"num_iter": 2, "num_sampling_steps": 3}}
+    finally:
+        tiny_model.generation_config.image_generation_presets = previous
+
+
+def test_preset_is_the_deprecated_name_of_sampling(tiny_model, tokenizer):
+    """`preset=` still selects a sampling preset, with a FutureWarning, in the model, the diffusers pipeline and
+    the settings call; given beside a different `sampling=` it is refused, naming both."""
+    from harmon_pipelines import HarmonPipeline
+
+    previous = getattr(tiny_model.generation_config, "image_generation_presets", None)
+    tiny_model.generation_config.image_generation_presets = {"tiny": {"num_iter": 2, "num_sampling_steps": 3}}
+    try:
+        with pytest.warns(FutureWarning, match="preset= is renamed sampling="):
+            assert tiny_model.image_generation_settings(preset="tiny").num_iter == 2
+        pipe = HarmonPipeline(model=tiny_model, tokenizer=tokenizer)
+        pipe.set_progress_bar_config(disable=True)
+        steps = []
+
+        def count(pipeline, step, timestep, kwargs):
+            steps.append(step)
+            return {}
+
+        with pytest.warns(FutureWarning, match="preset= is renamed sampling="):
+            pipe("a red circle", preset="tiny", guidance_scale=1.0, callback_on_step_end=count, output_type="latent")
+        assert steps == [0, 1]
+        with pytest.raises(HarmonSettingError, match="given twice, as sampling='tiny' and preset='other'"):
+            with pytest.warns(FutureWarning):
+                tiny_model.generate_images("x", tokenizer=tokenizer, sampling="tiny", preset="other")
     finally:
         tiny_model.generation_config.image_generation_presets = previous
 

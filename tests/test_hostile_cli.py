@@ -257,8 +257,8 @@ CASES = [
      ["malformed.jsonl line 1: not valid JSON"]),
     ("decompression_bomb", ["ask", "@bomb.png", "what?"], ["IMAGE", "bomb.png' is not an image PIL can read", "bomb"]),
     ("missing_image", ["ask", "@missing.png", "what?"], ["IMAGE", "missing.png': no such file"]),
-    ("unknown_preset", ["generate", "x", "-o", "@out/x.png", "--model", "@model", "--preset", "nope"],
-     ["--preset nope", "one of this model's presets []"]),
+    ("unknown_preset", ["generate", "x", "-o", "@out/x.png", "--model", "@model", "--sampling", "nope"],
+     ["--sampling nope", "one of this model's sampling presets []"]),
 ]
 # fmt: on
 
@@ -328,7 +328,7 @@ def test_size_beyond_the_llm_positions_names_size(root, capsys, monkeypatch, tin
         )
 
     # The flag is found from the error's `field` (data), whatever its message says.
-    def too_many_tokens(self, preset=None, **given):
+    def too_many_tokens(self, sampling=None, **given):
         raise HarmonSettingError("width", "and height hold more tokens than the 32768 positions", "the size")
 
     monkeypatch.setattr(HarmonForConditionalGeneration, "image_generation_settings", too_many_tokens)

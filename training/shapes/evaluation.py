@@ -95,14 +95,14 @@ def generation_settings(
     num_sampling_steps: int | None = None,
     x0_clamp: float | None = None,
     cfg_schedule: str | None = None,
-    preset: str | None = None,
+    sampling: str | None = None,
 ) -> dict:
     """Every image-generation setting ShapesEval passes to `model.generate_images`, resolved and validated by the
     model's settings object (a bad value raises `HarmonSettingError` naming its `field`). A setting not given is the
-    model's own (`generation_config.image_generation`, or its `preset`), so ShapesEval measures a model as it draws
+    model's own (`generation_config.image_generation`, or its sampling preset `sampling`), so ShapesEval measures a model as it draws
     for its users."""
     return model.resolve_image_generation_settings(
-        preset,
+        sampling,
         num_iter=num_iter,
         guidance_scale=guidance_scale,
         temperature=temperature,

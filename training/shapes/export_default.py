@@ -19,7 +19,7 @@ from modeling_harmon.output_folders import OutputFolderError, check_output_folde
 
 # Sampling settings of the demo model (stored as its `generation_config.image_generation`).
 DEMO_IMAGE_GENERATION = {"num_iter": 16, "guidance_scale": 3.0, "temperature": 1.0, "num_sampling_steps": 50}
-# Named presets over those defaults (`generation_config.image_generation_presets`; `preset="fast"`, `--preset fast`).
+# Named presets over those defaults (`generation_config.image_generation_presets`; `sampling="fast"`, `--sampling fast`).
 # "fast": 10 head steps drew 3.8x faster than the defaults' 50 and scored the same overall (0.84, n = 270;
 # benchmarks/NOTES.md, "The same run at the new defaults").
 DEMO_PRESETS = {"fast": {"num_sampling_steps": 10}}
