@@ -60,6 +60,7 @@ from benchmarks.common import (  # noqa: E402
 from modeling_harmon import HarmonSamplingSpeedups  # noqa: E402
 from modeling_harmon.atomic_files import write_json  # noqa: E402
 from modeling_harmon.modeling_harmon_canvas import redraw_tokens  # noqa: E402
+from modeling_harmon.modeling_harmon_kernels import STAGES as STAGES_OF_KERNELS  # noqa: E402
 from modeling_harmon.modeling_harmon_onednn import onednn_linears  # noqa: E402
 
 
@@ -100,6 +101,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run every configuration in this process (peak memory is then the process's peak over all "
         "of them); for tests and profilers",
+    )
+    parser.add_argument(
+        "--kernels",
+        choices=("auto", "mkl", "onednn"),
+        default="auto",
+        help="CPU linear kernels of the optimised runs: the model's own choice (auto: this host's `harmon tune` "
+        "cache for the preset's shape and size, else MKL everywhere), or one kernel for every stage",
+    )
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="first run the model's tune_for_host at this cell's size, iterations and guidance (head steps capped "
+        "at 10: the per-call shapes are the same) and write its choice to the cache, which auto then uses",
     )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one configuration, JSON out
     args = parser.parse_args(argv)
@@ -278,14 +292,13 @@ def measure_configuration(args: argparse.Namespace, spec: dict) -> dict:
     canvas = inpaint_canvas(args.size, token_stride(model.config)) if spec.get("inpaint") else None
     if canvas is not None:
         full_image_iterations(model, args.num_iter)
+    kernels = model.linear_kernels(args.size, args.size) if model.sampling_speedups.onednn_linears else None
     try:
+        # The first call of a fresh process, timed in full: what a one-image `harmon generate` pays.
+        first = timed_generation(model, prompts, args, canvas)
         if compiled:
             compile_diffusion_head(model)
             first_s = timed_generation(model, prompts, args)["total_s"]
-        elif canvas is not None:  # warms the VAE encoder too
-            inpaint(model, prompts, args, canvas, head_steps=1, num_iter=1, decode=False)
-        else:
-            generate(model, prompts, args, num_iter=1, head_steps=1, decode=False)
         runs = sorted(
             (timed_generation(model, prompts, args, canvas) for _ in range(args.repeats)),
             key=lambda r: r["total_s"],
@@ -295,6 +308,8 @@ def measure_configuration(args: argparse.Namespace, spec: dict) -> dict:
             raise
         return {"error": f"{type(error).__name__}: {error}"}
     result = {**runs[len(runs) // 2], **peak_memory(args.device), "repeat_total_s": [r["total_s"] for r in runs]}
+    result["first_call"] = {"total_s": first["total_s"], "stages": first["stages"]}
+    result["linear_kernels"] = kernels  # None: every stage on MKL (the baseline's products)
     result["repeat_cpu_s"] = [r["cpu_s"] for r in runs]
     result["cpu_s"] = median(result["repeat_cpu_s"])
     if canvas is not None:
@@ -411,13 +426,15 @@ def measure_ceiling(args: argparse.Namespace) -> dict:
 # -------------------------------------------------------------------------------------------------------- report
 def configurations(args: argparse.Namespace) -> dict[str, dict]:
     """name -> spec of every configuration this run measures."""
-    everything = dataclasses.asdict(HarmonSamplingSpeedups())
+    kernels = None if args.kernels == "auto" else dict.fromkeys(STAGES_OF_KERNELS, args.kernels)
+    everything = dataclasses.asdict(dataclasses.replace(HarmonSamplingSpeedups(), linear_kernels=kernels))
     specs = {"optimised": {"speedups": everything}}
     if not args.no_baseline:
         specs["baseline"] = {"speedups": dataclasses.asdict(HarmonSamplingSpeedups.none())}
     if args.ablate:
         for field in SPEEDUP_FIELDS:
-            specs[f"without_{field}"] = {"speedups": {**everything, field: False}}
+            if field != "linear_kernels":  # a choice, not a shortcut: --kernels sets it
+                specs[f"without_{field}"] = {"speedups": {**everything, field: False}}
     if args.compile:
         specs["compiled"] = {"speedups": everything, "compile": True}
     if args.inpaint:
@@ -565,6 +582,20 @@ def main(argv: list[str] | None = None) -> dict | None:
         prompt_length=max(PROMPT_LENGTH, UNCONDITIONAL_PROMPT_LENGTH) if guided else PROMPT_LENGTH,
         dtype_bytes=DTYPES[args.dtype].itemsize,
     )
+    tuning = None
+    if args.tune:
+        torch.set_num_threads(args.threads)  # the cache key holds the thread count the children run with
+        tuned = build_model(args.preset, args.dtype, args.device)
+        started = time.perf_counter()
+        tuning = tuned.tune_for_host(
+            height=args.size,
+            width=args.size,
+            num_iter=args.num_iter,
+            num_sampling_steps=min(10, args.head_steps),
+            guidance_scale=args.cfg,
+        )
+        tuning["tune_s"] = time.perf_counter() - started
+        del tuned
     results = {}
     for name, spec in configurations(args).items():
         measured = measure(args, spec)
@@ -572,6 +603,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         plain = "error" in measured or spec.get("inpaint")
         results[name] = measured if plain else with_analytic(measured, spec, shape, config, ceiling)
     report = build_report(args, ceiling, results)
+    report["tuning"] = tuning
     print(
         f"{args.preset} {args.size}px, {args.num_iter} iterations x {args.head_steps} head steps, "
         f"batch {args.batch}, cfg {args.cfg}, {args.dtype}, {args.threads} thread(s) on {args.device} "
@@ -582,6 +614,14 @@ def main(argv: list[str] | None = None) -> dict | None:
     for name in ("optimised", "baseline", "compiled"):
         if name in results:
             print(format_table(name, results[name]))
+    if tuning is not None:
+        print(f"tuned kernels ({tuning['tune_s']:.0f} s to measure): {tuning['kernels']}")
+    for name in ("optimised", "baseline"):
+        if "first_call" in results.get(name, {}):
+            first, warm = results[name]["first_call"]["total_s"], results[name]["total_s"]
+            print(f"{name}: first call {first:.3f} s, warm {warm:.3f} s (first/warm x{first / warm:.3f})")
+    if results.get("optimised", {}).get("linear_kernels") is not None:
+        print(f"optimised linear kernels: {results['optimised']['linear_kernels']}")
     if report["speedup"] is not None:
         print(f"speedup of the shortcuts over the baseline: x{report['speedup']:.2f}")
     for field, result in report["ablations"].items():

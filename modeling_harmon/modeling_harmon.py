@@ -5,9 +5,11 @@ Generation:     prompt -> LLM (KV cache) ; per MAR iteration: visible tokens -> 
                 proj_out (residual) -> MAR decoder -> diffusion head samples the next tokens -> ... -> VAE decode.
 """
 
+import dataclasses
 import functools
 import inspect
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +29,18 @@ from .modeling_harmon_canvas import (
     scaled_iterations,
 )
 from .modeling_harmon_diffusion import HarmonDiffusionHead, HarmonGaussianDiffusion
+from .modeling_harmon_kernels import (
+    DEFAULT_KERNELS,
+    STAGES,
+    cache_key,
+    cached_kernels,
+    check_kernels,
+    choose_kernels,
+    processor_name,
+    stage_kernels,
+    stage_timer,
+    write_cache_entry,
+)
 from .modeling_harmon_mar import HarmonMARDecoder, HarmonMAREncoder
 from .modeling_harmon_onednn import onednn_linears
 from .modeling_harmon_sampler import HarmonMARSampler, PromptBatch, SamplerState
@@ -92,10 +106,14 @@ class HarmonSamplingSpeedups:
             being predicted this iteration.
         conditional_only_vae_decode: with CFG only the conditional half is decoded (the reference decodes both and
             drops one).
-        onednn_linears: on a CPU, the linear layers run as oneDNN products on weights packed once per call
-            (`modeling_harmon_onednn.onednn_linears`): MKL's float32 path is ~2.3x slower on AMD processors, and
-            unpacked weights are re-laid-out at every one of the diffusion head's small products. Holds one more
-            copy of the used weights while generating.
+        onednn_linears: on a CPU, the linear layers of the stages `linear_kernels` gives "onednn" run as oneDNN
+            products on weights packed once per call (`modeling_harmon_onednn.onednn_linears`): MKL's float32
+            path is ~2.3x slower on AMD processors, and unpacked weights are re-laid-out at every one of the
+            diffusion head's small products. Holds one more copy of those weights while generating. False: every
+            stage runs `nn.Linear`'s own product (MKL), as the reference does.
+        linear_kernels: "mkl" or "onednn" for each stage of `modeling_harmon_kernels.STAGES`; None (the default):
+            what `model.tune_for_host()` / `harmon tune` measured on this host for this model and image size (a
+            cache in the user's cache folder), else `DEFAULT_KERNELS` (MKL everywhere, the reference's product).
     """
 
     share_cfg_encoder: bool = True
@@ -103,10 +121,11 @@ class HarmonSamplingSpeedups:
     decoder_selected_positions: bool = True
     conditional_only_vae_decode: bool = True
     onednn_linears: bool = True
+    linear_kernels: dict | None = None
 
     @classmethod
     def none(cls) -> "HarmonSamplingSpeedups":
-        return cls(**{name: False for name in cls.__dataclass_fields__})
+        return cls(**{name: False for name in cls.__dataclass_fields__ if name != "linear_kernels"})
 
 
 @dataclass
@@ -151,12 +170,16 @@ def _with_cache(output: ModelOutput, cache) -> ModelOutput:
 
 
 def _with_onednn_linears(method):
-    """Runs an image-generation method with `HarmonSamplingSpeedups.onednn_linears` applied to the inner model."""
+    """Runs an image-generation method with each stage's linear kernel (`HarmonSamplingSpeedups.onednn_linears` and
+    `linear_kernels`, `modeling_harmon_kernels`) applied to the inner model."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        enabled = self.sampling_speedups.onednn_linears and self.device.type == "cpu"
-        with onednn_linears(self.model, enabled=enabled):
+        if not (self.sampling_speedups.onednn_linears and self.device.type == "cpu"):
+            return method(self, *args, **kwargs)
+        size = self.config.image_size
+        kernels = self.linear_kernels(kwargs.get("height") or size, kwargs.get("width") or size)
+        with stage_kernels(self.model, kernels, onednn_linears):
             return method(self, *args, **kwargs)
 
     return wrapper
@@ -674,6 +697,85 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             preset=sampling,
             **given,
         )
+
+    # ------------------------------------------------------------------------------------ CPU kernels
+    def linear_kernels(self, height: int | None = None, width: int | None = None) -> dict:
+        """The matrix-product kernel of each generation stage at this image size: `sampling_speedups.linear_kernels`
+        if set, else this host's tuned choice (`tune_for_host`), else `DEFAULT_KERNELS`."""
+        chosen = self.sampling_speedups.linear_kernels
+        if chosen is not None:
+            return check_kernels(chosen)
+        height, width = height or self.config.image_size, width or self.config.image_size
+        return cached_kernels(self, height, width) or dict(DEFAULT_KERNELS)
+
+    @torch.no_grad()
+    def tune_for_host(
+        self,
+        height: int | None = None,
+        width: int | None = None,
+        num_iter: int | None = None,
+        num_sampling_steps: int | None = None,
+        guidance_scale: float | None = None,
+        write: bool = True,
+    ) -> dict:
+        """Time one generation (after an untimed one) with every stage on MKL and with every stage on oneDNN, and
+        keep the faster kernel per stage for this host, torch, thread count, dtype, model shape and image size, in
+        the user's cache (`modeling_harmon_kernels.kernel_cache_path()`; `write=False` only measures). Settings
+        not given are the model's defaults. Returns `{"key", "kernels", "seconds": {kernel: {stage: s}}, ...}`."""
+        if self.device.type != "cpu":
+            raise ValueError(f"tune_for_host measures CPU kernels; this model is on {self.device}.")
+        settings = self.image_generation_settings(
+            height=height,
+            width=width,
+            num_iter=num_iter,
+            num_sampling_steps=num_sampling_steps,
+            guidance_scale=guidance_scale,
+        )
+        vocab = [
+            index
+            for index in range(min(self.config.text_config.vocab_size, 64))
+            if index != self.config.image_token_id
+        ]
+        prompt = torch.tensor([vocab[:20]], device=self.device)
+        unconditional = torch.tensor([vocab[:12]], device=self.device)
+        arguments = {
+            "input_ids": prompt,
+            "attention_mask": torch.ones_like(prompt),
+            "negative_input_ids": unconditional,
+            "negative_attention_mask": torch.ones_like(unconditional),
+            **{
+                name: value
+                for name, value in settings.to_dict().items()
+                if name not in ("strength", "image_guidance_scale")
+            },
+        }
+        previous, seconds = self.sampling_speedups, {}
+        try:
+            for kernel in ("mkl", "onednn"):
+                self.sampling_speedups = dataclasses.replace(
+                    previous, onednn_linears=True, linear_kernels=dict.fromkeys(STAGES, kernel)
+                )
+                self.generate_images(**arguments, generator=torch.Generator().manual_seed(0))  # untimed first call
+                with stage_timer(self.model) as totals:
+                    self.generate_images(**arguments, generator=torch.Generator().manual_seed(0))
+                seconds[kernel] = {stage: round(value, 4) for stage, value in totals.items()}
+        finally:
+            self.sampling_speedups = previous
+        key = cache_key(self, settings.height, settings.width)
+        result = {
+            "key": key,
+            "processor": processor_name(),
+            "kernels": choose_kernels(seconds),
+            "seconds": seconds,
+            "settings": {
+                name: settings.to_dict()[name]
+                for name in ("height", "width", "num_iter", "num_sampling_steps", "guidance_scale")
+            },
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if write:
+            result["cache"] = str(write_cache_entry(key, {k: v for k, v in result.items() if k != "key"}))
+        return result
 
     # `sampling=` (a sampling preset's name) from it and the deprecated `preset=`, for the pipelines.
     sampling_name = staticmethod(sampling_name)

@@ -329,11 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_demo import add_demo_commands
     from .cli_edit import add_edit_command
     from .cli_eval import add_eval_command
+    from .cli_tune import add_tune_command
 
     add_eval_command(commands, _add_setting_arguments, _add_model_arguments)
     add_canvas_commands(commands, _add_setting_arguments, _add_model_arguments)
     add_edit_command(commands, _add_setting_arguments, _add_model_arguments)
     add_demo_commands(commands, _add_model_arguments)
+    add_tune_command(commands, _add_setting_arguments, _add_model_arguments)
     return parser
 
 

@@ -1,9 +1,12 @@
 """Shared tiny fixtures: a random Harmon with a 3-level, 4-channel VAE and a byte-level tokenizer."""
 
 import os
+import tempfile
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# No tuned CPU kernels from the developer's own cache (`harmon tune`): tests see the fixed defaults unless they say.
+os.environ["HARMON_KERNEL_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="harmon-kernels-"), "linear_kernels.json")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

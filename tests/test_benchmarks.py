@@ -15,6 +15,7 @@ from benchmarks import analytic, bench_generate, bench_understand
 from benchmarks.common import build_model, stage_meter
 from modeling_harmon import HarmonSamplingSpeedups, modeling_harmon_diffusion
 from modeling_harmon.modeling_harmon_canvas import scaled_iterations
+from modeling_harmon.modeling_harmon_kernels import DEFAULT_KERNELS
 from modeling_harmon.modeling_harmon_onednn import onednn_linear_available
 
 
@@ -205,8 +206,15 @@ def test_generate_report(tmp_path, monkeypatch):
     ):
         assert key in report, key
     assert report["ceiling"]["matmul_gflops"] > 0 and report["ceiling"]["copy_gbps"] > 0
-    fields = [field.name for field in dataclasses.fields(HarmonSamplingSpeedups)]
+    fields = [field.name for field in dataclasses.fields(HarmonSamplingSpeedups) if field.name != "linear_kernels"]
+    assert set(report["ablations"]) == set(fields)  # the kernel choice is no shortcut: --kernels sets it
     configurations = [report, report["baseline"], *(report["ablations"][field] for field in fields)]
+    for result in (report, report["baseline"]):  # a fresh process's first call, timed apart from the warm runs
+        assert result["first_call"]["total_s"] > 0
+        assert math.isclose(
+            sum(result["first_call"]["stages"].values()), result["first_call"]["total_s"], rel_tol=1e-9
+        )
+    assert report["linear_kernels"] == DEFAULT_KERNELS and report["baseline"]["linear_kernels"] is None
     for result in configurations:
         assert set(result["stages"]) == set(STAGE_NAMES)
         assert math.isclose(sum(result["stages"].values()), result["total_s"], rel_tol=1e-9)

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from modeling_harmon import HarmonSamplingSpeedups
+from modeling_harmon.modeling_harmon_kernels import DEFAULT_KERNELS, STAGES
 
 
-FIELDS = [field.name for field in dataclasses.fields(HarmonSamplingSpeedups)]
+FIELDS = [field.name for field in dataclasses.fields(HarmonSamplingSpeedups) if field.type in (bool, "bool")]
 
 
 def _generate(model, tokenizer, speedups, **kwargs):
@@ -38,6 +39,27 @@ def test_each_shortcut_matches_the_reference_work(tiny_model, tokenizer, enabled
     fast = _generate(tiny_model, tokenizer, speedups, cfg_schedule=cfg_schedule)
     scale = baseline.latents.abs().max()
     assert scale > 0
+    assert float((fast.latents - baseline.latents).abs().max() / scale) < 1e-4
+    assert float((fast.images - baseline.images).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "kernels",
+    ["all_onednn", "default", *(f"{stage}_onednn" for stage in STAGES)],
+)
+def test_every_kernel_choice_the_tuning_can_make_matches_mkl(tiny_model, tokenizer, kernels):
+    """Each stage alone on oneDNN, all of them, and the untuned default give the all-MKL (reference) images."""
+    mkl = dataclasses.replace(HarmonSamplingSpeedups(), linear_kernels=dict.fromkeys(STAGES, "mkl"))
+    if kernels == "all_onednn":
+        chosen = dict.fromkeys(STAGES, "onednn")
+    elif kernels == "default":
+        chosen = None
+    else:
+        chosen = {stage: "onednn" if kernels == f"{stage}_onednn" else "mkl" for stage in STAGES}
+    baseline = _generate(tiny_model, tokenizer, mkl)
+    fast = _generate(tiny_model, tokenizer, dataclasses.replace(mkl, linear_kernels=chosen))
+    assert tiny_model.linear_kernels() == DEFAULT_KERNELS  # no tuned cache in tests (conftest)
+    scale = baseline.latents.abs().max()
     assert float((fast.latents - baseline.latents).abs().max() / scale) < 1e-4
     assert float((fast.images - baseline.images).abs().max()) < 1e-4
 
