@@ -15,7 +15,8 @@ the time; same scenes, images and answers as without it); `--edits N` also write
 `{"source": "edits/000000_source.png", "instruction": "make the circle blue", "target":
 "edits/000000_target.png", "operation": "recolor"}`, image paths relative to the JSONL; train-split edits of
 edits.py), `edits/*.png` and `distill_edits.jsonl`; `--free-phrasing` also writes `distill_phrasing.jsonl` (the
-`distill` records of stage IV: training/configs/shapes/stage4_edit_phrasing.yaml). Either flag writes the tokenizer over `world.extended_vocabulary()`.
+`distill` records of stage IV: training/configs/shapes/stage4_edit_phrasing.yaml). Either flag writes the tokenizer
+over `world.extended_vocabulary()`.
 """
 
 import argparse
