@@ -61,6 +61,7 @@ from modeling_harmon import HarmonSamplingSpeedups  # noqa: E402
 from modeling_harmon.atomic_files import write_json  # noqa: E402
 from modeling_harmon.modeling_harmon_canvas import redraw_tokens  # noqa: E402
 from modeling_harmon.modeling_harmon_kernels import STAGES as STAGES_OF_KERNELS  # noqa: E402
+from modeling_harmon.modeling_harmon_kernels import stage_targets as generation_stage_targets  # noqa: E402
 from modeling_harmon.modeling_harmon_onednn import onednn_linears  # noqa: E402
 
 
@@ -165,16 +166,9 @@ def synthetic_prompts(config, batch: int, device: str) -> dict[str, torch.Tensor
 
 
 def stage_targets(model) -> dict[str, list[tuple[object, str]]]:
-    """The callables each stage's time is read from. `bridge` runs the LLM (via `run_language_model`, then not
-    counted twice); `run_language_model` alone is the prompt prefill."""
-    inner = model.model
-    return {
-        "llm": [(inner, "bridge"), (inner, "run_language_model")],
-        "mar_encoder": [(inner.mar_encoder, "forward")],
-        "mar_decoder": [(inner.mar_decoder, "forward")],
-        "diffusion_head": [(inner.diffusion, "sample")],
-        "vae": [(inner, "decode_latents")],
-    }
+    """The callables each stage's time is read from: the package's (`modeling_harmon_kernels.stage_targets`: the LLM
+    through `bridge` and `run_language_model`, the MAR encoder, decoder and head), plus the VAE decode."""
+    return {**generation_stage_targets(model.model), "vae": [(model.model, "decode_latents")]}
 
 
 def generate(model, prompts: dict, args: argparse.Namespace, num_iter: int, head_steps: int, decode: bool = True):

@@ -5,19 +5,18 @@ needed, so every size can be measured offline. Each build of a preset has identi
 """
 
 import copy
-import functools
 import platform
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 
 from modeling_harmon import HarmonConfig, HarmonForConditionalGeneration
 from modeling_harmon.configuration_harmon import HARMON_PRESETS
 from modeling_harmon.demo import build_byte_tokenizer, tiny_config
+from modeling_harmon.modeling_harmon_kernels import stage_meter  # noqa: F401  (one implementation, the package's)
 
 
 PRESETS = ("tiny", "0.5b-shaped-4l", "0.5b", "1.5b")
@@ -109,47 +108,6 @@ def wall_clock(device: str) -> Callable[[], float]:
 
         return clock
     return time.perf_counter
-
-
-@contextmanager
-def stage_meter(targets: dict[str, list[tuple[object, str]]], clock: Callable[[], float]) -> Iterator[dict]:
-    """Charge each call of the named callables to its stage, measured with `clock` (wall time, or a FLOP count).
-
-    `targets` maps a stage to (owner, attribute name) pairs; each attribute is wrapped on that instance for the
-    duration of the block and restored after. A call made inside another measured call (e.g. the LLM run inside
-    the bridge) is already charged to the outer one and is not counted again. Yields {stage: total}.
-    """
-    totals = dict.fromkeys(targets, 0.0)
-    active: list[str] = []
-
-    def wrap(stage: str, function: Callable) -> Callable:
-        @functools.wraps(function)
-        def measured(*args, **kwargs):
-            if active:
-                return function(*args, **kwargs)
-            active.append(stage)
-            start = clock()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                totals[stage] += clock() - start
-                active.pop()
-
-        return measured
-
-    patched = []
-    try:
-        for stage, places in targets.items():
-            for owner, name in places:
-                patched.append((owner, name, name in vars(owner), vars(owner).get(name)))
-                setattr(owner, name, wrap(stage, getattr(owner, name)))
-        yield totals
-    finally:
-        for owner, name, had_own, original in reversed(patched):
-            if had_own:
-                setattr(owner, name, original)
-            else:
-                delattr(owner, name)
 
 
 def stages_with_other(totals: dict[str, float], total: float) -> dict[str, float]:

@@ -125,17 +125,12 @@ def stage_kernels(inner, kernels: dict, onednn_linears) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def stage_timer(inner) -> Iterator[dict]:
-    """Wall time charged to each stage while the block runs: the LLM (`bridge`, `run_language_model`), the MAR encoder
-    and decoder (their forwards) and the diffusion head (`diffusion.sample`). A call made inside another timed one
-    is charged to the outer one only."""
-    targets = {
-        "llm": [(inner, "bridge"), (inner, "run_language_model")],
-        "mar_encoder": [(inner.mar_encoder, "forward")],
-        "mar_decoder": [(inner.mar_decoder, "forward")],
-        "diffusion_head": [(inner.diffusion, "sample")],
-    }
-    totals, active, patched = dict.fromkeys(STAGES, 0.0), [], []
+def stage_meter(targets: dict, clock: Callable[[], float] = time.perf_counter) -> Iterator[dict]:
+    """Charge each call of the named callables to its stage, measured with `clock` (wall time by default, or e.g. a
+    FLOP count). `targets` maps a stage to (owner, attribute name) pairs; each attribute is wrapped on that instance
+    for the duration of the block and restored after. A call made inside another measured call (the LLM run inside
+    the bridge) is charged to the outer one only. Yields {stage: total}."""
+    totals, active, patched = dict.fromkeys(targets, 0.0), [], []
 
     def timed(stage: str, function: Callable) -> Callable:
         @functools.wraps(function)
@@ -143,11 +138,11 @@ def stage_timer(inner) -> Iterator[dict]:
             if active:
                 return function(*args, **kwargs)
             active.append(stage)
-            start = time.perf_counter()
+            start = clock()
             try:
                 return function(*args, **kwargs)
             finally:
-                totals[stage] += time.perf_counter() - start
+                totals[stage] += clock() - start
                 active.pop()
 
         return call
@@ -164,6 +159,22 @@ def stage_timer(inner) -> Iterator[dict]:
                 setattr(owner, name, original)
             else:
                 delattr(owner, name)
+
+
+def stage_targets(inner) -> dict:
+    """The callables each generation stage's time is read from: the LLM (`bridge`, and `run_language_model` for the
+    prompt pass), the MAR encoder and decoder (their forwards), the diffusion head (`diffusion.sample`)."""
+    return {
+        "llm": [(inner, "bridge"), (inner, "run_language_model")],
+        "mar_encoder": [(inner.mar_encoder, "forward")],
+        "mar_decoder": [(inner.mar_decoder, "forward")],
+        "diffusion_head": [(inner.diffusion, "sample")],
+    }
+
+
+def stage_timer(inner):
+    """[`stage_meter`] over [`stage_targets`] of the inner model, in wall time."""
+    return stage_meter(stage_targets(inner))
 
 
 def choose_kernels(seconds: dict[str, dict[str, float]]) -> dict:
@@ -183,6 +194,8 @@ __all__ = [
     "processor_name",
     "read_cache",
     "stage_kernels",
+    "stage_meter",
+    "stage_targets",
     "stage_timer",
     "write_cache_entry",
 ]

@@ -396,10 +396,15 @@ class ExampleBuilder:
                 f"the target ({width}x{height}) and the first source ({source_width}x{source_height}) differ in "
                 "aspect ratio, so they cannot be aligned.",
             )
+        return self._drawn_from(prompt, images if kept else [], target, self._encode(prompt) if not kept else None)
+
+    def _drawn_from(self, prompt: str | None, images: list, target, ids_without_images: list[int] | None) -> Example:
+        """The example of `target` drawn from a prompt: `ids_without_images` when there are no `images`, else `prompt`
+        with its placeholders expanded by the processor and the images as `context_pixel_values`."""
         try:
             pixels = self.processor.image_processor(target, size=self.image_size, return_tensors="pt")
-            if not kept:
-                return Example(self._encode(prompt), pixel_values=pixels["pixel_values"][0])
+            if not images:
+                return Example(ids_without_images, pixel_values=pixels["pixel_values"][0])
             inputs = self.processor(text=prompt, images=images, size=self.image_size, return_tensors="pt")
         except ValueError as error:  # as in `_image_to_text`
             raise SkipSample(UNREADABLE_IMAGE, f"the image processor refused an image: {error}") from None
@@ -420,6 +425,7 @@ class ExampleBuilder:
             prompt, _ = self._fitted_caption(prompt.strip())
         teacher_prompt = record["teacher_prompt"]
         teacher = self.text_to_image_prompt_ids(None if teacher_prompt is None else teacher_prompt.strip())
+        text = None
         if sources:
             text = self.edit_prompt(prompt, len(sources))
             length = self._expanded_length(text, len(sources))
@@ -431,20 +437,9 @@ class ExampleBuilder:
                 )
         images = [self._read_image(source) for source in sources]
         target = self._read_image(record["target"])
-        try:
-            pixels = self.processor.image_processor(target, size=self.image_size, return_tensors="pt")
-            if not images:
-                ids = self.text_to_image_prompt_ids(prompt)
-                return Example(ids, pixel_values=pixels["pixel_values"][0], teacher_input_ids=teacher)
-            inputs = self.processor(text=text, images=images, size=self.image_size, return_tensors="pt")
-        except ValueError as error:  # as in `_image_to_text`
-            raise SkipSample(UNREADABLE_IMAGE, f"the image processor refused an image: {error}") from None
-        return Example(
-            inputs["input_ids"][0].tolist(),
-            pixel_values=pixels["pixel_values"][0],
-            context_pixel_values=inputs["pixel_values"],
-            teacher_input_ids=teacher,
-        )
+        example = self._drawn_from(text, images, target, None if images else self.text_to_image_prompt_ids(prompt))
+        example.teacher_input_ids = teacher
+        return example
 
     # ------------------------------------------------------------------------------------------------ text
     def text(self, record: dict) -> Example:
