@@ -23,6 +23,12 @@ from .configuration_harmon import DEFAULT_IMAGE_GENERATION, HARMON_PRESETS, KL16
 from .output_folders import check_output_folder, replace_folder
 
 
+# Named sampling presets written into every converted checkpoint (`sampling="fast"`, `--sampling fast`): half the
+# reference's MAR iterations and diffusion-head steps. Their time on the anchor cell is in benchmarks/NOTES.md;
+# their quality is not measured (that needs the released weights), so the default stays the reference's sampling.
+RELEASED_SAMPLING_PRESETS = {"fast": {"num_iter": 32, "num_sampling_steps": 50}}
+
+
 # Tensors dropped on purpose: MAR's class embedding (Harmon never uses it).
 DROPPED_HARMON_KEYS = ("mar.class_emb.weight",)
 # Non-VAE parts that a VAE training checkpoint may carry (LPIPS / discriminator of the training loss).
@@ -523,7 +529,10 @@ def convert_harmon_checkpoint(
     model.tie_weights()
     model.eval()
 
-    generation = {"image_generation": dict(DEFAULT_IMAGE_GENERATION)}
+    generation = {
+        "image_generation": dict(DEFAULT_IMAGE_GENERATION),
+        "image_generation_presets": json.loads(json.dumps(RELEASED_SAMPLING_PRESETS)),
+    }
     if image_size is not None:
         stride = config.vae_stride * config.patch_size
         if not isinstance(image_size, int) or image_size <= 0 or image_size % stride:

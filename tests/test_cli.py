@@ -330,8 +330,12 @@ def converted(tmp_path_factory):
 def test_convert_writes_a_hub_folder(converted):
     assert check_hub_folder(converted) == []
     # --image-size: the default size of generation and of the exported processor
-    image_generation = json.loads((converted / "generation_config.json").read_text())["image_generation"]
+    generation = json.loads((converted / "generation_config.json").read_text())
+    image_generation = generation["image_generation"]
     assert (image_generation["height"], image_generation["width"]) == (128, 128)
+    # A named fast preset (half the iterations and head steps); the default stays the reference's sampling.
+    assert generation["image_generation_presets"] == {"fast": {"num_iter": 32, "num_sampling_steps": 50}}
+    assert (image_generation["num_iter"], image_generation["guidance_scale"]) == (64, 3.0)
     processor_config = json.loads((converted / "processor_config.json").read_text())
     assert processor_config["image_processor"]["size"] == {"height": 128, "width": 128}
     assert json.loads((converted / "config.json").read_text())["model_type"] == "harmon"
