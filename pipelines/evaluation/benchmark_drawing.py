@@ -65,7 +65,7 @@ def draw_benchmark(args, jobs: list, layout, before_drawing=None) -> tuple[list,
 
     launch = _launch()
     model, tokenizer = _load(args)
-    jobs = resolve_jobs(jobs, model, preset=args.preset, max_side=args.max_side)
+    jobs = resolve_jobs(jobs, model, sampling=args.sampling, max_side=args.max_side)
     if before_drawing is not None:
         before_drawing(jobs)
     run_jobs(
