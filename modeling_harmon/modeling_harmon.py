@@ -717,14 +717,17 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         num_sampling_steps: int | None = None,
         guidance_scale: float | None = None,
         write: bool = True,
+        sampling: str | None = None,
     ) -> dict:
         """Time one generation (after an untimed one) with every stage on MKL and with every stage on oneDNN, and
         keep the faster kernel per stage for this host, torch, thread count, dtype, model shape and image size, in
         the user's cache (`modeling_harmon_kernels.kernel_cache_path()`; `write=False` only measures). Settings
-        not given are the model's defaults. Returns `{"key", "kernels", "seconds": {kernel: {stage: s}}, ...}`."""
+        not given are the model's defaults (or its sampling preset `sampling`). Returns `{"key", "kernels",
+        "seconds": {kernel: {stage: s}}, ...}`."""
         if self.device.type != "cpu":
             raise ValueError(f"tune_for_host measures CPU kernels; this model is on {self.device}.")
         settings = self.image_generation_settings(
+            sampling,
             height=height,
             width=width,
             num_iter=num_iter,

@@ -2,6 +2,7 @@
 
     harmon tune                                  # the embedded model at its own size and sampling settings
     harmon tune --model ./converted --size 256 --steps 64 --dtype bfloat16
+    harmon tune --sampling fast                  # at the settings of one of the model's sampling presets
 
 Runs `model.tune_for_host()`: one untimed and one timed generation with every stage's linears on MKL (the
 reference's product), the same with every stage on packed oneDNN, and keeps the faster per stage (LLM, MAR
@@ -43,8 +44,6 @@ def run_tune(args) -> None:
     check_device(args.device)
     if args.device not in (None, "cpu"):
         raise CommandError(f"--device {args.device}: harmon tune measures CPU kernels; use --device cpu")
-    if args.sampling is not None:
-        raise CommandError("--sampling does not apply to harmon tune: give the settings to measure as flags")
     size = args.size or (None, None)
     model, _ = _load(args)
     if model.device.type != "cpu":
@@ -57,10 +56,19 @@ def run_tune(args) -> None:
             num_sampling_steps=args.head_steps,
             guidance_scale=args.cfg,
             write=not args.dry_run,
+            sampling=args.sampling,
         )
     except HarmonSettingError as error:
-        flags = {"num_iter": "--steps", "num_sampling_steps": "--head-steps", "guidance_scale": "--cfg"}
-        raise CommandError(f"{flags.get(error.field, '--size')}: {error}") from None
+        given = {
+            "num_iter": ("--steps", args.steps),
+            "num_sampling_steps": ("--head-steps", args.head_steps),
+            "guidance_scale": ("--cfg", args.cfg),
+            "sampling": ("--sampling", args.sampling),
+            "height": ("--size", "x".join(map(str, args.size)) if args.size else None),
+            "width": ("--size", "x".join(map(str, args.size)) if args.size else None),
+        }
+        flag, value = given.get(error.field, (None, None))
+        raise CommandError(f"{flag} {value}: {error}" if value is not None else str(error)) from None
     if args.json:
         print(json.dumps(result, indent=1))
         return

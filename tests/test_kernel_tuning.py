@@ -122,3 +122,5 @@ def test_harmon_tune_prints_the_table_and_writes_the_user_cache(tiny_dir, cache,
     assert set(printed["kernels"]) == set(STAGES) and "cache" not in printed
     assert main(["tune", "--model", str(tiny_dir), "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
+    assert main(["tune", "--model", str(tiny_dir), "--sampling", "nope", "--dry-run"]) == 2
+    assert "--sampling nope: sampling must be one of this model's sampling presets" in capsys.readouterr().err
