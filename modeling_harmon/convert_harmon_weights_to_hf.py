@@ -531,7 +531,7 @@ def convert_harmon_checkpoint(
 
     generation = {
         "image_generation": dict(DEFAULT_IMAGE_GENERATION),
-        "image_generation_presets": json.loads(json.dumps(RELEASED_SAMPLING_PRESETS)),
+        "image_generation_presets": copy.deepcopy(RELEASED_SAMPLING_PRESETS),
     }
     if image_size is not None:
         stride = config.vae_stride * config.patch_size

@@ -115,7 +115,9 @@ def write_cache_entry(key: str, entry: dict, path: Path | None = None) -> Path:
 @contextlib.contextmanager
 def stage_kernels(inner, kernels: dict, onednn_linears) -> Iterator[None]:
     """Within the block, the linears of each stage whose kernel is "onednn" run as packed oneDNN products
-    (`onednn_linears`, the context of modeling_harmon_onednn); "mkl" ones stay `nn.Linear`'s own."""
+    (`onednn_linears`, the context of modeling_harmon_onednn); "mkl" ones stay `nn.Linear`'s own. The context comes
+    in as an argument: the Hub's remote-code loader fetches the modeling file's own relative imports, so this file
+    importing modeling_harmon_onednn itself would break `trust_remote_code` loading."""
     with contextlib.ExitStack() as stack:
         for stage in STAGES:
             if kernels[stage] == "onednn":

@@ -22,15 +22,10 @@ def collate(task: str, examples: list[Example], pad_token_id: int) -> dict:
     """
     if not examples:
         raise ValueError(f"examples must hold at least one {task} example, got none.")
-    length = max(len(example.input_ids) for example in examples)
-    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
-    for row, example in enumerate(examples):
-        input_ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids, dtype=torch.long)
-        attention_mask[row, : len(example.input_ids)] = 1
+    input_ids, attention_mask = _right_padded([example.input_ids for example in examples], pad_token_id)
     batch = {"task": task, "input_ids": input_ids, "attention_mask": attention_mask}
     if task not in ("text2image", "edit", "distill"):
-        labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+        labels = torch.full(input_ids.shape, IGNORE_INDEX, dtype=torch.long)
         for row, example in enumerate(examples):
             labels[row, : len(example.labels)] = torch.tensor(example.labels, dtype=torch.long)
         batch["labels"] = labels
@@ -43,10 +38,16 @@ def collate(task: str, examples: list[Example], pad_token_id: int) -> dict:
         batch["context_pixel_values"] = torch.cat(context).float()
     if task == "distill":
         teacher = [example.teacher_input_ids for example in examples]
-        width = max(len(ids) for ids in teacher)
-        batch["teacher_input_ids"] = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
-        batch["teacher_attention_mask"] = torch.zeros((len(examples), width), dtype=torch.long)
-        for row, ids in enumerate(teacher):
-            batch["teacher_input_ids"][row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            batch["teacher_attention_mask"][row, : len(ids)] = 1
+        batch["teacher_input_ids"], batch["teacher_attention_mask"] = _right_padded(teacher, pad_token_id)
     return batch
+
+
+def _right_padded(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of token id rows, right-padded with `pad_token_id` to the longest."""
+    length = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
