@@ -48,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
         "tokenizer": None,
         "vae": None,  # from_config: a trained diffusers AutoencoderKL folder
         "llm": None,  # from_config, optional: a pretrained Qwen2 folder for the LLM weights
+        # pretrained, optional: deepen the checkpoint's LLM to this many layers, each new one a copy of the layer
+        # below it whose output projections start at zero, so the model starts unchanged (training/llm_growth.py)
+        "llm_depth": None,
         "dtype": "float32",
     },
     "image_size": 256,
@@ -207,6 +210,12 @@ def validate(config: dict) -> None:
     """Check values whose mistakes would otherwise surface deep inside training."""
     if config["model"]["init"] not in ("pretrained", "from_config"):
         raise ConfigError(f"model.init must be 'pretrained' or 'from_config', got {config['model']['init']!r}.")
+    depth = config["model"]["llm_depth"]
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+        raise ConfigError(f"model.llm_depth must be a positive integer (LLM layers) or null, got {depth!r}.")
+    if depth is not None and config["model"]["init"] != "pretrained":
+        raise ConfigError("model.llm_depth grows a trained checkpoint (init: pretrained); with init: from_config "
+                          "set the LLM's num_hidden_layers in model.config instead.")
     if config["model"]["dtype"] not in ("float32", "bfloat16"):
         raise ConfigError(f"model.dtype must be 'float32' or 'bfloat16', got {config['model']['dtype']!r}.")
     size = config["image_size"]

@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from modeling_harmon import HARMON_PRESETS, HarmonConfig, HarmonForConditionalGeneration
 
 from .config import ConfigError
+from .llm_growth import grow_llm_depth
 
 
 def _tokenizer_with_image_token(path: str):
@@ -98,6 +99,11 @@ def load_model(settings: dict, dtype: str = "float32") -> tuple[HarmonForConditi
         tokenizer = _tokenizer_with_image_token(settings["path"])
         if settings.get("tokenizer"):
             tokenizer = _grow_vocabulary(model, tokenizer, _tokenizer_with_image_token(settings["tokenizer"]))
+        if settings.get("llm_depth") is not None:
+            try:
+                grow_llm_depth(model, settings["llm_depth"])
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
     return model.to(getattr(torch, dtype)), tokenizer
 
 
