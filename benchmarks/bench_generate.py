@@ -17,9 +17,14 @@ synthetic init image with the right half of its token columns masked, at the mod
 the whole call, VAE encode of the init image included; it is reported against the text-to-image run's time and
 against the share drawn, to check that inpainting costs about that share (plus the encode).
 
+The edit cell (`--edit`, `benchmarks/edit_cell.py`) is the optimised run drawing with a context image in the prompt
+(the inpaint cell's synthetic picture) and a text instruction, at `--image-cfg` image guidance: three row groups per
+step where text-to-image runs two. It is reported against the text-to-image run, overall and per stage, with the
+linear kernels it used.
+
     OMP_NUM_THREADS=1 python benchmarks/bench_generate.py --preset 0.5b --size 256 --num-iter 64 --batch 1 \
         --dtype bf16 --threads 1 --json runs/bench/generate_0.5b.json [--ablate] [--compile] [--no-baseline] \
-        [--inpaint]
+        [--inpaint] [--edit [--image-cfg 1.5]]
 
 Smoke run: `--preset tiny --size 32 --num-iter 4 --head-steps 2`, or a big preset with `--num-iter 1 --head-steps 2`.
 """
@@ -57,6 +62,7 @@ from benchmarks.common import (  # noqa: E402
     token_stride,
     wall_clock,
 )
+from benchmarks.edit_cell import edit_comparison, edit_inputs, format_edit  # noqa: E402
 from modeling_harmon import HarmonSamplingSpeedups  # noqa: E402
 from modeling_harmon.atomic_files import write_json  # noqa: E402
 from modeling_harmon.modeling_harmon_canvas import redraw_tokens  # noqa: E402
@@ -96,6 +102,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also the inpaint cell: a fixed init image with the right half of its tokens redrawn, default "
         "iteration scaling, timed with its VAE encode, reported against the text-to-image run",
+    )
+    parser.add_argument(
+        "--edit",
+        action="store_true",
+        help="also the edit cell: an instruction with a context image in view, both guidance scales on (three row "
+        "groups per step), reported against the text-to-image run",
+    )
+    parser.add_argument(
+        "--image-cfg", type=float, default=1.5, help="image guidance of the edit cell (1 turns it off: two groups)"
     )
     parser.add_argument(
         "--in-process",
@@ -148,6 +163,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}.")
     if not (math.isfinite(args.cfg) and args.cfg >= 1.0):
         parser.error(f"--cfg must be a finite number >= 1 (1 turns guidance off), got {args.cfg}.")
+    if not (math.isfinite(args.image_cfg) and args.image_cfg >= 1.0):
+        parser.error(f"--image-cfg must be a finite number >= 1 (1 turns image guidance off), got {args.image_cfg}.")
 
 
 # ------------------------------------------------------------------------------------------ one configuration
@@ -240,17 +257,37 @@ def inpaint(
     )
 
 
-def timed_generation(model, prompts: dict, args: argparse.Namespace, canvas=None) -> dict:
+def edit(model, edit_kwargs: dict, args: argparse.Namespace, num_iter: int, head_steps: int, decode: bool = True):
+    """One instruction-editing `generate_images` call at the run's size, iterations and both guidance scales."""
+    generators = [torch.Generator().manual_seed(SEED + index) for index in range(args.batch)]
+    return model.generate_images(
+        **edit_kwargs,
+        num_images_per_prompt=args.batch,
+        height=args.size,
+        width=args.size,
+        num_iter=num_iter,
+        guidance_scale=args.cfg,
+        image_guidance_scale=args.image_cfg,
+        num_sampling_steps=head_steps,
+        generator=generators,
+        decode=decode,
+    )
+
+
+def timed_generation(model, prompts: dict, args: argparse.Namespace, canvas=None, edit_kwargs=None) -> dict:
     """Wall time of one full `generate_images` call, and of each stage in it. With an inpaint `canvas`, the call
-    starts from it (its VAE encode timed as `vae_encode`) and `iterations` counts the MAR iterations it ran."""
+    starts from it (its VAE encode timed as `vae_encode`) and `iterations` counts the MAR iterations it ran; with
+    `edit_kwargs` it is an edit (the context image's VAE encode timed as `vae_encode` too)."""
     clock = wall_clock(args.device)
     targets = stage_targets(model)
     steps: list[int] = []
-    if canvas is not None:
+    if canvas is not None or edit_kwargs is not None:
         targets["vae_encode"] = [(model.model, "encode_images")]
     with stage_meter(targets, clock) as totals:
         start, cpu_start = clock(), time.process_time()
-        if canvas is None:
+        if edit_kwargs is not None:
+            edit(model, edit_kwargs, args, args.num_iter, args.head_steps)
+        elif canvas is None:
             generate(model, prompts, args, args.num_iter, args.head_steps)
         else:
             inpaint(model, prompts, args, canvas, args.head_steps, callback=lambda step, *_: steps.append(step))
@@ -286,15 +323,16 @@ def measure_configuration(args: argparse.Namespace, spec: dict) -> dict:
     canvas = inpaint_canvas(args.size, token_stride(model.config)) if spec.get("inpaint") else None
     if canvas is not None:
         full_image_iterations(model, args.num_iter)
+    edit_kwargs = edit_inputs(model, inpaint_canvas(args.size, token_stride(model.config))[0]) if spec.get("edit") else None
     kernels = model.linear_kernels(args.size, args.size) if model.sampling_speedups.onednn_linears else None
     try:
         # The first call of a fresh process, timed in full: what a one-image `harmon generate` pays.
-        first = timed_generation(model, prompts, args, canvas)
+        first = timed_generation(model, prompts, args, canvas, edit_kwargs)
         if compiled:
             compile_diffusion_head(model)
             first_s = timed_generation(model, prompts, args)["total_s"]
         runs = sorted(
-            (timed_generation(model, prompts, args, canvas) for _ in range(args.repeats)),
+            (timed_generation(model, prompts, args, canvas, edit_kwargs) for _ in range(args.repeats)),
             key=lambda r: r["total_s"],
         )
     except Exception as error:
@@ -332,6 +370,8 @@ def child_argv(args: argparse.Namespace) -> list[str]:
         str(args.head_steps),
         "--cfg",
         str(args.cfg),
+        "--image-cfg",
+        str(args.image_cfg),
         "--device",
         args.device,
         "--repeats",
@@ -433,6 +473,8 @@ def configurations(args: argparse.Namespace) -> dict[str, dict]:
         specs["compiled"] = {"speedups": everything, "compile": True}
     if args.inpaint:
         specs["inpaint"] = {"speedups": everything, "inpaint": True}
+    if args.edit:
+        specs["edit"] = {"speedups": everything, "edit": True}
     return specs
 
 
@@ -536,6 +578,9 @@ def build_report(args: argparse.Namespace, ceiling: dict, results: dict[str, dic
     inpaint_result = results.get("inpaint")
     if inpaint_result is not None and "error" not in inpaint_result:
         inpaint_result = inpaint_comparison(inpaint_result, optimised)
+    edit_result = results.get("edit")
+    if edit_result is not None and "error" not in edit_result:
+        edit_result = edit_comparison(edit_result, optimised, args.cfg, args.image_cfg)
     return {
         "preset": args.preset,
         "size": args.size,
@@ -555,6 +600,8 @@ def build_report(args: argparse.Namespace, ceiling: dict, results: dict[str, dic
         "ablations": ablations,
         "compiled": results.get("compiled"),
         "inpaint": inpaint_result,
+        "image_cfg": args.image_cfg if args.edit else None,
+        "edit": edit_result,
         **environment(args.device),
     }
 
@@ -594,7 +641,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     for name, spec in configurations(args).items():
         measured = measure(args, spec)
         # The analytic model is of full-image drawing; the inpaint cell is read against the measured t2i run instead.
-        plain = "error" in measured or spec.get("inpaint")
+        plain = "error" in measured or spec.get("inpaint") or spec.get("edit")
         results[name] = measured if plain else with_analytic(measured, spec, shape, config, ceiling)
     report = build_report(args, ceiling, results)
     report["tuning"] = tuning
@@ -623,6 +670,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         print(f"without {field}: {result['total_s']:.3f} s (x{result['slowdown']:.2f} of optimised; {stages})")
     if report["inpaint"] is not None:
         print(format_inpaint(args, report["inpaint"]))
+    if report["edit"] is not None:
+        print(format_edit(report["edit"], args.image_cfg))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json(report, args.json)

@@ -249,6 +249,32 @@ def test_generate_inpaint_cell(tmp_path, monkeypatch):
     assert "analytic" not in cell and report["baseline"] is None
 
 
+@pytest.mark.parametrize("image_cfg, groups", [("1.5", 3), ("1", 2)])
+def test_generate_edit_cell(tmp_path, monkeypatch, image_cfg, groups):
+    monkeypatch.setattr(bench_generate, "MATMUL_SIZE", 128)
+    monkeypatch.setattr(bench_generate, "COPY_BYTES", 4 * 1024**2)
+    path = tmp_path / "generate.json"
+    argv = ["--preset", "tiny", "--size", "32", "--num-iter", "4", "--head-steps", "2", "--no-baseline"]
+    bench_generate.main([*argv, "--edit", "--image-cfg", image_cfg, "--in-process", "--json", str(path)])
+    report = json.loads(path.read_text())
+    cell = report["edit"]
+    assert (cell["row_groups"], cell["rows_ratio"]) == (groups, groups / 2) and report["image_cfg"] == float(image_cfg)
+    # the context image went through the understanding path (its VAE encode), with the run's own kernels
+    assert set(cell["stages"]) == {*STAGE_NAMES, "vae_encode"} and cell["stages"]["vae_encode"] > 0
+    assert cell["same_kernels"] and cell["linear_kernels"] == report["linear_kernels"]
+    assert math.isclose(sum(cell["stages"].values()), cell["total_s"], rel_tol=1e-9)
+    assert cell["ratio"] == pytest.approx(cell["total_s"] / report["total_s"]) and cell["t2i_s"] == report["total_s"]
+    assert cell["stage_ratios"]["diffusion_head"] == pytest.approx(
+        cell["stages"]["diffusion_head"] / report["stages"]["diffusion_head"]
+    )
+    assert "analytic" not in cell and report["inpaint"] is None
+
+
+def test_the_edit_cell_refuses_a_bad_image_guidance():
+    with pytest.raises(SystemExit):
+        bench_generate.parse_args(["--preset", "tiny", "--size", "32", "--edit", "--image-cfg", "0.5"])
+
+
 def test_inpaint_cell_redraws_exactly_half_or_refuses():
     image, mask = bench_generate.inpaint_canvas(256, 16)  # the anchor's grid
     assert image.shape == (3, 256, 256) and 0 <= float(image.min()) and float(image.max()) <= 1
