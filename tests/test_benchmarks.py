@@ -297,3 +297,27 @@ def test_understand_report(tmp_path):
     assert all(result["prefill_s"] > 0 and result["decode_tokens_per_s"] > 0 for result in (ours, plain))
     expected = (plain["decode_tokens_per_s"] / ours["decode_tokens_per_s"] - 1) * 100
     assert report["decode_overhead_pct"] == pytest.approx(expected)
+
+
+def test_head_profile_reports_parts_and_bounds(tmp_path):
+    from benchmarks import head_profile
+
+    path = tmp_path / "head.json"
+    argv = ["--preset", "tiny", "--rows", "4", "--steps", "3", "--repeats", "1", "--rate-size", "64"]
+    result = head_profile.main([*argv, "--json", str(path)])
+    assert json.loads(path.read_text()) == result and result["rows"] == 4 and result["cpu"]
+    bounds = result["bounds"]
+    config = head_profile.build_model("tiny", "fp32", "cpu").config
+    width, depth = config.diffusion_head_width, config.diffusion_head_depth
+    assert bounds["weight_bytes"] == 2 * depth * width * width * 4  # two width x width products per block, fp32
+    assert bounds["weight_bytes"] > 0 and bounds["read_weights_s"] > 0 and bounds["compute_s"] > 0
+    assert "mkl" in result["kernels"]
+    for timing in result["kernels"].values():
+        assert timing["products_over_bound"] == pytest.approx(
+            timing["products_s"] / max(bounds["read_weights_s"], bounds["compute_s"])
+        )
+        assert timing["elementwise_s"] == pytest.approx(timing["chain_step_s"] - timing["products_s"])
+        assert timing["modulations_s"] > 0
+    with pytest.raises(SystemExit):
+        head_profile.parse_args(["--rows", "0"])
+
