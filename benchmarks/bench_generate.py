@@ -323,7 +323,9 @@ def measure_configuration(args: argparse.Namespace, spec: dict) -> dict:
     canvas = inpaint_canvas(args.size, token_stride(model.config)) if spec.get("inpaint") else None
     if canvas is not None:
         full_image_iterations(model, args.num_iter)
-    edit_kwargs = edit_inputs(model, inpaint_canvas(args.size, token_stride(model.config))[0]) if spec.get("edit") else None
+    edit_kwargs = (
+        edit_inputs(model, inpaint_canvas(args.size, token_stride(model.config))[0]) if spec.get("edit") else None
+    )
     kernels = model.linear_kernels(args.size, args.size) if model.sampling_speedups.onednn_linears else None
     try:
         # The first call of a fresh process, timed in full: what a one-image `harmon generate` pays.

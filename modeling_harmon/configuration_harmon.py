@@ -128,6 +128,11 @@ class HarmonConfig(PretrainedConfig):
         trained_tasks (`list[str]`, *optional*): the tasks the weights were trained for (`"text2image"`,
             `"image2text"`, `"text"`, `"edit"`), written by the training script; None means unknown (older configs and
             converted reference checkpoints), so tools can tell an editing model from one that is not.
+        edit_source_tokens (`bool`): instruction editing also adds a projection of the first context image's VAE
+            tokens at every image position of the MAR decoder's input, so that what an edit leaves alone can be
+            copied rather than redrawn from a description (InstructPix2Pix gives its UNet the source latents the
+            same way). The projection starts at zero, so turning this on for a trained checkpoint changes nothing
+            until it is trained. Not part of the reference; off by default.
     """
 
     model_type = "harmon"
@@ -165,6 +170,7 @@ class HarmonConfig(PretrainedConfig):
         unconditional_prompt: str = DEFAULT_UNCONDITIONAL_PROMPT,
         tie_word_embeddings: bool | None = None,
         trained_tasks: list[str] | None = None,
+        edit_source_tokens: bool = False,
         **kwargs,
     ):
         if text_config is None:
@@ -201,6 +207,7 @@ class HarmonConfig(PretrainedConfig):
         self.generation_prompt = generation_prompt
         self.unconditional_prompt = unconditional_prompt
         self.trained_tasks = list(trained_tasks) if isinstance(trained_tasks, (list, tuple)) else trained_tasks
+        self.edit_source_tokens = edit_source_tokens
         # One class serves several Auto classes; `save_pretrained` adds AutoConfig/AutoModel to this map.
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         if tie_word_embeddings is None:
@@ -225,6 +232,8 @@ class HarmonConfig(PretrainedConfig):
             isinstance(tasks, list) and all(isinstance(task, str) and task for task in tasks)
         ):
             raise ValueError(f"trained_tasks must be None or a list of task names, got {tasks!r}.")
+        if not isinstance(self.edit_source_tokens, bool):
+            raise ValueError(f"edit_source_tokens must be True or False, got {self.edit_source_tokens!r}.")
         if self.noise_schedule not in ("cosine", "linear"):
             raise ValueError(f"noise_schedule must be 'cosine' or 'linear', got {self.noise_schedule!r}.")
         if not 1 <= self.num_sampling_steps <= self.num_train_timesteps:

@@ -41,7 +41,7 @@ from .modeling_harmon_kernels import (
     stage_timer,
     write_cache_entry,
 )
-from .modeling_harmon_mar import HarmonMARDecoder, HarmonMAREncoder
+from .modeling_harmon_mar import HarmonEditSourceProjection, HarmonMARDecoder, HarmonMAREncoder
 from .modeling_harmon_onednn import onednn_linears
 from .modeling_harmon_sampler import HarmonMARSampler, PromptBatch, SamplerState
 from .modeling_harmon_settings import (
@@ -227,7 +227,10 @@ class HarmonPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         """MAR initialisation: xavier-uniform linears, N(0, 0.02) learned embeddings, zeroed adaLN/output layers."""
         super()._init_weights(module)
-        if isinstance(module, (HarmonMAREncoder, HarmonMARDecoder)):
+        if isinstance(module, HarmonEditSourceProjection):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, (HarmonMAREncoder, HarmonMARDecoder)):
             for name, parameter in module.named_parameters(recurse=False):
                 init.normal_(parameter, std=0.02)
             for submodule in module.modules():
@@ -270,6 +273,8 @@ class HarmonModel(HarmonPreTrainedModel):
             nn.Linear(text_hidden, text_hidden), nn.SiLU(), nn.Linear(text_hidden, config.encoder_hidden_size)
         )
         self.mar_decoder = HarmonMARDecoder(config)
+        # An edit's source tokens into the decoder (`config.edit_source_tokens`); None keeps the reference's layout.
+        self.edit_source_proj = HarmonEditSourceProjection(config) if config.edit_source_tokens else None
         self.diffusion_head = HarmonDiffusionHead(config)
         self.diffusion = HarmonGaussianDiffusion(config)
         self.post_init()
@@ -457,6 +462,37 @@ class HarmonModel(HarmonPreTrainedModel):
         if self.training and torch.is_grad_enabled() and self.config.visual_grad_scale != 1.0:
             features = _ScaleGradient.apply(features, self.config.visual_grad_scale)
         return self.place_image_features(input_ids, features), features
+
+    def edit_source_embeds(
+        self, input_ids: torch.LongTensor, pixel_values: torch.FloatTensor | None, grid: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """(B, rows*cols, C_dec) decoder inputs of the rows' edit sources (`config.edit_source_tokens`): each row's
+        FIRST image among `pixel_values` (the images of the rows' `<image>` placeholders, in order) as VAE tokens
+        through `edit_source_proj`, zeros for rows without an image. None when the model has no source path or
+        there are no images. The source must have the target's token grid: the tokens are added position by
+        position."""
+        if self.edit_source_proj is None or pixel_values is None:
+            return None
+        height, width = pixel_values.shape[-2:]
+        per_image = self.config.num_image_placeholders(height, width)
+        counts = (input_ids == self.config.image_token_id).sum(dim=1) // per_image
+        firsts = counts.cumsum(0) - counts
+        has_source = counts > 0
+        projected = self.project_edit_sources(pixel_values[firsts[has_source].to(pixel_values.device)], grid)
+        embeds = projected.new_zeros(input_ids.shape[0], *projected.shape[1:])
+        embeds[has_source.to(embeds.device)] = projected
+        return embeds
+
+    def project_edit_sources(self, pixel_values: torch.FloatTensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(N, rows*cols, C_dec): source images (N, 3, H, W) in [-1, 1] as VAE tokens through `edit_source_proj`."""
+        tokens = self.encode_images(pixel_values.to(self.vae.device, self.vae.dtype))
+        if tuple(tokens.shape[1:3]) != tuple(grid):
+            raise ValueError(
+                f"edit_source_tokens adds the source's tokens position by position, so an edit's first context image "
+                f"must have the target's token grid {tuple(grid)}; it has {tuple(tokens.shape[1:3])} "
+                f"({pixel_values.shape[-2]} x {pixel_values.shape[-1]} pixels)."
+            )
+        return self.edit_source_proj(tokens.flatten(1, 2).to(self.edit_source_proj.weight.dtype))
 
     def place_image_features(self, input_ids: torch.LongTensor, features: torch.Tensor) -> torch.Tensor:
         """Token embeddings with the `<image>` placeholders holding `features` (images, tokens, hidden), in order."""
@@ -908,7 +944,16 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             groups_of_rows = [tensor[g * count : (g + 1) * count] for g in range(groups)]
             return torch.cat([rows_.repeat_interleave(per_prompt, dim=0) for rows_ in groups_of_rows])
 
-        return PromptBatch(per_image(ids), per_image(mask), count * per_prompt, groups > 1, groups, per_image(embeds))
+        sources = None
+        if self.model.edit_source_proj is not None:
+            # Each prompt's first picture at the size being drawn: its tokens are added position by position.
+            size = {"height": settings.height, "width": settings.width}
+            first = processor.image_processor([pictures[0] for pictures in images], size=size, return_tensors="pt")
+            grid = (settings.height // self._token_stride(), settings.width // self._token_stride())
+            sources = self.model.project_edit_sources(first["pixel_values"], grid).repeat_interleave(per_prompt, dim=0)
+        return PromptBatch(
+            per_image(ids), per_image(mask), count * per_prompt, groups > 1, groups, per_image(embeds), sources
+        )
 
     @staticmethod
     def _context_image_lists(context_images, num_prompts: int) -> list[list]:
@@ -1305,7 +1350,8 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         else:
             prompt_embeds = model.embed_tokens(input_ids)
         encoded = model.bridge(encoded, attention_mask, prompt_embeds=prompt_embeds)
-        return model.mar_decoder(encoded, mask, (rows, cols)), target
+        source = model.edit_source_embeds(input_ids, context_pixel_values, (rows, cols))
+        return model.mar_decoder(encoded, mask, (rows, cols), source_embeds=source), target
 
     def text_to_image_loss(
         self,

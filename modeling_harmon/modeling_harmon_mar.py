@@ -152,6 +152,14 @@ class HarmonMAREncoder(nn.Module):
         return self.norm(hidden)
 
 
+class HarmonEditSourceProjection(nn.Linear):
+    """Source image tokens -> MAR decoder inputs (`config.edit_source_tokens`). A class of its own so that its
+    initialisation (zeros: a trained model starts unchanged) is told apart from the decoder's other linears."""
+
+    def __init__(self, config: HarmonConfig):
+        super().__init__(config.token_dim, config.decoder_hidden_size)
+
+
 class HarmonMARDecoder(nn.Module):
     """Fills masked positions with the mask token, runs the decoder blocks and returns the per-token head condition.
 
@@ -182,6 +190,7 @@ class HarmonMARDecoder(nn.Module):
         grid: tuple[int, int],
         select: torch.BoolTensor | None = None,
         num_selected: int | None = None,
+        source_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -193,6 +202,8 @@ class HarmonMARDecoder(nn.Module):
                 only the K tokens it predicts, so the last block runs its queries, MLP and norm on K rows only.
             num_selected: K, when the caller knows it: skips reading the counts back from the device (a sync on
                 GPUs); the caller vouches that every row of `select` has K entries.
+            source_embeds: optional (B, L, C_dec), added at the image positions of the input (an edit's projected
+                source tokens, `config.edit_source_tokens`; zero rows for rows without a source).
         """
         batch, length = mask.shape
         hidden = self.embed(encoded)
@@ -200,6 +211,8 @@ class HarmonMARDecoder(nn.Module):
         full = self.mask_token.to(hidden.dtype).repeat(batch, self.buffer_size + length, 1)
         full[keep] = hidden.reshape(-1, hidden.shape[-1])
         hidden = full + self.position_embedding(grid)
+        if source_embeds is not None:
+            hidden = torch.cat([hidden[:, : self.buffer_size], hidden[:, self.buffer_size :] + source_embeds], dim=1)
         diffusion_position = resize_position_embedding(self.diffusion_position_embed, self.grid, grid)
         if select is None:
             for layer in self.layers:
@@ -211,7 +224,9 @@ class HarmonMARDecoder(nn.Module):
                 raise ValueError("select must pick the same number of tokens in every row.")
             num_selected = int(counts[0])
         if not self.layers:
-            return self.forward(encoded, mask, grid)[select].reshape(batch, num_selected, -1)
+            return self.forward(encoded, mask, grid, source_embeds=source_embeds)[select].reshape(
+                batch, num_selected, -1
+            )
         # Stable sort puts the selected positions first, in raster order.
         index = torch.argsort((~select).to(torch.int8), dim=1, stable=True)[:, :num_selected]
         for layer in self.layers[:-1]:
@@ -220,4 +235,10 @@ class HarmonMARDecoder(nn.Module):
         return self.norm(hidden) + diffusion_position[0][index]
 
 
-__all__ = ["HarmonMAREncoder", "HarmonMARDecoder", "HarmonMARBlock", "resize_position_embedding"]
+__all__ = [
+    "HarmonEditSourceProjection",
+    "HarmonMAREncoder",
+    "HarmonMARDecoder",
+    "HarmonMARBlock",
+    "resize_position_embedding",
+]

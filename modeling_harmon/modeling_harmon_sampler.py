@@ -43,7 +43,9 @@ class PromptBatch:
     """Prompt rows the LLM reads before the image: (rows, P) ids and mask; with guidance, `num_images` conditional
     rows then as many unconditional rows (one per image, in the same order). Instruction editing with both guidance
     scales has three groups of rows: text and context images, context images only, neither (`groups` = 3).
-    `inputs_embeds` (rows, P, H): the rows' embeddings when context images fill their `<image>` placeholders."""
+    `inputs_embeds` (rows, P, H): the rows' embeddings when context images fill their `<image>` placeholders.
+    `source_embeds` (num_images, L, C_dec): each image's projected edit source (`config.edit_source_tokens`), given
+    to the rows that have the context images in view (text and images; images only), not to the "neither" rows."""
 
     input_ids: torch.LongTensor
     attention_mask: torch.LongTensor
@@ -51,6 +53,7 @@ class PromptBatch:
     guided: bool
     groups: int = 0  # 0: 2 when guided, else 1
     inputs_embeds: torch.Tensor | None = None
+    source_embeds: torch.Tensor | None = None
 
     def __post_init__(self):
         if not self.groups:
@@ -171,13 +174,19 @@ class HarmonMARSampler:
             tokens = state.tokens.repeat(groups, 1, 1) if groups > 1 else state.tokens
             encoded = model.mar_encoder(tokens, decoder_mask, self.grid)
         encoded = model.bridge(encoded, prompts.attention_mask, cache=cache)
+        sources = prompts.source_embeds
+        if sources is not None and groups > 1:
+            with_images = [sources] * min(groups, 2)  # text and images; images only
+            sources = torch.cat(with_images + [torch.zeros_like(sources)] * (groups - len(with_images)))
         if self.speedups.decoder_selected_positions:
             select = to_predict.repeat(groups, 1) if groups > 1 else to_predict
-            decoded = model.mar_decoder(encoded, decoder_mask, self.grid, select=select, num_selected=num_predicted)
+            decoded = model.mar_decoder(
+                encoded, decoder_mask, self.grid, select=select, num_selected=num_predicted, source_embeds=sources
+            )
             decoded = decoded.reshape(-1, batch * decoded.shape[1], decoded.shape[-1])
             parts = [decoded[group] for group in range(groups)]
         else:
-            decoded = model.mar_decoder(encoded, decoder_mask, self.grid)
+            decoded = model.mar_decoder(encoded, decoder_mask, self.grid, source_embeds=sources)
             parts = [decoded[group * batch : (group + 1) * batch][to_predict] for group in range(groups)]
         if groups == 1:
             return parts[0], None

@@ -320,4 +320,3 @@ def test_head_profile_reports_parts_and_bounds(tmp_path):
         assert timing["modulations_s"] > 0
     with pytest.raises(SystemExit):
         head_profile.parse_args(["--rows", "0"])
-

@@ -47,7 +47,9 @@ def test_a_grown_model_computes_what_the_checkpoint_did(plain_checkpoint, tmp_pa
         torch.testing.assert_close(grown(input_ids=_ids(grown)).logits, before(input_ids=_ids(before)).logits)
         # the KV cache is indexed by layer_idx: greedy decoding with it must agree too
         kwargs = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
-        assert torch.equal(grown.generate(input_ids=_ids(grown), **kwargs), before.generate(input_ids=_ids(before), **kwargs))
+        assert torch.equal(
+            grown.generate(input_ids=_ids(grown), **kwargs), before.generate(input_ids=_ids(before), **kwargs)
+        )
 
     grown.save_pretrained(tmp_path / "grown")
     reloaded = HarmonForConditionalGeneration.from_pretrained(tmp_path / "grown")

@@ -30,7 +30,13 @@ DEFAULT_GROUPS = {
         "trainable": True,
     },
     "mar_decoder": {
-        "patterns": [r"model\.proj_out\.", r"model\.mar_decoder\.", r"model\.diffusion_head\."],
+        # with the decoder: an edit's source tokens (`edit_source_tokens`) are the decoder's inputs
+        "patterns": [
+            r"model\.proj_out\.",
+            r"model\.mar_decoder\.",
+            r"model\.edit_source_proj\.",
+            r"model\.diffusion_head\.",
+        ],
         "lr": 1e-4,
         "trainable": True,
     },
@@ -214,8 +220,10 @@ def validate(config: dict) -> None:
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
         raise ConfigError(f"model.llm_depth must be a positive integer (LLM layers) or null, got {depth!r}.")
     if depth is not None and config["model"]["init"] != "pretrained":
-        raise ConfigError("model.llm_depth grows a trained checkpoint (init: pretrained); with init: from_config "
-                          "set the LLM's num_hidden_layers in model.config instead.")
+        raise ConfigError(
+            "model.llm_depth grows a trained checkpoint (init: pretrained); with init: from_config "
+            "set the LLM's num_hidden_layers in model.config instead."
+        )
     if config["model"]["dtype"] not in ("float32", "bfloat16"):
         raise ConfigError(f"model.dtype must be 'float32' or 'bfloat16', got {config['model']['dtype']!r}.")
     size = config["image_size"]

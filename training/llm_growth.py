@@ -53,6 +53,8 @@ def grow_llm_depth(model, depth: int) -> int:
     if layer_types is not None:
         # a copy attends as the layer it was copied from
         text_config.layer_types = [
-            kind for kind, count in zip(layer_types, _new_layers_after(old, depth - old)) for kind in [kind] * (1 + count)
+            kind
+            for kind, count in zip(layer_types, _new_layers_after(old, depth - old))
+            for kind in [kind] * (1 + count)
         ]
     return depth - old
