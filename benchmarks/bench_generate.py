@@ -189,7 +189,8 @@ def stage_targets(model) -> dict[str, list[tuple[object, str]]]:
 
 
 def generate(model, prompts: dict, args: argparse.Namespace, num_iter: int, head_steps: int, decode: bool = True):
-    """One `generate_images` call at the run's size and guidance, with one seeded generator per image."""
+    """One `generate_images` call at the run's size and guidance, with one seeded generator per image; `prompts` are
+    its prompt keywords (the synthetic prompt ids, or the edit cell's instruction and context image)."""
     generators = [torch.Generator().manual_seed(SEED + index) for index in range(args.batch)]
     return model.generate_images(
         **prompts,
@@ -257,23 +258,6 @@ def inpaint(
     )
 
 
-def edit(model, edit_kwargs: dict, args: argparse.Namespace, num_iter: int, head_steps: int, decode: bool = True):
-    """One instruction-editing `generate_images` call at the run's size, iterations and both guidance scales."""
-    generators = [torch.Generator().manual_seed(SEED + index) for index in range(args.batch)]
-    return model.generate_images(
-        **edit_kwargs,
-        num_images_per_prompt=args.batch,
-        height=args.size,
-        width=args.size,
-        num_iter=num_iter,
-        guidance_scale=args.cfg,
-        image_guidance_scale=args.image_cfg,
-        num_sampling_steps=head_steps,
-        generator=generators,
-        decode=decode,
-    )
-
-
 def timed_generation(model, prompts: dict, args: argparse.Namespace, canvas=None, edit_kwargs=None) -> dict:
     """Wall time of one full `generate_images` call, and of each stage in it. With an inpaint `canvas`, the call
     starts from it (its VAE encode timed as `vae_encode`) and `iterations` counts the MAR iterations it ran; with
@@ -285,10 +269,8 @@ def timed_generation(model, prompts: dict, args: argparse.Namespace, canvas=None
         targets["vae_encode"] = [(model.model, "encode_images")]
     with stage_meter(targets, clock) as totals:
         start, cpu_start = clock(), time.process_time()
-        if edit_kwargs is not None:
-            edit(model, edit_kwargs, args, args.num_iter, args.head_steps)
-        elif canvas is None:
-            generate(model, prompts, args, args.num_iter, args.head_steps)
+        if canvas is None:
+            generate(model, edit_kwargs or prompts, args, args.num_iter, args.head_steps)
         else:
             inpaint(model, prompts, args, canvas, args.head_steps, callback=lambda step, *_: steps.append(step))
         total, cpu = clock() - start, time.process_time() - cpu_start
@@ -324,7 +306,9 @@ def measure_configuration(args: argparse.Namespace, spec: dict) -> dict:
     if canvas is not None:
         full_image_iterations(model, args.num_iter)
     edit_kwargs = (
-        edit_inputs(model, inpaint_canvas(args.size, token_stride(model.config))[0]) if spec.get("edit") else None
+        edit_inputs(model, inpaint_canvas(args.size, token_stride(model.config))[0], args.batch, args.image_cfg)
+        if spec.get("edit")
+        else None
     )
     kernels = model.linear_kernels(args.size, args.size) if model.sampling_speedups.onednn_linears else None
     try:

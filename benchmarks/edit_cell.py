@@ -22,13 +22,20 @@ from modeling_harmon.demo import build_byte_tokenizer
 EDIT_INSTRUCTION = "make the circle on the left blue"  # about a sentence of the Shapes world; bytes as tokens
 
 
-def edit_inputs(model, canvas_image: torch.Tensor) -> dict:
-    """`generate_images` keywords of the edit cell: the instruction, the context image (`canvas_image` (3, H, W) in
-    [0, 1] as a PIL image) and a tokenizer whose `<image>` id the model is told."""
+def edit_inputs(model, canvas_image: torch.Tensor, batch: int, image_guidance_scale: float) -> dict:
+    """The prompt keywords of the edit cell's `generate_images` calls (in place of text-to-image's prompt ids): the
+    instruction, the context image (`canvas_image` (3, H, W) in [0, 1] as a PIL image), `batch` images of it, the
+    image guidance, and a tokenizer whose `<image>` id the model is told."""
     tokenizer, image_token_id = build_byte_tokenizer()
     model.config.image_token_id = image_token_id
     pixels = (canvas_image.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    return {"prompt": EDIT_INSTRUCTION, "context_images": Image.fromarray(pixels), "tokenizer": tokenizer}
+    return {
+        "prompt": EDIT_INSTRUCTION,
+        "context_images": Image.fromarray(pixels),
+        "tokenizer": tokenizer,
+        "num_images_per_prompt": batch,
+        "image_guidance_scale": image_guidance_scale,
+    }
 
 
 def row_groups(guidance_scale: float, image_guidance_scale: float | None) -> int:

@@ -946,11 +946,13 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
 
         sources = None
         if self.model.edit_source_proj is not None:
-            # Each prompt's first picture at the size being drawn: its tokens are added position by position.
+            # Each prompt's first picture at the size being drawn: its tokens are added position by position, in
+            # the rows that show the pictures (text and images; images only), not in the "neither" rows.
             size = {"height": settings.height, "width": settings.width}
             first = processor.image_processor([pictures[0] for pictures in images], size=size, return_tensors="pt")
             grid = (settings.height // self._token_stride(), settings.width // self._token_stride())
-            sources = self.model.project_edit_sources(first["pixel_values"], grid).repeat_interleave(per_prompt, dim=0)
+            projected = self.model.project_edit_sources(first["pixel_values"], grid)
+            sources = per_image(torch.cat([projected] * min(groups, 2) + [torch.zeros_like(projected)] * (groups - 2)))
         return PromptBatch(
             per_image(ids), per_image(mask), count * per_prompt, groups > 1, groups, per_image(embeds), sources
         )

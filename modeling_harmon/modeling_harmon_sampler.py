@@ -44,8 +44,8 @@ class PromptBatch:
     rows then as many unconditional rows (one per image, in the same order). Instruction editing with both guidance
     scales has three groups of rows: text and context images, context images only, neither (`groups` = 3).
     `inputs_embeds` (rows, P, H): the rows' embeddings when context images fill their `<image>` placeholders.
-    `source_embeds` (num_images, L, C_dec): each image's projected edit source (`config.edit_source_tokens`), given
-    to the rows that have the context images in view (text and images; images only), not to the "neither" rows."""
+    `source_embeds` (rows, L, C_dec): each row's projected edit source (`config.edit_source_tokens`) for the MAR
+    decoder, zeros in the rows without the context images (the "neither" group)."""
 
     input_ids: torch.LongTensor
     attention_mask: torch.LongTensor
@@ -175,9 +175,6 @@ class HarmonMARSampler:
             encoded = model.mar_encoder(tokens, decoder_mask, self.grid)
         encoded = model.bridge(encoded, prompts.attention_mask, cache=cache)
         sources = prompts.source_embeds
-        if sources is not None and groups > 1:
-            with_images = [sources] * min(groups, 2)  # text and images; images only
-            sources = torch.cat(with_images + [torch.zeros_like(sources)] * (groups - len(with_images)))
         if self.speedups.decoder_selected_positions:
             select = to_predict.repeat(groups, 1) if groups > 1 else to_predict
             decoded = model.mar_decoder(
