@@ -84,10 +84,12 @@ class HarmonCausalLMOutputWithPast(ModelOutput):
 
 @dataclass
 class HarmonImageGenerationOutput(ModelOutput):
-    """`images`: float32 (B, 3, H, W) in [-1, 1] (not clamped); `latents`: (B, C, H/stride, W/stride), scaled VAE space."""
+    """`images`: float32 (B, 3, H, W) in [-1, 1] (not clamped); `latents`: (B, C, H/stride, W/stride), scaled VAE space;
+    `descriptions`: with `edit_mode="describe"`, the text drawn for each prompt (the model's account of the edit)."""
 
     images: torch.FloatTensor | None = None
     latents: torch.FloatTensor | None = None
+    descriptions: list[str] | None = None
 
 
 @dataclass
@@ -1060,6 +1062,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         mask_image=None,
         context_images=None,
         preset: str | None = None,
+        edit_mode: str | None = None,
     ) -> HarmonImageGenerationOutput | tuple:
         r"""
         Text-to-image generation by masked autoregression in MAR token space.
@@ -1091,6 +1094,13 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                 (VAE -> MAR encoder -> projection, `<image>` placeholders before the instruction, as a question's
                 image), so the model draws with them in view. A further edit turn passes the previous result as the
                 context image. They combine with `init_image` / `mask_image` (an edit inside a mask).
+            edit_mode: how an instruction about `context_images` is followed. `"direct"`: draw with the images in
+                view (above). `"describe"`: the model first writes what the edited picture shows, answering the
+                instruction about the images through its understanding path ([`describe_edits`], greedy), then
+                draws that text as a text-to-image prompt (with `init_image` / `mask_image` if given); the texts are
+                returned as `descriptions`. Default: the checkpoint's `generation_config.image_generation`, else
+                `"direct"`. Without `context_images` it has nothing to apply to (a resolved settings dict may carry
+                it into any call).
             image_guidance_scale: guidance of the context images (>= 1; 1 turns it off). With it and
                 `guidance_scale`, each step runs three row groups (text and images; images only; neither) and guides
                 as InstructPix2Pix: `eps_n + s_I (eps_i - eps_n) + s_T (eps_c - eps_i)`; with `image_guidance_scale`
@@ -1127,7 +1137,19 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             x0_clamp=x0_clamp,
             strength=strength,
             image_guidance_scale=image_guidance_scale,
+            edit_mode=edit_mode,
         )
+        descriptions = None
+        if context_images is not None and settings.edit_mode == "describe":
+            if image_guidance_scale is not None and settings.image_guidance_scale != 1.0:  # a stored scale is direct's
+                raise HarmonSettingError(
+                    "image_guidance_scale",
+                    "guides the context images while drawing (edit_mode 'direct'); with edit_mode 'describe' the "
+                    f"model draws its description of the result, so use 1 (got {settings.image_guidance_scale!r}).",
+                )
+            descriptions = self.describe_edits(prompt, context_images, tokenizer=tokenizer, processor=processor)
+            prompt, context_images = descriptions, None
+            settings = dataclasses.replace(settings, image_guidance_scale=1.0)
         if settings.image_guidance_scale != 1.0 and context_images is None:
             raise HarmonSettingError(
                 "image_guidance_scale",
@@ -1185,7 +1207,58 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             self._check_finite(images, "images", settings)
         if not return_dict:
             return images, latents
-        return HarmonImageGenerationOutput(images=images, latents=latents)
+        return HarmonImageGenerationOutput(images=images, latents=latents, descriptions=descriptions)
+
+    @torch.no_grad()
+    def describe_edits(
+        self, prompt, context_images, tokenizer=None, processor=None, max_new_tokens: int = 64
+    ) -> list[str]:
+        """What each edited picture should show, in the model's words: instruction `prompt[i]` asked about its
+        `context_images` as a question is asked (the processor's chat template, the images before the text), answered
+        greedily. A unified model edits this way by reading with its understanding path and drawing with its
+        generation path (`generate_images(edit_mode="describe")`); a model trained for it (the embedded Shapes model)
+        answers an instruction with the edited scene's caption. Raises a ValueError naming the prompt if an answer is
+        empty."""
+        if prompt is None:
+            raise ValueError("edit_mode 'describe' needs the instruction as prompt text (not input_ids).")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
+        if not prompts or not all(isinstance(item, str) for item in prompts):
+            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r:.100}.")
+        if not _is_int(max_new_tokens) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}.")
+        images = self._context_image_lists(context_images, len(prompts))
+        processor = self._prompt_processor(tokenizer, processor)
+        texts = [
+            processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}] * len(pictures) + [{"type": "text", "text": text}]}],
+                add_generation_prompt=True,
+            )
+            for text, pictures in zip(prompts, images)
+        ]
+        try:
+            inputs = processor(
+                text=texts,
+                images=[picture for pictures in images for picture in pictures],
+                return_tensors="pt",
+                padding=True,
+                padding_side="left",
+            )
+        except ValueError as error:
+            raise ValueError(f"context_images: {error}") from None
+        inputs = inputs.to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        output = self.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        answers = [
+            text.strip()
+            for text in processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        ]
+        for index, (text, answer) in enumerate(zip(prompts, answers)):
+            if not answer:
+                raise ValueError(
+                    f"prompt[{index}] ({text!r:.80}): the model wrote no description of the edited picture; this "
+                    "checkpoint may not be trained for edit_mode 'describe': use edit_mode 'direct'."
+                )
+        return answers
 
     def _canvas_size(self, pixels: torch.Tensor, height: int | None, width: int | None) -> tuple[int, int]:
         """(height, width) of an init image; given sizes must match it, and its sides must fit the token grid."""

@@ -20,6 +20,9 @@ from collections.abc import Mapping
 from typing import Any
 
 
+EDIT_MODES = ("direct", "describe")
+
+
 class HarmonSettingError(ValueError):
     """An image-generation setting that cannot be used. `field`: the setting's name (a field of
     [`HarmonImageGenerationSettings`], or "sampling": the name of a preset); `argument`: the name the caller passed it
@@ -60,6 +63,14 @@ class HarmonImageGenerationSettings:
     )
     image_guidance_scale: float = _setting(
         1.0, "classifier-free guidance scale of the context images (>= 1; 1 = off)", "--image-cfg", stored=False
+    )
+    # How an instruction about context images is followed: "direct" draws with the images in view (their features in
+    # the prompt); "describe" first has the model write what the edited picture shows (its understanding path, greedy)
+    # and then draws that text. A checkpoint stores the way it was trained for.
+    edit_mode: str = _setting(
+        "direct",
+        "'direct' (draw with the images in view) or 'describe' (write the result, then draw it)",
+        "--edit-mode",
     )
 
     # ----------------------------------------------------------------------------------------------- names
@@ -131,6 +142,8 @@ class HarmonImageGenerationSettings:
             fail("x0_clamp", f"must be None or a number > 0, got {self.x0_clamp!r}.")
         if not _is_number(self.strength) or not 0.0 <= self.strength <= 1.0:
             fail("strength", f"must be a number in [0, 1], got {self.strength!r}.")
+        if self.edit_mode not in EDIT_MODES:
+            fail("edit_mode", f"must be one of {', '.join(map(repr, EDIT_MODES))}, got {self.edit_mode!r}.")
         return self
 
 

@@ -247,6 +247,10 @@ class HarmonPipeline(DiffusionPipeline):
         """`generate_images` arguments: the resolved settings, plus the image-conditioned inputs of a subclass's call,
         whose MAR iterations the model scales by the share of tokens drawn unless the caller gave them."""
         arguments = settings.to_dict()
+        if self._context.get("context_images") is None:
+            arguments.pop("edit_mode")  # how an instruction about pictures is followed: text-to-image has none
+        elif arguments["edit_mode"] == "describe" and self._context.get("image_guidance_scale") is None:
+            arguments["image_guidance_scale"] = None  # a stored scale guides direct edits; "describe" draws text
         if self._canvas:
             arguments.update({name: value for name, value in self._canvas.items() if name != "strength"})
             if num_inference_steps is None:
@@ -349,6 +353,7 @@ class HarmonPipeline(DiffusionPipeline):
             x0_clamp=x0_clamp,
             strength=self._canvas.get("strength"),
             image_guidance_scale=self._context.get("image_guidance_scale"),
+            edit_mode=self._context.get("edit_mode"),
         )
         self._guidance_scale = settings.guidance_scale
         self._num_timesteps = settings.num_iter
@@ -412,6 +417,7 @@ class HarmonPipeline(DiffusionPipeline):
                 callback=on_iteration,
                 decode=output_type != "latent",
             )
+        self._descriptions = generated.descriptions  # edit_mode "describe": what was drawn, for a subclass's output
 
         # 3. Decode (done by the model's VAE above) and convert.
         if output_type == "latent":

@@ -8,11 +8,21 @@ name is deleted once the subclass is defined. Imports only the standard library,
 """
 
 import warnings
+from dataclasses import dataclass
 
 import torch
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
 from .pipeline_harmon import HarmonPipeline
+
+
+@dataclass
+class HarmonImageEditPipelineOutput(ImagePipelineOutput):
+    """`images` as diffusers' pipelines return them; `descriptions`: with `edit_mode="describe"`, the model's text of
+    each edited picture (what it drew, one per prompt), else None."""
+
+    descriptions: list[str] | None = None
 
 
 def edit_training_warning(config) -> str | None:
@@ -38,6 +48,10 @@ class HarmonImageEditPipeline(HarmonPipeline):
     Takes every argument of [`HarmonPipeline`] plus:
         image (PIL image, list of PIL images, or one such list per prompt): the picture(s) the instruction is about;
             several images are all seen by the LLM, in order (e.g. the picture to edit and a reference).
+        edit_mode (`str`, *optional*): `"direct"` draws with the image(s) in view; `"describe"` has the model first
+            write what the edited picture shows (reading the image(s) and the instruction as it reads a question)
+            and then draw that text, returned as the output's `descriptions` (default: the checkpoint's stored
+            mode, else `"direct"`).
         image_guidance_scale (`float`, *optional*): classifier-free guidance of the image(s), >= 1 (1 = off; default:
             the checkpoint's stored value, else 1). With it, each MAR step runs three row groups (text and image; image
             only; neither) and guides as InstructPix2Pix; `guidance_scale` then scales the instruction's effect.
@@ -60,7 +74,15 @@ class HarmonImageEditPipeline(HarmonPipeline):
         return resolved
 
     @torch.no_grad()
-    def __call__(self, prompt=None, image=None, mask_image=None, image_guidance_scale: float | None = None, **kwargs):
+    def __call__(
+        self,
+        prompt=None,
+        image=None,
+        mask_image=None,
+        image_guidance_scale: float | None = None,
+        edit_mode: str | None = None,
+        **kwargs,
+    ):
         """See the class docstring. Errors of the model about its `context_images` / `init_image` name `image`, this
         call's argument."""
         canvas = self._check_image(image)
@@ -84,9 +106,13 @@ class HarmonImageEditPipeline(HarmonPipeline):
                     )
                 kwargs[name] = int(value)
             self._canvas = {"init_image": canvas, "mask_image": mask_image, "strength": None}
-        self._context = {"context_images": image, "image_guidance_scale": image_guidance_scale}
+        self._context = {"context_images": image, "image_guidance_scale": image_guidance_scale, "edit_mode": edit_mode}
+        self._descriptions = None
         try:
-            return super().__call__(prompt, **kwargs)
+            output = super().__call__(prompt, **kwargs)
+            if isinstance(output, tuple):
+                return output
+            return HarmonImageEditPipelineOutput(images=output.images, descriptions=self._descriptions)
         except ValueError as error:
             text = str(error)
             if type(error) is not ValueError or not any(name in text for name in ("context_images", "init_image")):

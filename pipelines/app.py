@@ -858,18 +858,22 @@ class HarmonDemo:
             "temperature": settings["temperature"],
         }
 
+        described = []  # edit_mode "describe": the model's text of the result, shown with it
+
         def run(callback):
             pipe = HarmonImageEditPipeline(model=self.model, tokenizer=self.tokenizer)
             pipe.set_progress_bar_config(disable=True)
             pipe._warned_untrained = True  # the tab says so
-            return pipe(
+            output = pipe(
                 prompt=instruction,
                 image=[picture],
                 generator=[torch.Generator().manual_seed(seed)],
                 callback_on_step_end=callback,
                 callback_on_step_end_tensor_inputs=["latents", "mask"],
                 **arguments,
-            ).images
+            )
+            described[:] = output.descriptions or []
+            return output.images
 
         started = time.perf_counter()
         yield None, None, f"Editing, seed {seed}...", seed, gr.skip()
@@ -880,8 +884,13 @@ class HarmonDemo:
                 continue
             images, stopped_at = payload
             metadata = {"prompt": instruction, "seed": seed, "settings": arguments, "model": self.name, "mode": "edit"}
+            if described:
+                metadata["description"] = described[0]
             path = self._save(images[0], metadata)
             status = f"Edited in {time.perf_counter() - started:.1f} s, seed {seed}."
+            if described:
+                status += f' The model described the result as "{described[0]}" and drew that.'
+
             if stopped_at is not None:
                 status = f"Stopped after MAR iteration {stopped_at}: the tokens drawn so far, the rest left empty."
             yield enlarge(images[0], self.display_side), path, status, seed, images[0]

@@ -462,6 +462,14 @@ def resolve_jobs(jobs: list[Job], model, *, sampling: str | None = None, max_sid
             except HarmonSettingError as error:
                 raise CommandError(f'{where}: "image_cfg" {_show("image_cfg", edit.image_cfg)}: {error}') from None
             settings["image_guidance_scale"] = scale.image_guidance_scale
+            settings["edit_mode"] = scale.edit_mode  # the model's, as `harmon edit` without --edit-mode
+            if scale.edit_mode == "describe" and scale.image_guidance_scale != 1.0:
+                if edit.image_cfg is not None:
+                    raise CommandError(
+                        f'{where}: "image_cfg" {_show("image_cfg", edit.image_cfg)}: guides the picture while drawing; '
+                        "this model edits by describing the result (edit_mode describe), so leave it out"
+                    )
+                settings["image_guidance_scale"] = 1.0  # the model's stored scale is for its direct mode
         if masked_edit:
             edit = dataclasses.replace(edit, tokens=_mask_tokens(edit.mask, edit.size, stride, where, masks))
             steps = settings["num_inference_steps"]

@@ -457,9 +457,14 @@ def image_metadata(prompt: str, seed: int, settings: dict, model_name: str) -> d
 def draw(pipe, prompts: list[str], seeds: list[int], settings: dict, **inputs) -> list:
     """PIL images, image i drawn from `prompts[i]` with its own generator seeded `seeds[i]` (`inputs`: the image
     inputs of an image-conditioned pipeline). Running out of memory is a [`CommandError`] that says what to shrink."""
+    return draw_output(pipe, prompts, seeds, settings, **inputs).images
+
+
+def draw_output(pipe, prompts: list[str], seeds: list[int], settings: dict, **inputs):
+    """[`draw`]'s pipeline output, with whatever else the pipeline returns (an edit's `descriptions`)."""
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     try:
-        return pipe(prompt=prompts, generator=generators, output_type="pil", **settings, **inputs).images
+        return pipe(prompt=prompts, generator=generators, output_type="pil", **settings, **inputs)
     except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
         if not any(text in str(error).lower() for text in OUT_OF_MEMORY) and not isinstance(error, MemoryError):
             raise
@@ -531,11 +536,17 @@ def draw_to_files(
     with tqdm(total=n, unit="image", disable=n <= chunk) as progress:
         for start in range(0, n, chunk):
             seeds = [seed + k for k in range(start, min(n, start + chunk))]
-            images = draw(pipe, [prompt] * len(seeds), seeds, settings, **inputs)
+            output = draw_output(pipe, [prompt] * len(seeds), seeds, settings, **inputs)
+            descriptions = getattr(output, "descriptions", None) or [None] * len(seeds)
             paths[0].parent.mkdir(parents=True, exist_ok=True)  # only once there is something to write
-            for image, image_seed, path in zip(images, seeds, paths[start:]):
-                save(image, path, {**image_metadata(prompt, image_seed, settings, model_name), **(metadata or {})})
-                print(path)
+            for image, image_seed, path, text in zip(output.images, seeds, paths[start:], descriptions):
+                extra = {} if text is None else {"description": text}  # an edit's own account of what it drew
+                save(
+                    image,
+                    path,
+                    {**image_metadata(prompt, image_seed, settings, model_name), **(metadata or {}), **extra},
+                )
+                print(path if text is None else f"{path}\t{text}")
                 progress.update()
 
 

@@ -21,7 +21,7 @@ import math
 import sys
 from pathlib import Path
 
-from modeling_harmon.modeling_harmon_settings import HarmonSettingError
+from modeling_harmon.modeling_harmon_settings import EDIT_MODES, HarmonSettingError
 from modeling_harmon.pipeline_harmon_edit import HarmonImageEditPipeline, edit_training_warning
 
 from .cli import (
@@ -79,6 +79,12 @@ def add_edit_command(commands, add_setting_arguments, add_model_arguments) -> No
     parser.add_argument("--seed", type=_seed_argument, default=0, help="seed of image 0; image k uses seed + k")
     parser.add_argument("--batch-size", type=_positive_int_argument, default=IMAGES_PER_CALL, metavar="B")
     parser.add_argument("--max-images", type=_positive_int_argument, default=MAX_IMAGES, metavar="N")
+    parser.add_argument(
+        "--edit-mode",
+        choices=EDIT_MODES,
+        help="direct: draw with the picture in view; describe: the model writes what the edited picture shows "
+        "(printed after each file name and kept in its metadata), then draws it (default: the model's)",
+    )
     add_setting_arguments(parser, EDIT_FIELDS)
     add_model_arguments(parser)
     parser.set_defaults(run=run_edit)
@@ -137,6 +143,14 @@ def run_edit(args) -> None:
         model, options, lambda key: f"--{key.replace('_', '-')} {_show(key, options[key])}", args.sampling
     )
     settings["image_guidance_scale"] = image_cfg_setting(model, cfg, args.sampling, f"--image-cfg {_show('cfg', cfg)}")
+    settings["edit_mode"] = model.image_generation_settings(args.sampling, edit_mode=args.edit_mode).edit_mode
+    if settings["edit_mode"] == "describe" and settings["image_guidance_scale"] != 1.0:
+        if cfg is not None:
+            raise CommandError(
+                f"--image-cfg {_show('cfg', cfg)}: guides the picture while drawing (--edit-mode direct); with "
+                "--edit-mode describe the model draws its description, so leave it out"
+            )
+        settings["image_guidance_scale"] = 1.0  # the model's stored scale is for its direct mode
     if mask is not None:
         settings.update(height=pictures[0].height, width=pictures[0].width)
         if args.steps is None:  # the model scales its iterations by the share of tokens drawn

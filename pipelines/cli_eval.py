@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from modeling_harmon.atomic_files import atomic_path, write_json
-from modeling_harmon.modeling_harmon_settings import HarmonImageGenerationSettings, HarmonSettingError
+from modeling_harmon.modeling_harmon_settings import EDIT_MODES, HarmonImageGenerationSettings, HarmonSettingError
 
 from .cli import (
     PIPELINE_NAMES,
@@ -73,6 +73,12 @@ def add_eval_command(commands, add_setting_arguments, add_model_arguments) -> No
         help="picks the prompts and questions; image i is drawn with seed + i (default 0)",
     )
     add_setting_arguments(shapes, EVAL_FIELDS)
+    shapes.add_argument(
+        "--edit-mode",
+        choices=EDIT_MODES,
+        help="--task edit: direct (draw with the source in view) or describe (the model writes the edited scene, "
+        "then draws it; its texts are scored too) (default: the model's)",
+    )
     shapes.add_argument(
         "--batch-size",
         type=_positive_int_argument,
@@ -152,6 +158,8 @@ def run_shapes_eval(args) -> None:
         raise CommandError("--task phrasing scores generation and VQA together; drop --skip-generation/--skip-vqa")
     if args.json is not None and args.json.is_dir():
         raise CommandError(f"--json {str(args.json)!r} is a folder; give a file name")
+    if args.edit_mode is not None and args.task != "edit":
+        raise CommandError(f"--edit-mode applies to --task edit, not --task {args.task}")
     if args.write_geneval_metadata is not None or args.score_geneval is not None:
         return _run_shapes_geneval(args)
     model, tokenizer = _load(args)
@@ -257,6 +265,8 @@ def _run_canvas_eval(args, model, tokenizer, given: dict) -> None:
     settings = {PIPELINE_NAMES.get(field, field): value for field, value in given.items() if value is not None}
     if args.sampling is not None:
         settings["sampling"] = args.sampling
+    if args.edit_mode is not None:
+        settings["edit_mode"] = args.edit_mode
     if args.task == "inpaint":
         from harmon_training.shapes.evaluation_inpaint import evaluate_inpaint
 
@@ -273,8 +283,8 @@ def _run_canvas_eval(args, model, tokenizer, given: dict) -> None:
         results = evaluate_edit(model, tokenizer, n=args.n, seed=args.seed, settings=settings)
         groups = {"all": results, **results["by_group"], **results["by_operation"]}
         for group, scores in groups.items():
-            for name in ("success", "preservation", "unchanged"):
-                if scores[name] is not None:
+            for name in ("success", "preservation", "unchanged", "description"):
+                if scores.get(name) is not None:
                     print(_share_line(f"{group} {name}", scores[name]))
         if results["edit_warning"] is not None:
             print(f"harmon eval shapes: warning: {results['edit_warning']}", file=sys.stderr)

@@ -385,13 +385,13 @@ def test_resume_redraws_only_matching_images(root, tmp_path, capsys):
 
 def test_many_images_are_drawn_in_chunks_with_the_same_seeds(root, tmp_path, capsys, monkeypatch):
     calls = []
-    draw = cli.draw
+    draw = cli.draw_output
 
-    def counting(pipe, prompts, seeds, settings):
+    def counting(pipe, prompts, seeds, settings, **inputs):
         calls.append(list(seeds))
-        return draw(pipe, prompts, seeds, settings)
+        return draw(pipe, prompts, seeds, settings, **inputs)
 
-    monkeypatch.setattr(cli, "draw", counting)
+    monkeypatch.setattr(cli, "draw_output", counting)
     model = ["--model", root / "model", *FAST, "-n", "3", "--seed", "4"]
     code, _ = _generate(
         capsys, "generate", "a red circle", "-o", tmp_path / "chunked.png", "--batch-size", "2", *model

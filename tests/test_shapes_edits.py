@@ -524,6 +524,32 @@ def test_make_data_writes_distill_records_whose_teacher_is_the_canonical_caption
     assert abs(kinds.count("both") / 20000 - EDIT_DISTILL_DROPOUT[1]) < 0.01
 
 
+def test_make_data_writes_edit_descriptions_answered_by_the_targets_caption(tmp_path):
+    """edit_descriptions.jsonl (stage IV of edit_mode "describe"): one LLaVA record per edit, the source picture and
+    the instruction answered by the target scene's canonical caption, readable as a `vqa` source."""
+    import random
+
+    from training.data.sources import SourceSpec, load_source
+    from training.shapes.edits import render_edit, sample_edit
+
+    write_data(tmp_path / "free", scenes=10, seed=1, free_phrasing=True, edits=12)
+    folder = tmp_path / "free"
+    edits = [json.loads(line) for line in (folder / "edits.jsonl").read_text().splitlines()]
+    source = load_source(SourceSpec(kind="vqa", format="jsonl", path=str(folder / "edit_descriptions.jsonl")))
+    records = [source[index] for index in range(len(source))]
+    assert len(records) == len(edits) == 12
+    rng = random.Random("shapes-edits-1")  # write_edit_records' draws, replayed: the edits themselves
+    for edit, record in zip(edits, records, strict=True):
+        expected = sample_edit(rng, "train")
+        render_edit(expected, rng)
+        assert expected.instruction == edit["instruction"]
+        assert Path(record["image"]) == folder / edit["source"]
+        assert [turn["value"] for turn in record["messages"]] == [
+            f"<image>\n{edit['instruction']}",
+            expected.target.caption(),
+        ]
+
+
 def main_make_data(argv: list[str]) -> int:
     from training.shapes.make_data import main as make_data
 

@@ -12,6 +12,8 @@ instruction with the source in view (`generate_images(instruction, context_image
   position; only items with such an object count (moves and swaps touch every object);
 - `unchanged`: the checker still reads the SOURCE scene (no edit made, a copy): the failure a model that only
   reconstructs its input shows;
+- `description` (edit_mode "describe" only): the model's text of the edit is the target's canonical caption, so a
+  failure can be told apart as reading/reasoning (a wrong text) or drawing (a right text drawn wrong);
 - each by operation, and for seen items, held-out combinations and held-out phrasings apart.
 
 Free phrasing (`harmon eval shapes --task phrasing`, [`evaluate_phrasing`]): text-to-image and VQA with the
@@ -71,7 +73,10 @@ def _scores(rows: list[dict]) -> dict:
         values = [row[key] for row in rows if row[key] is not None]
         return share_with_se(values) if values else None
 
-    return {"success": share("success"), "preservation": share("preservation"), "unchanged": share("unchanged")}
+    scores = {"success": share("success"), "preservation": share("preservation"), "unchanged": share("unchanged")}
+    if any(row["description"] is not None for row in rows):
+        scores["description"] = share("description")
+    return scores
 
 
 def _to_pixels(images: torch.Tensor) -> list[np.ndarray]:
@@ -81,7 +86,12 @@ def _to_pixels(images: torch.Tensor) -> list[np.ndarray]:
 
 def edit_images(model, tokenizer, prompts, sources, seeds, settings: dict, batch_size: int = 16) -> list[np.ndarray]:
     """(H, W, 3) uint8 edits: image i from `prompts[i]` with `sources[i]` in view, its own generator `seeds[i]`."""
-    images = []
+    return edit_outputs(model, tokenizer, prompts, sources, seeds, settings, batch_size)[0]
+
+
+def edit_outputs(model, tokenizer, prompts, sources, seeds, settings: dict, batch_size: int = 16):
+    """[`edit_images`] and, with edit_mode "describe", the model's description of each edit (else None)."""
+    images, descriptions = [], []
     for start in range(0, len(prompts), batch_size):
         end = start + batch_size
         output = model.generate_images(
@@ -92,7 +102,8 @@ def edit_images(model, tokenizer, prompts, sources, seeds, settings: dict, batch
             **settings,
         )
         images.extend(_to_pixels(output.images))
-    return images
+        descriptions.extend(output.descriptions or [None] * (end - start))
+    return images, (descriptions if any(text is not None for text in descriptions) else None)
 
 
 def evaluate_edit(model, tokenizer, n: int = 60, seed: int = 0, settings: dict | None = None, batch_size: int = 16):
@@ -102,11 +113,13 @@ def evaluate_edit(model, tokenizer, n: int = 60, seed: int = 0, settings: dict |
     from modeling_harmon.pipeline_harmon_edit import edit_training_warning
 
     settings = dict(settings or {})
+    given = {key: value for key, value in settings.items() if key != "sampling"}
+    mode = model.image_generation_settings(settings.get("sampling"), **given).edit_mode
     items = edit_items(n, seed)
     started = time.perf_counter()
     with warnings.catch_warnings():  # the model's own untrained-for-editing note is in the results instead
         warnings.simplefilter("ignore", UserWarning)
-        outputs = edit_images(
+        outputs, descriptions = edit_outputs(
             model,
             tokenizer,
             [edit.instruction for edit, _ in items],
@@ -117,7 +130,7 @@ def evaluate_edit(model, tokenizer, n: int = 60, seed: int = 0, settings: dict |
         )
     seconds = (time.perf_counter() - started) / n
     rows, failed = [], {}
-    for (edit, _), output in zip(items, outputs, strict=True):
+    for index, ((edit, _), output) in enumerate(zip(items, outputs, strict=True)):
         checked = check(edit.target, output)
         for name, value in checked.items():
             if value is False and name != "overall":
@@ -129,12 +142,15 @@ def evaluate_edit(model, tokenizer, n: int = 60, seed: int = 0, settings: dict |
                 "success": bool(checked["overall"]),
                 "preservation": preserved(edit, output),
                 "unchanged": bool(check(edit.source, output)["overall"]),
+                # describe: whether the model's text is the target's canonical caption (what it then draws)
+                "description": None if descriptions is None else descriptions[index] == edit.target.caption(),
             }
         )
     return {
         "n": n,
         "seed": seed,
         "settings": settings,
+        "edit_mode": mode,
         "trained_tasks": getattr(model.config, "trained_tasks", None),  # None: the config does not say
         "edit_warning": edit_training_warning(model.config),  # the model says it was not trained to edit
         **_scores(rows),

@@ -18,7 +18,13 @@ from modeling_harmon.output_folders import OutputFolderError, check_output_folde
 
 
 # Sampling settings of the demo model (stored as its `generation_config.image_generation`).
-DEMO_IMAGE_GENERATION = {"num_iter": 16, "guidance_scale": 3.0, "temperature": 1.0, "num_sampling_steps": 50}
+DEMO_IMAGE_GENERATION = {
+    "num_iter": 16,
+    "guidance_scale": 3.0,
+    "temperature": 1.0,
+    "num_sampling_steps": 50,
+    "edit_mode": "direct",
+}
 # Named presets over those defaults (`generation_config.image_generation_presets`; `sampling="fast"`, `--sampling fast`).
 # "fast": 10 head steps drew 3.8x faster than the defaults' 50 and scored the same overall (0.84, n = 270;
 # benchmarks/NOTES.md, "The same run at the new defaults").
@@ -78,6 +84,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: 3.0")
     parser.add_argument("--num-iter", type=int, default=None, help="default: 16")
     parser.add_argument("--head-steps", type=int, default=None, help="diffusion-head steps (default: 50)")
+    parser.add_argument(
+        "--edit-mode",
+        choices=("direct", "describe"),
+        default=None,
+        help="how the model follows an edit instruction by default: the way its recipe trained it (default: direct)",
+    )
     args = parser.parse_args(argv)
     try:
         export(
@@ -89,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             guidance_scale=args.guidance_scale,
             num_iter=args.num_iter,
             num_sampling_steps=args.head_steps,
+            edit_mode=args.edit_mode,
         )
     except (OutputFolderError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")

@@ -14,7 +14,8 @@ Issue 25 (both off by default, so the shipped model's data comes out byte for by
 the time; same scenes, images and answers as without it); `--edits N` also writes `edits.jsonl` (one record a line:
 `{"source": "edits/000000_source.png", "instruction": "make the circle blue", "target":
 "edits/000000_target.png", "operation": "recolor"}`, image paths relative to the JSONL; train-split edits of
-edits.py), `edits/*.png` and `distill_edits.jsonl`; `--free-phrasing` also writes `distill_phrasing.jsonl` (the
+edits.py), `edits/*.png`, `distill_edits.jsonl` and `edit_descriptions.jsonl` (the instruction about the source
+answered by the target's caption: stage IV's describe-then-draw records); `--free-phrasing` also writes `distill_phrasing.jsonl` (the
 `distill` records of stage IV: training/configs/shapes/stage4_edit_phrasing.yaml). Either flag writes the tokenizer
 over `world.extended_vocabulary()`.
 """
@@ -44,6 +45,9 @@ EDIT_KEYS = ("source", "instruction", "target")
 # Beside edits.jsonl and captions.jsonl: the same edits and captions as conditioning-distillation records (the
 # `distill` source kind, training/data/sources.py): the teacher prompt is the canonical caption of the scene to draw.
 EDIT_DISTILL, PHRASING_DISTILL = "distill_edits.jsonl", "distill_phrasing.jsonl"
+# And as understanding records (LLaVA conversations, the `vqa` source kind): the instruction about the source picture
+# answered by the target's canonical caption, what a model that edits with edit_mode "describe" writes before drawing.
+EDIT_DESCRIPTIONS = "edit_descriptions.jsonl"
 # Shares of edit distill records whose instruction is dropped, and whose instruction and image both are: the rows
 # that text guidance and full guidance of editing compare against (InstructPix2Pix's 5 % each would leave the
 # images-only row, the one the default guidance uses, rarely trained).
@@ -127,7 +131,11 @@ def write_edit_records(folder: Path, count: int, seed: int) -> Path:
     rng = random.Random(f"shapes-edits-{seed}")
     path = folder / "edits.jsonl"
     dropout = random.Random(f"shapes-edit-distill-{seed}")
-    with open(path, "w") as records, open(folder / EDIT_DISTILL, "w") as distill:
+    with (
+        open(path, "w") as records,
+        open(folder / EDIT_DISTILL, "w") as distill,
+        open(folder / EDIT_DESCRIPTIONS, "w") as descriptions,
+    ):
         for index in range(count):
             edit = sample_edit(rng, "train")
             source, target = (f"edits/{index:06d}_{name}.png" for name in ("source", "target"))
@@ -136,7 +144,20 @@ def write_edit_records(folder: Path, count: int, seed: int) -> Path:
             record = {"source": source, "instruction": edit.instruction, "target": target, "operation": edit.operation}
             records.write(json.dumps(record) + "\n")
             distill.write(json.dumps(edit_distill_record(edit, source, target, dropout)) + "\n")
+            descriptions.write(json.dumps(edit_description_record(edit, source)) + "\n")
     return path
+
+
+def edit_description_record(edit, source: str) -> dict:
+    """The understanding record of an edit: the source picture and the instruction, answered by the target scene's
+    canonical caption (`EDIT_DESCRIPTIONS`)."""
+    return {
+        "image": source,
+        "conversations": [
+            {"from": "human", "value": f"<image>\n{edit.instruction}"},
+            {"from": "gpt", "value": edit.target.caption()},
+        ],
+    }
 
 
 def edit_distill_record(edit, source: str, target: str, rng: random.Random) -> dict:

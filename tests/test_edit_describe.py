@@ -1,0 +1,199 @@
+"""`edit_mode="describe"` (issue 25): the model answers the instruction about its pictures with its understanding path
+(greedy, as a question is answered) and draws that text. Checked on the tiny random model: the descriptions are the
+chat-formatted answers, the images are text-to-image of them, the stored mode is the default, the pipeline and `harmon
+edit` return and record them, and what cannot apply is refused by name."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from harmon_pipelines import HarmonImageEditPipeline
+from harmon_pipelines.cli import main
+from modeling_harmon.modeling_harmon_settings import HarmonSettingError
+
+
+FAST = {"num_iter": 2, "num_sampling_steps": 2, "guidance_scale": 2.0}
+WORDS = 6  # a short description: the random model never stops by itself
+
+
+def picture(seed: int) -> Image.Image:
+    return Image.fromarray((np.random.RandomState(seed).rand(32, 32, 3) * 255).astype(np.uint8))
+
+
+@pytest.fixture
+def talker(tiny_model, tokenizer, monkeypatch):
+    """The tiny model with answers cut at WORDS tokens, and neither end-of-text nor blank tokens (a random model may
+    stop at once or write only newlines, which gives no description); restored after the test."""
+    blank = [i for i in range(tokenizer.vocab_size) if not tokenizer.decode([i]).strip()]
+    monkeypatch.setattr(tiny_model.generation_config, "suppress_tokens", blank + tokenizer.all_special_ids)
+    original = type(tiny_model).describe_edits
+
+    def short(self, *args, **kwargs):
+        kwargs.setdefault("max_new_tokens", WORDS)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny_model), "describe_edits", short)
+    return tiny_model
+
+
+def answers_by_hand(model, processor, instructions, images) -> list[str]:
+    texts = [
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
+            add_generation_prompt=True,
+        )
+        for text in instructions
+    ]
+    inputs = processor(text=texts, images=images, return_tensors="pt", padding=True, padding_side="left")
+    output = model.generate(**inputs, max_new_tokens=WORDS, do_sample=False)
+    decoded = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    return [text.strip() for text in decoded]
+
+
+def test_describe_draws_the_models_answer_as_text_to_image(talker, tokenizer, processor):
+    instructions = ["make the circle blue", "remove the square on the left side"]
+    images = [picture(1), picture(2)]
+    out = talker.generate_images(
+        instructions,
+        context_images=[[image] for image in images],
+        tokenizer=tokenizer,
+        edit_mode="describe",
+        generator=[torch.Generator().manual_seed(k) for k in (5, 6)],
+        **FAST,
+    )
+    expected = answers_by_hand(talker, processor, instructions, images)
+    assert out.descriptions == expected and all(expected)  # the left-padded batch answers as each prompt alone
+    assert answers_by_hand(talker, processor, instructions[1:], images[1:]) == expected[1:]
+    drawn = talker.generate_images(
+        expected, tokenizer=tokenizer, generator=[torch.Generator().manual_seed(k) for k in (5, 6)], **FAST
+    )
+    assert torch.equal(out.latents, drawn.latents)
+    direct = talker.generate_images(
+        instructions,
+        context_images=[[image] for image in images],
+        tokenizer=tokenizer,
+        generator=[torch.Generator().manual_seed(k) for k in (5, 6)],
+        **FAST,
+    )
+    assert direct.descriptions is None and not torch.equal(direct.latents, out.latents)
+
+
+def test_the_stored_mode_is_the_default_and_a_stored_image_scale_does_not_apply(talker, tokenizer, monkeypatch):
+    stored = {**talker.generation_config.image_generation, "edit_mode": "describe", "image_guidance_scale": 1.5}
+    monkeypatch.setattr(talker.generation_config, "image_generation", stored)
+    out = talker.generate_images("make it red", context_images=picture(3), tokenizer=tokenizer, **FAST)
+    assert out.descriptions is not None and len(out.descriptions) == 1
+    direct = talker.generate_images(
+        "make it red", context_images=picture(3), tokenizer=tokenizer, edit_mode="direct", **FAST
+    )
+    assert direct.descriptions is None
+
+
+@pytest.mark.parametrize(
+    "arguments, field",
+    [
+        ({"edit_mode": "think"}, "edit_mode"),
+        ({"edit_mode": "describe", "image_guidance_scale": 1.5}, "image_guidance_scale"),
+    ],
+)
+def test_what_cannot_apply_is_refused_by_name(talker, tokenizer, arguments, field):
+    with pytest.raises(HarmonSettingError) as error:
+        talker.generate_images("make it red", context_images=picture(3), tokenizer=tokenizer, **FAST, **arguments)
+    assert error.value.field == field and str(error.value).startswith(field)
+
+
+def test_an_empty_description_is_an_error_naming_the_prompt(tiny_model, tokenizer, monkeypatch):
+    def stops_at_once(*args, input_ids=None, **kwargs):  # the first prompt gets a word, the second none
+        word = tokenizer("x", add_special_tokens=False)["input_ids"][0]
+        return torch.cat([input_ids, torch.tensor([[word], [tokenizer.eos_token_id]])], dim=1)
+
+    monkeypatch.setattr(tiny_model, "generate", stops_at_once)
+    with pytest.raises(ValueError, match=r"prompt\[1\] \('swap them'\).*no description.*edit_mode 'direct'"):
+        tiny_model.describe_edits(["a", "swap them"], picture(1), tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        tiny_model.describe_edits("a", picture(1), tokenizer=tokenizer, max_new_tokens=0)
+
+
+def test_the_edit_pipeline_returns_the_descriptions(talker, tokenizer):
+    pipe = HarmonImageEditPipeline(model=talker, tokenizer=tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    steps = {"num_inference_steps": 2, "num_sampling_steps": 2}
+    out = pipe(
+        "make the circle blue",
+        image=picture(1),
+        edit_mode="describe",
+        generator=torch.Generator().manual_seed(0),
+        **steps,
+    )
+    model_out = talker.generate_images(
+        "make the circle blue",
+        context_images=picture(1),
+        tokenizer=tokenizer,
+        edit_mode="describe",
+        generator=torch.Generator().manual_seed(0),
+        num_iter=2,
+        num_sampling_steps=2,
+    )
+    assert out.descriptions == model_out.descriptions
+    assert (
+        pipe("make it blue", image=picture(1), generator=torch.Generator().manual_seed(0), **steps).descriptions
+        is None
+    )
+
+
+def test_harmon_edit_prints_and_records_the_description(talker, tokenizer, tmp_path, capsys):
+    folder = tmp_path / "model"
+    talker.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    picture(1).save(tmp_path / "scene.png")
+    flags = ["--model", str(folder), "--steps", "2", "--head-steps", "1"]
+    code = main(
+        [
+            "edit",
+            str(tmp_path / "scene.png"),
+            "make it blue",
+            "-o",
+            str(tmp_path / "out.png"),
+            "--edit-mode",
+            "describe",
+            *flags,
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code in (0, None), err
+    metadata = json.loads(Image.open(tmp_path / "out.png").text["harmon"])
+    assert metadata["settings"]["edit_mode"] == "describe" and metadata["description"]
+    assert out.strip() == f"{tmp_path / 'out.png'}\t{metadata['description']}"
+    code = main(
+        [
+            "edit",
+            str(tmp_path / "scene.png"),
+            "make it blue",
+            "-o",
+            str(tmp_path / "x.png"),
+            "--edit-mode",
+            "describe",
+            "--image-cfg",
+            "1.5",
+            *flags,
+        ]
+    )
+    _, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1 and "--image-cfg 1.5" in err and "--edit-mode describe" in err
+    code = main(
+        [
+            "edit",
+            str(tmp_path / "scene.png"),
+            "make it blue",
+            "-o",
+            str(tmp_path / "y.png"),
+            "--edit-mode",
+            "think",
+            *flags,
+        ]
+    )
+    _, err = capsys.readouterr()
+    assert code == 2 and "--edit-mode" in err and "describe" in err
