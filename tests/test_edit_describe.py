@@ -197,3 +197,24 @@ def test_harmon_edit_prints_and_records_the_description(talker, tokenizer, tmp_p
     )
     _, err = capsys.readouterr()
     assert code == 2 and "--edit-mode" in err and "describe" in err
+
+
+def test_shapes_eval_scores_the_descriptions_apart_in_describe_mode(talker, tokenizer, monkeypatch):
+    from training.shapes import evaluation_edit
+
+    fast = {"num_iter": 2, "num_sampling_steps": 2}
+    described = evaluation_edit.evaluate_edit(
+        talker, tokenizer, n=6, seed=0, settings={**fast, "edit_mode": "describe"}
+    )
+    direct = evaluation_edit.evaluate_edit(talker, tokenizer, n=6, seed=0, settings=fast)
+    assert described["edit_mode"] == "describe" and direct["edit_mode"] == "direct"
+    assert described["description"] == {"value": 0.0, "count": 0, "n": 6, "se": 0.0}  # the random model's ",,,"
+    assert "description" not in direct and "description" not in direct["by_operation"]["swap"]
+    # A description that is the target's caption counts: the model's answers replaced by the right ones.
+    items = evaluation_edit.edit_items(6, 0)
+    answers = {edit.instruction: edit.target.caption() for edit, _ in items}
+    monkeypatch.setattr(
+        type(talker), "describe_edits", lambda self, prompt, *args, **kwargs: [answers[text] for text in prompt]
+    )
+    right = evaluation_edit.evaluate_edit(talker, tokenizer, n=6, seed=0, settings={**fast, "edit_mode": "describe"})
+    assert right["description"]["value"] == 1.0
