@@ -4,7 +4,8 @@
 
 One row an edit: the source, the model's output and the scene the instruction asks for (drawn by the world's own
 renderer), enlarged 4x without blur, with the instruction beneath and the checker's verdict (the ShapesEval `edit`
-success: the target scene read from the output). The rows are the first items of each operation in
+success: the target scene read from the output); a model that edits by describing (edit_mode "describe") has its
+text under the instruction. The rows are the first items of each operation in
 `evaluation_edit.edit_items(seed=SEED)` that are seen, then two held out (a new operation-colour-shape combination
 and a new phrasing), misses included: the sheet shows what the model does, not its best draws.
 """
@@ -67,13 +68,14 @@ def main(argv: list[str]) -> int:
     pixels = ((output.images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     size = rows[0][3].width * SCALE
     column = size + 2 * GAP
-    height = size + CAPTION + 2 * GAP
+    height = size + CAPTION * (2 if output.descriptions is not None else 1) + 2 * GAP
     sheet = Image.new("RGB", (LABEL + len(HEADERS) * column + 40, CAPTION + height * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)
     for position, header in enumerate(HEADERS):
         draw.text((LABEL + position * column, 0), header, fill="black")
     y = CAPTION
-    for (label, _, edit, source, target), drawn in zip(rows, pixels, strict=True):
+    descriptions = output.descriptions
+    for row, ((label, _, edit, source, target), drawn) in enumerate(zip(rows, pixels, strict=True)):
         result = Image.fromarray(np.ascontiguousarray(drawn))
         right = bool(check(edit.target, drawn)["overall"])
         draw.multiline_text((GAP, y + size // 2 - 10), label, fill="black")
@@ -85,6 +87,8 @@ def main(argv: list[str]) -> int:
             fill=(0, 120, 0) if right else (180, 0, 0),
         )
         draw.text((LABEL, y + size + 2), f'"{edit.instruction}"', fill=(60, 60, 60))
+        if descriptions is not None:  # edit_mode "describe": what the model wrote, then drew
+            draw.text((LABEL, y + size + 14), f"wrote: {descriptions[row]}", fill=(0, 60, 140))
         y += height
     path = Path(argv[1]) if len(argv) > 1 else REPO / "docs" / "edit.png"
     sheet.save(path)

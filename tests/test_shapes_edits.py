@@ -546,8 +546,47 @@ def test_make_data_writes_edit_descriptions_answered_by_the_targets_caption(tmp_
         assert Path(record["image"]) == folder / edit["source"]
         assert [turn["value"] for turn in record["messages"]] == [
             f"<image>\n{edit['instruction']}",
-            expected.target.caption(),
+            expected.target.picture_caption(),
         ]
+
+
+def test_a_pictures_caption_names_two_objects_in_reading_order():
+    """`Scene.picture_caption`: the same picture gets the same caption whichever object the scene lists first (left
+    before right, top before bottom); one object, or two alike, keep `caption()`."""
+    import random
+
+    from training.shapes.world import Scene, ShapeObject, sample_scene
+
+    red, blue = ShapeObject("circle", "red", "left"), ShapeObject("square", "blue", "right")
+    first = Scene("two", (red, blue), "to the left of")
+    second = Scene("two", (blue, red), "to the right of")
+    assert first.picture_caption() == second.picture_caption() == "a red circle to the left of a blue square"
+    assert second.caption() == "a blue square to the right of a red circle"
+    top, bottom = ShapeObject("triangle", "green", "bottom"), ShapeObject("circle", "yellow", "top")
+    assert Scene("two", (top, bottom), "below").picture_caption() == "a yellow circle above a green triangle"
+    rng = random.Random(0)
+    for _ in range(300):
+        scene = sample_scene(rng, "train")
+        text = scene.picture_caption()
+        if scene.kind != "two":
+            assert text == scene.caption()
+        else:
+            assert " to the right of " not in text and " below " not in text
+
+
+def test_make_data_writes_scene_captions_in_reading_order(tmp_path):
+    from PIL import Image
+
+    write_data(tmp_path / "data", scenes=4, seed=2, scene_captions=16)
+    records = [json.loads(line) for line in (tmp_path / "data" / "scene_captions.jsonl").read_text().splitlines()]
+    assert len(records) == 16 and all(Image.open(tmp_path / "data" / r["image"]).size == (32, 32) for r in records)
+    two = [r["text"] for index, r in enumerate(records) if index % 4]
+    assert all(" of " in text or " above " in text or " below " in text for text in two)  # two objects, related
+    assert not any(" to the right of " in text or " below " in text for text in two)
+    again = tmp_path / "again"
+    write_data(again, scenes=4, seed=2, scene_captions=16)
+    assert (again / "scene_captions.jsonl").read_text() == (tmp_path / "data" / "scene_captions.jsonl").read_text()
+    assert main_make_data(["--output", str(tmp_path / "bad"), "--scene-captions", "-1"]) == 2
 
 
 def main_make_data(argv: list[str]) -> int:

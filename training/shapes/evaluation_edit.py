@@ -12,7 +12,8 @@ instruction with the source in view (`generate_images(instruction, context_image
   position; only items with such an object count (moves and swaps touch every object);
 - `unchanged`: the checker still reads the SOURCE scene (no edit made, a copy): the failure a model that only
   reconstructs its input shows;
-- `description` (edit_mode "describe" only): the model's text of the edit is the target's canonical caption, so a
+- `description` (edit_mode "describe" only): the model's text of the edit is the target's canonical caption (either
+  order of two objects: `Scene.caption` or `picture_caption`), so a
   failure can be told apart as reading/reasoning (a wrong text) or drawing (a right text drawn wrong);
 - each by operation, and for seen items, held-out combinations and held-out phrasings apart.
 
@@ -143,7 +144,9 @@ def evaluate_edit(model, tokenizer, n: int = 60, seed: int = 0, settings: dict |
                 "preservation": preserved(edit, output),
                 "unchanged": bool(check(edit.source, output)["overall"]),
                 # describe: whether the model's text is the target's canonical caption (what it then draws)
-                "description": None if descriptions is None else descriptions[index] == edit.target.caption(),
+                "description": None
+                if descriptions is None
+                else descriptions[index] in (edit.target.caption(), edit.target.picture_caption()),
             }
         )
     return {

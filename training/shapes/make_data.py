@@ -15,7 +15,8 @@ the time; same scenes, images and answers as without it); `--edits N` also write
 `{"source": "edits/000000_source.png", "instruction": "make the circle blue", "target":
 "edits/000000_target.png", "operation": "recolor"}`, image paths relative to the JSONL; train-split edits of
 edits.py), `edits/*.png`, `distill_edits.jsonl` and `edit_descriptions.jsonl` (the instruction about the source
-answered by the target's caption: stage IV's describe-then-draw records); `--free-phrasing` also writes `distill_phrasing.jsonl` (the
+answered by the target's caption in reading order: stage IV's describe-then-draw records); `--scene-captions N` writes
+`scene_captions.jsonl` and `scenes/*.png` (scenes, mostly of two objects, captioned in reading order); `--free-phrasing` also writes `distill_phrasing.jsonl` (the
 `distill` records of stage IV: training/configs/shapes/stage4_edit_phrasing.yaml). Either flag writes the tokenizer
 over `world.extended_vocabulary()`.
 """
@@ -48,6 +49,9 @@ EDIT_DISTILL, PHRASING_DISTILL = "distill_edits.jsonl", "distill_phrasing.jsonl"
 # And as understanding records (LLaVA conversations, the `vqa` source kind): the instruction about the source picture
 # answered by the target's canonical caption, what a model that edits with edit_mode "describe" writes before drawing.
 EDIT_DESCRIPTIONS = "edit_descriptions.jsonl"
+# `--scene-captions N`: scenes captioned canonically in reading order (`Scene.picture_caption`), three in four with two
+# objects (the scenes a description most often gets wrong), for stage IV; drawn from a stream of their own.
+SCENE_CAPTIONS, SCENE_CAPTION_STREAM = "scene_captions.jsonl", "canon-two-{seed}"
 # Shares of edit distill records whose instruction is dropped, and whose instruction and image both are: the rows
 # that text guidance and full guidance of editing compare against (InstructPix2Pix's 5 % each would leave the
 # images-only row, the one the default guidance uses, rarely trained).
@@ -83,7 +87,13 @@ def build_tokenizer(extended: bool = False):
 
 
 def write_data(
-    output: Path, scenes: int, seed: int, overwrite: bool = False, free_phrasing: bool = False, edits: int = 0
+    output: Path,
+    scenes: int,
+    seed: int,
+    overwrite: bool = False,
+    free_phrasing: bool = False,
+    edits: int = 0,
+    scene_captions: int = 0,
 ) -> None:
     """Write the data folder atomically; an existing one is replaced only if a harmon writer made it and `overwrite`
     is set. `free_phrasing` and `edits` (issue 25; see the module docstring) draw from random streams of their own,
@@ -118,7 +128,27 @@ def write_data(
                 vqa.write(json.dumps({"image": name, "conversations": turns}) + "\n")
         if edits:
             write_edit_records(staging, edits, seed)
+        if scene_captions:
+            write_scene_captions(staging, scene_captions, seed)
         build_tokenizer(extended=free_phrasing or edits > 0).save_pretrained(staging / "tokenizer")
+
+
+def write_scene_captions(folder: Path, count: int, seed: int) -> Path:
+    """Write `count` train-split scenes into `folder` (`scenes/NNNNNN.png`) and `SCENE_CAPTIONS`, one record a line
+    `{"image", "text"}` with the scene's caption in reading order; scene i has two objects unless i % 4 == 0 (then one
+    object, or two alike to count). Returns the JSONL's path."""
+    folder = Path(folder)
+    (folder / "scenes").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(SCENE_CAPTION_STREAM.format(seed=seed))
+    path = folder / SCENE_CAPTIONS
+    with open(path, "w") as records:
+        for index in range(count):
+            kind = "two" if index % 4 else rng.choice(("single", "count"))
+            scene = sample_scene(rng, "train", kind)
+            name = f"scenes/{index:06d}.png"
+            render(scene, rng).save(folder / name)
+            records.write(json.dumps({"image": name, "text": scene.picture_caption()}) + "\n")
+    return path
 
 
 def write_edit_records(folder: Path, count: int, seed: int) -> Path:
@@ -150,12 +180,12 @@ def write_edit_records(folder: Path, count: int, seed: int) -> Path:
 
 def edit_description_record(edit, source: str) -> dict:
     """The understanding record of an edit: the source picture and the instruction, answered by the target scene's
-    canonical caption (`EDIT_DESCRIPTIONS`)."""
+    canonical caption in reading order (`Scene.picture_caption`: one text per picture) (`EDIT_DESCRIPTIONS`)."""
     return {
         "image": source,
         "conversations": [
             {"from": "human", "value": f"<image>\n{edit.instruction}"},
-            {"from": "gpt", "value": edit.target.caption()},
+            {"from": "gpt", "value": edit.target.picture_caption()},
         ],
     }
 
@@ -185,11 +215,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--edits", type=int, default=0, metavar="N", help="also write N edit records, edits.jsonl (issue 25)"
     )
+    parser.add_argument(
+        "--scene-captions",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"also write N scenes captioned in reading order, {SCENE_CAPTIONS} (stage IV; issue 25)",
+    )
     args = parser.parse_args(argv)
-    if args.edits < 0:
-        parser.error(f"--edits must be >= 0, got {args.edits}")
+    for flag, value in (("--edits", args.edits), ("--scene-captions", args.scene_captions)):
+        if value < 0:
+            parser.error(f"{flag} must be >= 0, got {value}")
     try:
-        write_data(args.output, args.scenes, args.seed, args.overwrite, args.free_phrasing, args.edits)
+        write_data(
+            args.output, args.scenes, args.seed, args.overwrite, args.free_phrasing, args.edits, args.scene_captions
+        )
     except OutputFolderError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 

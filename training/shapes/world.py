@@ -74,6 +74,16 @@ class Scene:
             f"{_article(second.color)} {second.color} {second.shape}"
         )
 
+    def picture_caption(self) -> str:
+        """`caption()` with a two-object scene's objects named in reading order (left before right, top before
+        bottom), so that each picture has one: `caption()` names them in the scene's own order, which a picture does
+        not show ("a red circle to the left of a blue square" and "a blue square to the right of a red circle" draw
+        the same). What a model that describes pictures is taught to write."""
+        if self.kind != "two" or self.objects[0].position in ("left", "top"):
+            return self.caption()
+        second, first = self.objects
+        return Scene("two", (first, second), relation_between(first.position, second.position)).caption()
+
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
