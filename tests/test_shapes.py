@@ -679,3 +679,25 @@ def test_shapes_stage_configs_train_on_files_make_data_writes(tmp_path):
         for source in yaml.safe_load((configs / f"{stage}.yaml").read_text())["data"]["sources"]:
             assert source["path"].startswith(f"runs/shapes/{folder}/"), source
             assert (tmp_path / folder / Path(source["path"]).name).is_file(), source
+
+
+def test_demo_card_edit_table_shows_the_descriptions_of_a_describing_model():
+    """A model that edits by describing (edit_mode "describe") gets a description column and a sentence saying so; a
+    direct one keeps the three columns."""
+    from training.shapes.demo_card import _edit_scores
+
+    def share(value):
+        return {"value": value, "count": 1, "n": 2, "se": 0.1}
+
+    scores = {"success": share(0.5), "preservation": share(0.5), "unchanged": share(0.0)}
+    edit = {"n": 2, "seed": 0, "settings": {}, "seconds_per_item": 0.1, "by_operation": {"move": scores}}
+    direct = _edit_scores({**edit, **scores, "edit_mode": "direct"})
+    assert "| edit | success | preservation | unchanged |\n|---|---|---|---|\n" in direct
+    assert "describing" not in direct
+    described = {**scores, "description": share(0.75)}
+    text = _edit_scores({**edit, **described, "edit_mode": "describe", "by_operation": {"move": described}})
+    assert "| edit | success | preservation | unchanged | description |\n|---|---|---|---|---|\n" in text
+    assert (
+        "| **all** | 0.50 (1/2, SE 0.10) | 0.50 (1/2, SE 0.10) | 0.00 (1/2, SE 0.10) | 0.75 (1/2, SE 0.10) |" in text
+    )
+    assert 'edit_mode` is "describe"' in text

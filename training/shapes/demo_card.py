@@ -289,21 +289,39 @@ def _edit_scores(edit: dict | None) -> str:
     if not edit:
         return ""
 
+    keys = ("success", "preservation", "unchanged") + (("description",) if edit.get("description") else ())
+
     def row(name: str, scores: dict) -> str:
-        cells = (_maybe_score(scores.get(key)) for key in ("success", "preservation", "unchanged"))
+        cells = (_maybe_score(scores.get(key)) for key in keys)
         return f"| {name} | " + " | ".join(cells) + " |"
 
     rows = [row(operation, scores) for operation, scores in edit.get("by_operation", {}).items()]
     rows += [row(EDIT_GROUPS.get(name, name), scores) for name, scores in edit.get("by_group", {}).items()]
     rows.append(row("**all**", edit))
     warning = f"\n\nThe evaluation recorded: {edit['edit_warning']}" if edit.get("edit_warning") else ""
+    described = ""
+    if edit.get("edit_mode") == "describe":
+        described = (
+            '. The model edits by describing (its stored `edit_mode` is "describe"): it answers the instruction '
+            "about the picture with the edited scene's caption and draws that caption; description: that text is "
+            "the instructed scene's caption, so a miss with a right description was misdrawn, one with a wrong "
+            "description misread"
+        )
     return (
         f"\n\nEditing (`harmon eval shapes --task edit`, {edit['n']} instructions of seed {edit['seed']}, "
         f"{_settings_phrase(edit.get('settings') or {})}, {edit['seconds_per_item']:.2f} s per edit). Success: the "
         "checker reads the instructed scene in the output; preservation: every object the instruction does not touch "
         "is still there with its colour, shape and position (– for moves and swaps, which touch every object); "
-        "unchanged: the checker still reads the source scene, no edit made (lower is better):\n\n"
-        "| edit | success | preservation | unchanged |\n|---|---|---|---|\n" + "\n".join(rows) + warning + "\n\n"
+        "unchanged: the checker still reads the source scene, no edit made (lower is better)"
+        + described
+        + ":\n\n| edit | "
+        + " | ".join(keys)
+        + " |\n|---|"
+        + "---|" * len(keys)
+        + "\n"
+        + "\n".join(rows)
+        + warning
+        + "\n\n"
         'To edit a picture: `harmon edit IMAGE "make the circle blue" -o out.png`. Edits drawn by this model: '
         "docs/edit.png in the repository."
     )
