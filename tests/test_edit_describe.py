@@ -197,6 +197,9 @@ def test_harmon_edit_prints_and_records_the_description(talker, tokenizer, tmp_p
     )
     _, err = capsys.readouterr()
     assert code == 2 and "--edit-mode" in err and "describe" in err
+    code = main(["eval", "shapes", "--task", "generate", "--edit-mode", "describe", "--model", str(folder)])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1 and "--edit-mode applies to --task edit, not --task generate" in err
 
 
 def test_shapes_eval_scores_the_descriptions_apart_in_describe_mode(talker, tokenizer, monkeypatch):
