@@ -1227,18 +1227,29 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         if not _is_int(max_new_tokens) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}.")
         images = self._context_image_lists(context_images, len(prompts))
+        # The same instruction about the same pictures (`harmon edit -n N`, a prompt repeated) is answered once.
+        first_of = {}
+        for index, (text, pictures) in enumerate(zip(prompts, images)):
+            first_of.setdefault((text, tuple(map(id, pictures))), index)
+        asked = sorted(set(first_of.values()))
         processor = self._prompt_processor(tokenizer, processor)
         texts = [
             processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "image"}] * len(pictures) + [{"type": "text", "text": text}]}],
+                [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image"}] * len(images[index])
+                        + [{"type": "text", "text": prompts[index]}],
+                    }
+                ],
                 add_generation_prompt=True,
             )
-            for text, pictures in zip(prompts, images)
+            for index in asked
         ]
         try:
             inputs = processor(
                 text=texts,
-                images=[picture for pictures in images for picture in pictures],
+                images=[picture for index in asked for picture in images[index]],
                 return_tensors="pt",
                 padding=True,
                 padding_side="left",
@@ -1248,10 +1259,9 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         inputs = inputs.to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         output = self.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        answers = [
-            text.strip()
-            for text in processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        ]
+        decoded = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        answer_of = {index: text.strip() for index, text in zip(asked, decoded)}
+        answers = [answer_of[first_of[(text, tuple(map(id, pictures)))]] for text, pictures in zip(prompts, images)]
         for index, (text, answer) in enumerate(zip(prompts, answers)):
             if not answer:
                 raise ValueError(

@@ -81,6 +81,26 @@ def test_describe_draws_the_models_answer_as_text_to_image(talker, tokenizer, pr
     assert direct.descriptions is None and not torch.equal(direct.latents, out.latents)
 
 
+def test_a_repeated_instruction_about_the_same_picture_is_answered_once(talker, tokenizer, monkeypatch):
+    rows = []
+    generate = talker.generate
+
+    def counting(*args, **kwargs):
+        rows.append(kwargs["input_ids"].shape[0])
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(talker, "generate", counting)
+    scene, other = picture(1), picture(2)
+    texts = talker.describe_edits(
+        ["make it red", "make it red", "swap them", "make it red"],
+        [[scene], [scene], [scene], [other]],
+        tokenizer=tokenizer,
+    )
+    assert rows == [3] and texts[0] == texts[1]  # the fourth sees another picture object: asked again
+    alone = talker.describe_edits(["swap them", "make it red"], [[scene], [other]], tokenizer=tokenizer)
+    assert texts[2:] == alone
+
+
 def test_the_stored_mode_is_the_default_and_a_stored_image_scale_does_not_apply(talker, tokenizer, monkeypatch):
     stored = {**talker.generation_config.image_generation, "edit_mode": "describe", "image_guidance_scale": 1.5}
     monkeypatch.setattr(talker.generation_config, "image_generation", stored)
