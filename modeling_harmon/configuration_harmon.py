@@ -133,6 +133,9 @@ class HarmonConfig(PretrainedConfig):
             copied rather than redrawn from a description (InstructPix2Pix gives its UNet the source latents the
             same way). The projection starts at zero, so turning this on for a trained checkpoint changes nothing
             until it is trained. Not part of the reference; off by default.
+        understanding_adapter (`str`, *optional*): the subfolder of the checkpoint holding a PEFT adapter on the LLM
+            that understanding (questions, captions, the describe step of editing) uses and drawing does not;
+            `from_pretrained` loads it (modeling_harmon_adapters.py). Not part of the reference; None by default.
     """
 
     model_type = "harmon"
@@ -171,6 +174,7 @@ class HarmonConfig(PretrainedConfig):
         tie_word_embeddings: bool | None = None,
         trained_tasks: list[str] | None = None,
         edit_source_tokens: bool = False,
+        understanding_adapter: str | None = None,
         **kwargs,
     ):
         if text_config is None:
@@ -208,6 +212,7 @@ class HarmonConfig(PretrainedConfig):
         self.unconditional_prompt = unconditional_prompt
         self.trained_tasks = list(trained_tasks) if isinstance(trained_tasks, (list, tuple)) else trained_tasks
         self.edit_source_tokens = edit_source_tokens
+        self.understanding_adapter = understanding_adapter
         # One class serves several Auto classes; `save_pretrained` adds AutoConfig/AutoModel to this map.
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         if tie_word_embeddings is None:
@@ -234,6 +239,17 @@ class HarmonConfig(PretrainedConfig):
             raise ValueError(f"trained_tasks must be None or a list of task names, got {tasks!r}.")
         if not isinstance(self.edit_source_tokens, bool):
             raise ValueError(f"edit_source_tokens must be True or False, got {self.edit_source_tokens!r}.")
+        adapter = self.understanding_adapter
+        if adapter is not None and not (
+            isinstance(adapter, str)
+            and adapter
+            and not adapter.startswith(("/", "."))
+            and "\\" not in adapter
+            and ".." not in adapter.split("/")
+        ):
+            raise ValueError(
+                f"understanding_adapter must be None or a subfolder name inside the checkpoint, got {adapter!r}."
+            )
         if self.noise_schedule not in ("cosine", "linear"):
             raise ValueError(f"noise_schedule must be 'cosine' or 'linear', got {self.noise_schedule!r}.")
         if not 1 <= self.num_sampling_steps <= self.num_train_timesteps:

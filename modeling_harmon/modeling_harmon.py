@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
@@ -21,6 +22,13 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_harmon import DEFAULT_IMAGE_GENERATION, HarmonConfig
+from .modeling_harmon_adapters import (
+    base_state_dict,
+    has_understanding_adapter,
+    load_understanding_adapter,
+    save_understanding_adapter,
+    understanding_adapter_enabled,
+)
 from .modeling_harmon_canvas import (
     init_pixels,
     random_redraw_tokens,
@@ -182,6 +190,17 @@ def _with_onednn_linears(method):
         size = self.config.image_size
         kernels = self.linear_kernels(kwargs.get("height") or size, kwargs.get("width") or size)
         with stage_kernels(self.model, kernels, onednn_linears):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _without_understanding_adapter(method):
+    """Run a drawing method with the LLM as its base weights are: the understanding adapter (if any) off."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with understanding_adapter_enabled(self, False):
             return method(self, *args, **kwargs)
 
     return wrapper
@@ -569,6 +588,43 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             # image-generation defaults; this one is ours now.
             self.generation_config._from_model_config = False
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' `from_pretrained`, then the understanding adapter the config names (if any; see
+        modeling_harmon_adapters.py), from the same folder or repo and revision. `understanding_adapter=None` loads
+        the model without it."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if getattr(model.config, "understanding_adapter", None):
+            download = {
+                key: kwargs.get(key)
+                for key in ("revision", "cache_dir", "token", "local_files_only", "force_download", "proxies")
+            }
+            load_understanding_adapter(model, pretrained_model_name_or_path, kwargs.get("subfolder"), download)
+        return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' `save_pretrained`; a model holding its understanding adapter writes its base weights as a
+        model without it has them, and the adapter into the subfolder `config.understanding_adapter` (transformers
+        alone would write only the adapter)."""
+        if not has_understanding_adapter(self):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("state_dict") is not None or kwargs.get("push_to_hub"):
+            raise ValueError(
+                "save_pretrained(state_dict=..., push_to_hub=True) is not supported for a model with its understanding "
+                "adapter; save to a folder, then upload it (harmon push)."
+            )
+        self._hf_peft_config_loaded = False  # transformers' switch between the adapter-only and the full format
+        try:
+            # The base keys are already the model's own names: reverting load-time renamings would misread them.
+            result = super().save_pretrained(
+                save_directory, *args, state_dict=base_state_dict(self), save_original_format=False, **kwargs
+            )
+        finally:
+            self._hf_peft_config_loaded = True
+        save_understanding_adapter(self, Path(save_directory) / self.config.understanding_adapter)
+        return result
+
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
 
@@ -612,6 +668,33 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         """
         if generation_targets:
             return self.text_to_image_loss(input_ids, attention_mask, pixel_values=pixel_values, **kwargs)
+        with understanding_adapter_enabled(self, True):
+            return self._understanding_forward(
+                input_ids,
+                pixel_values,
+                attention_mask,
+                position_ids,
+                past_key_values,
+                inputs_embeds,
+                labels,
+                use_cache,
+                logits_to_keep,
+                **kwargs,
+            )
+
+    def _understanding_forward(
+        self,
+        input_ids,
+        pixel_values,
+        attention_mask,
+        position_ids,
+        past_key_values,
+        inputs_embeds,
+        labels,
+        use_cache,
+        logits_to_keep,
+        **kwargs,
+    ) -> HarmonCausalLMOutputWithPast:
         if "cache" in kwargs and past_key_values is None:
             past_key_values = kwargs.pop("cache")
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
@@ -1029,6 +1112,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     @_with_onednn_linears
+    @_without_understanding_adapter
     def generate_images(
         self,
         prompt: str | list[str] | None = None,
@@ -1438,6 +1522,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         source = model.edit_source_embeds(input_ids, context_pixel_values, (rows, cols))
         return model.mar_decoder(encoded, mask, (rows, cols), source_embeds=source), target
 
+    @_without_understanding_adapter
     def text_to_image_loss(
         self,
         input_ids: torch.LongTensor,
@@ -1508,6 +1593,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         )
 
     @staticmethod
+    @_without_understanding_adapter
     def condition_matching_loss(
         condition: torch.Tensor, targets: torch.Tensor, mask: torch.BoolTensor
     ) -> torch.Tensor:

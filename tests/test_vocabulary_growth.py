@@ -69,6 +69,41 @@ def test_a_larger_tokenizer_grows_the_table_and_keeps_every_old_row(plain_checkp
     assert logits.shape[-1] == len(extended) and torch.isfinite(logits).all()
 
 
+def test_unk_rows_read_the_new_words_as_the_old_model_read_them(plain_checkpoint, tmp_path):
+    """`new_token_init: unk`: a prompt with new words gives the logits it gave when they were unknown."""
+    extended = build_tokenizer(extended=True)
+    extended.save_pretrained(tmp_path / "tokenizer")
+    old = HarmonForConditionalGeneration.from_pretrained(plain_checkpoint).eval()
+    model, tokenizer = load_model(
+        {
+            "init": "pretrained",
+            "path": str(plain_checkpoint),
+            "tokenizer": str(tmp_path / "tokenizer"),
+            "new_token_init": "unk",
+        }
+    )
+    rows = old.get_input_embeddings().weight.shape[0]
+    embed = model.get_input_embeddings().weight
+    unk = build_tokenizer().unk_token_id
+    assert torch.equal(embed[rows:], embed[unk].expand(embed.shape[0] - rows, -1))
+    new_ids = tokenizer("make the circle blue", add_special_tokens=False)["input_ids"]
+    old_ids = [index if index < rows else unk for index in new_ids]
+    assert old_ids != new_ids
+    with torch.no_grad():
+        grown = model.eval()(input_ids=torch.tensor([new_ids])).logits[..., :rows]
+        before = old(input_ids=torch.tensor([old_ids])).logits
+    torch.testing.assert_close(grown, before)
+
+
+def test_new_token_init_is_checked():
+    from training.config import load_config
+
+    with pytest.raises(ConfigError, match="model.new_token_init must be 'mean' or 'unk'"):
+        load_config(None, ["model.new_token_init=zero"])
+    with pytest.raises(ConfigError, match="lora.modules_to_save must be a list of module names"):
+        load_config(None, ["lora.modules_to_save=embed_tokens"])
+
+
 def test_the_same_tokenizer_changes_nothing(plain_checkpoint):
     model, _ = load_model({"init": "pretrained", "path": str(plain_checkpoint), "tokenizer": str(plain_checkpoint)})
     assert model.get_input_embeddings().weight.shape[0] == len(build_tokenizer())

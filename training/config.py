@@ -57,6 +57,10 @@ DEFAULTS: dict[str, Any] = {
         # pretrained, optional: deepen the checkpoint's LLM to this many layers, each new one a copy of the layer
         # below it whose output projections start at zero, so the model starts unchanged (training/llm_growth.py)
         "llm_depth": None,
+        # pretrained with a larger model.tokenizer: how the new embedding rows start. "mean": drawn around the trained
+        # rows' mean (transformers' resize_token_embeddings); "unk": copies of the unknown token's row, so a prompt
+        # with the new words runs exactly as it did when they were unknown (an adapter can then learn them alone).
+        "new_token_init": "mean",
         "dtype": "float32",
     },
     "image_size": 256,
@@ -116,6 +120,9 @@ DEFAULTS: dict[str, Any] = {
         "alpha": 32,
         "dropout": 0.05,
         "target_modules": r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)",
+        # modules trained as full copies beside the adapters (peft's modules_to_save), by name; e.g. ["embed_tokens"]
+        # for an adapter that must learn new words
+        "modules_to_save": [],
         "merge_at_end": False,
     },
 }
@@ -224,6 +231,11 @@ def validate(config: dict) -> None:
             "model.llm_depth grows a trained checkpoint (init: pretrained); with init: from_config "
             "set the LLM's num_hidden_layers in model.config instead."
         )
+    if config["model"]["new_token_init"] not in ("mean", "unk"):
+        raise ConfigError(f"model.new_token_init must be 'mean' or 'unk', got {config['model']['new_token_init']!r}.")
+    saved = config["lora"]["modules_to_save"]
+    if not isinstance(saved, list) or not all(isinstance(name, str) and name for name in saved):
+        raise ConfigError(f"lora.modules_to_save must be a list of module names, got {saved!r}.")
     if config["model"]["dtype"] not in ("float32", "bfloat16"):
         raise ConfigError(f"model.dtype must be 'float32' or 'bfloat16', got {config['model']['dtype']!r}.")
     size = config["image_size"]

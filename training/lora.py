@@ -21,9 +21,9 @@ FULL_MODULES = {
 
 def apply_lora(model, lora: dict, groups: dict):
     """Wrap `model` with LoRA adapters on `lora.target_modules` (a regex over module names, default: the LLM's
-    attention and MLP projections). Groups marked trainable other than the LLM are trained fully via
-    `modules_to_save`; everything else is frozen."""
-    modules_to_save = []
+    attention and MLP projections). `lora.modules_to_save` and the groups marked trainable other than the LLM are
+    trained fully via `modules_to_save`; everything else is frozen."""
+    modules_to_save = list(lora.get("modules_to_save") or [])
     for group, names in FULL_MODULES.items():
         if groups.get(group, {}).get("trainable", False):
             modules_to_save += names

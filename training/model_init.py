@@ -98,7 +98,8 @@ def load_model(settings: dict, dtype: str = "float32") -> tuple[HarmonForConditi
             raise ConfigError(f"--model {settings['path']!r} is a {type(model).__name__}, not a Harmon checkpoint.")
         tokenizer = _tokenizer_with_image_token(settings["path"])
         if settings.get("tokenizer"):
-            tokenizer = _grow_vocabulary(model, tokenizer, _tokenizer_with_image_token(settings["tokenizer"]))
+            new = _tokenizer_with_image_token(settings["tokenizer"])
+            tokenizer = _grow_vocabulary(model, tokenizer, new, settings.get("new_token_init", "mean"))
         if settings.get("llm_depth") is not None:
             try:
                 grow_llm_depth(model, settings["llm_depth"])
@@ -107,10 +108,11 @@ def load_model(settings: dict, dtype: str = "float32") -> tuple[HarmonForConditi
     return model.to(getattr(torch, dtype)), tokenizer
 
 
-def _grow_vocabulary(model: HarmonForConditionalGeneration, old, new):
+def _grow_vocabulary(model: HarmonForConditionalGeneration, old, new, init: str = "mean"):
     """Give `model` the tokenizer `new`, which must keep every token of its own tokenizer `old` at the same id (else
     the trained embedding rows would mean other words): the table grows to `len(new)`, the old rows unchanged, the
-    new ones drawn around their mean (transformers' `resize_token_embeddings`; seeded by the run's seed)."""
+    new ones drawn around their mean (`init="mean"`: transformers' `resize_token_embeddings`, seeded by the run's
+    seed) or copies of the unknown token's row (`init="unk"`: the model reads the new words as it read them before)."""
     moved = sorted(token for token, index in old.get_vocab().items() if new.get_vocab().get(token) != index)
     if moved:
         raise ConfigError(
@@ -122,6 +124,13 @@ def _grow_vocabulary(model: HarmonForConditionalGeneration, old, new):
             raise ConfigError(
                 f"model.tokenizer's {name} ({getattr(new, name)}) is not the checkpoint's ({getattr(old, name)})."
             )
-    if len(new) > model.get_input_embeddings().num_embeddings:
+    rows = model.get_input_embeddings().num_embeddings
+    if len(new) > rows:
         model.resize_token_embeddings(len(new))
+        if init == "unk":
+            if old.unk_token_id is None:
+                raise ConfigError("model.new_token_init='unk' needs a tokenizer with an unknown token.")
+            with torch.no_grad():
+                table = model.get_input_embeddings().weight
+                table[rows:] = table[old.unk_token_id]
     return new

@@ -1,0 +1,140 @@
+"""The understanding adapter (`config.understanding_adapter`, modeling_harmon_adapters.py): `from_pretrained` loads the
+PEFT adapter the config names; understanding runs with it; every drawing path runs without it, bit for bit the base
+model's; `save_pretrained` writes the base weights and the adapter so that the folder loads back the same."""
+
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+
+from modeling_harmon import HarmonConfig, HarmonForConditionalGeneration
+
+
+TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, tiny_model, tokenizer):
+    """(base folder without an adapter, folder with a random LoRA + embedding-copy adapter in `reading/`)."""
+    root = tmp_path_factory.mktemp("adapter")
+    base, adapted = root / "base", root / "adapted"
+    for folder in (base, adapted):
+        tiny_model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(
+        HarmonForConditionalGeneration.from_pretrained(base),
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=TARGETS, modules_to_save=["embed_tokens"], init_lora_weights=False
+        ),
+    )
+    with torch.no_grad():  # the embedding copy must differ from the base table for the test to see it
+        copy = peft_model.base_model.model.model.language_model.embed_tokens.modules_to_save["default"]
+        copy.weight.add_(torch.randn_like(copy.weight))
+    peft_model.save_pretrained(adapted / "reading")
+    config = HarmonConfig.from_pretrained(adapted)
+    config.understanding_adapter = "reading"
+    config.save_pretrained(adapted)
+    return base, adapted
+
+
+@pytest.fixture(scope="module")
+def models(folders):
+    base, adapted = folders
+    return (
+        HarmonForConditionalGeneration.from_pretrained(base).eval(),
+        HarmonForConditionalGeneration.from_pretrained(adapted).eval(),
+    )
+
+
+def _question(model, tokenizer):
+    ids = tokenizer("what shape is it?", return_tensors="pt").input_ids
+    return model(input_ids=ids).logits
+
+
+def _draw(model, tokenizer, **kwargs):
+    generator = torch.Generator().manual_seed(3)
+    return model.generate_images(
+        prompt=["a red circle", "two squares"],
+        tokenizer=tokenizer,
+        num_iter=2,
+        num_sampling_steps=3,
+        generator=generator,
+        **kwargs,
+    ).images
+
+
+def test_loads_the_adapter_the_config_names(models, folders):
+    _, adapted = models
+    assert adapted.active_adapters() == ["understanding"]
+    plain = HarmonForConditionalGeneration.from_pretrained(folders[1], understanding_adapter=None)
+    assert not getattr(plain, "peft_config", None)
+    assert plain.config.understanding_adapter is None
+
+
+def test_understanding_uses_the_adapter(models, tokenizer):
+    base, adapted = models
+    with torch.no_grad():
+        assert not torch.allclose(_question(base, tokenizer), _question(adapted, tokenizer), atol=1e-3)
+
+
+def test_drawing_is_the_base_model_bit_for_bit(models, tokenizer):
+    base, adapted = models
+    assert torch.equal(_draw(base, tokenizer), _draw(adapted, tokenizer))
+    # the switch is put back: understanding after a drawing still reads with the adapter
+    with torch.no_grad():
+        assert not torch.allclose(_question(base, tokenizer), _question(adapted, tokenizer), atol=1e-3)
+    assert all(not layer._disable_adapters for layer in _layers(adapted))
+
+
+def test_the_text_to_image_loss_is_the_base_model_s(models, tokenizer):
+    base, adapted = models
+    ids = tokenizer(["a red circle"], return_tensors="pt")
+    pixels = torch.rand(1, 3, base.config.image_size, base.config.image_size) * 2 - 1
+    losses = []
+    for model in (base, adapted):
+        torch.manual_seed(5)
+        with torch.no_grad():
+            losses.append(model(**ids, pixel_values=pixels, generation_targets=True).loss)
+    assert torch.equal(losses[0], losses[1])
+
+
+def test_save_writes_the_base_weights_and_the_adapter(models, folders, tokenizer, tmp_path):
+    _, adapted = models
+    adapted.save_pretrained(tmp_path / "out")
+    written = load_file(tmp_path / "out" / "model.safetensors")
+    original = load_file(folders[1] / "model.safetensors")
+    assert written.keys() == original.keys()
+    assert all(torch.equal(written[key], original[key]) for key in original)
+    adapter = load_file(tmp_path / "out" / "reading" / "adapter_model.safetensors")
+    source = load_file(folders[1] / "reading" / "adapter_model.safetensors")
+    assert adapter.keys() == source.keys()
+    assert all(torch.equal(adapter[key], source[key]) for key in source)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["understanding_adapter"] == "reading"
+    reloaded = HarmonForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        assert torch.equal(_question(reloaded, tokenizer), _question(adapted, tokenizer))
+    assert torch.equal(_draw(reloaded, tokenizer), _draw(adapted, tokenizer))
+
+
+def test_refusals_name_the_problem(models, folders, tmp_path):
+    _, adapted = models
+    with pytest.raises(ValueError, match="push_to_hub"):
+        adapted.save_pretrained(tmp_path / "x", push_to_hub=True)
+    with pytest.raises(ValueError, match="understanding_adapter must be None or a subfolder"):
+        HarmonConfig(understanding_adapter="../elsewhere")
+    broken = tmp_path / "broken"
+    HarmonForConditionalGeneration.from_pretrained(folders[0]).save_pretrained(broken)
+    config = HarmonConfig.from_pretrained(broken)
+    config.understanding_adapter = "missing"
+    config.save_pretrained(broken)
+    with pytest.raises(OSError, match="missing/adapter_config.json"):
+        HarmonForConditionalGeneration.from_pretrained(broken)
+
+
+def _layers(model):
+    from modeling_harmon.modeling_harmon_adapters import _adapter_layers
+
+    return _adapter_layers(model)
