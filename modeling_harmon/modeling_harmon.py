@@ -1147,6 +1147,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         context_images=None,
         preset: str | None = None,
         edit_mode: str | None = None,
+        prompt_mode: str | None = None,
     ) -> HarmonImageGenerationOutput | tuple:
         r"""
         Text-to-image generation by masked autoregression in MAR token space.
@@ -1185,6 +1186,10 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                 returned as `descriptions`. Default: the checkpoint's `generation_config.image_generation`, else
                 `"direct"`. Without `context_images` it has nothing to apply to (a resolved settings dict may carry
                 it into any call).
+            prompt_mode: how a text prompt without `context_images` is drawn. `"direct"`: as given. `"describe"`:
+                the model first restates each prompt in the words its drawing was trained on, through its
+                understanding path ([`describe_prompts`], greedy), then draws that; the texts are returned as
+                `descriptions`. Default: the checkpoint's, else `"direct"`.
             image_guidance_scale: guidance of the context images (>= 1; 1 turns it off). With it and
                 `guidance_scale`, each step runs three row groups (text and images; images only; neither) and guides
                 as InstructPix2Pix: `eps_n + s_I (eps_i - eps_n) + s_T (eps_c - eps_i)`; with `image_guidance_scale`
@@ -1222,6 +1227,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             strength=strength,
             image_guidance_scale=image_guidance_scale,
             edit_mode=edit_mode,
+            prompt_mode=prompt_mode,
         )
         descriptions = None
         if context_images is not None and settings.edit_mode == "describe":
@@ -1234,6 +1240,13 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             descriptions = self.describe_edits(prompt, context_images, tokenizer=tokenizer, processor=processor)
             prompt, context_images = descriptions, None
             settings = dataclasses.replace(settings, image_guidance_scale=1.0)
+        elif context_images is None and settings.prompt_mode == "describe":
+            if prompt is None:
+                raise HarmonSettingError(
+                    "prompt_mode", "'describe' restates the prompt text, so pass prompt (not input_ids)."
+                )
+            descriptions = self.describe_prompts(prompt, tokenizer=tokenizer, processor=processor)
+            prompt = descriptions
         if settings.image_guidance_scale != 1.0 and context_images is None:
             raise HarmonSettingError(
                 "image_guidance_scale",
@@ -1305,13 +1318,47 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         empty."""
         if prompt is None:
             raise ValueError("edit_mode 'describe' needs the instruction as prompt text (not input_ids).")
+        prompts = self._prompt_texts(prompt)
+        images = self._context_image_lists(context_images, len(prompts))
+        return self._describe(
+            prompts,
+            images,
+            tokenizer,
+            processor,
+            max_new_tokens,
+            "the model wrote no description of the edited picture; this checkpoint may not be trained for edit_mode "
+            "'describe': use edit_mode 'direct'.",
+        )
+
+    @torch.no_grad()
+    def describe_prompts(self, prompt, tokenizer=None, processor=None, max_new_tokens: int = 64) -> list[str]:
+        """Each text prompt restated in the model's words: `prompt[i]` sent as a user turn without images (the
+        processor's chat template), answered greedily. A model trained for it (the embedded Shapes model) answers a
+        free phrasing with the canonical caption its drawing knows; `generate_images(prompt_mode="describe")` then
+        draws the answer. Raises a ValueError naming the prompt if an answer is empty."""
+        prompts = self._prompt_texts(prompt)
+        return self._describe(
+            prompts,
+            [[] for _ in prompts],
+            tokenizer,
+            processor,
+            max_new_tokens,
+            "the model wrote nothing to draw; this checkpoint may not be trained for prompt_mode 'describe': use "
+            "prompt_mode 'direct'.",
+        )
+
+    @staticmethod
+    def _prompt_texts(prompt) -> list[str]:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
         if not prompts or not all(isinstance(item, str) for item in prompts):
             raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r:.100}.")
+        return prompts
+
+    def _describe(self, prompts, images, tokenizer, processor, max_new_tokens: int, empty: str) -> list[str]:
+        """Greedy answers of the understanding path to `prompts[i]` about `images[i]` (a list, maybe empty)."""
         if not _is_int(max_new_tokens) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}.")
-        images = self._context_image_lists(context_images, len(prompts))
-        # The same instruction about the same pictures (`harmon edit -n N`, a prompt repeated) is answered once.
+        # The same text about the same pictures (`harmon edit -n N`, a prompt repeated) is answered once.
         first_of = {}
         for index, (text, pictures) in enumerate(zip(prompts, images)):
             first_of.setdefault((text, tuple(map(id, pictures))), index)
@@ -1330,10 +1377,11 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             )
             for index in asked
         ]
+        pictures = [picture for index in asked for picture in images[index]]
         try:
             inputs = processor(
                 text=texts,
-                images=[picture for index in asked for picture in images[index]],
+                images=pictures or None,
                 return_tensors="pt",
                 padding=True,
                 padding_side="left",
@@ -1341,17 +1389,15 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         except ValueError as error:
             raise ValueError(f"context_images: {error}") from None
         inputs = inputs.to(self.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         output = self.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         decoded = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         answer_of = {index: text.strip() for index, text in zip(asked, decoded)}
         answers = [answer_of[first_of[(text, tuple(map(id, pictures)))]] for text, pictures in zip(prompts, images)]
         for index, (text, answer) in enumerate(zip(prompts, answers)):
             if not answer:
-                raise ValueError(
-                    f"prompt[{index}] ({text!r:.80}): the model wrote no description of the edited picture; this "
-                    "checkpoint may not be trained for edit_mode 'describe': use edit_mode 'direct'."
-                )
+                raise ValueError(f"prompt[{index}] ({text!r:.80}): {empty}")
         return answers
 
     def _canvas_size(self, pixels: torch.Tensor, height: int | None, width: int | None) -> tuple[int, int]:

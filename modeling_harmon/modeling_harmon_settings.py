@@ -21,6 +21,7 @@ from typing import Any
 
 
 EDIT_MODES = ("direct", "describe")
+PROMPT_MODES = ("direct", "describe")
 
 
 class HarmonSettingError(ValueError):
@@ -71,6 +72,14 @@ class HarmonImageGenerationSettings:
         "direct",
         "'direct' (draw with the images in view) or 'describe' (write the result, then draw it)",
         "--edit-mode",
+    )
+    # How a text prompt is drawn: "direct" as given; "describe" first has the model restate it in the words its
+    # drawing was trained on (its understanding path, greedy; e.g. free phrasing -> a canonical caption), then draws
+    # that. A checkpoint stores the way it was trained for. Prompts with context images follow `edit_mode` instead.
+    prompt_mode: str = _setting(
+        "direct",
+        "'direct' (draw the prompt as given) or 'describe' (restate it in the model's words, then draw that)",
+        "--prompt-mode",
     )
 
     # ----------------------------------------------------------------------------------------------- names
@@ -144,6 +153,8 @@ class HarmonImageGenerationSettings:
             fail("strength", f"must be a number in [0, 1], got {self.strength!r}.")
         if self.edit_mode not in EDIT_MODES:
             fail("edit_mode", f"must be one of {', '.join(map(repr, EDIT_MODES))}, got {self.edit_mode!r}.")
+        if self.prompt_mode not in PROMPT_MODES:
+            fail("prompt_mode", f"must be one of {', '.join(map(repr, PROMPT_MODES))}, got {self.prompt_mode!r}.")
         return self
 
 

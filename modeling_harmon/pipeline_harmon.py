@@ -247,6 +247,7 @@ class HarmonPipeline(DiffusionPipeline):
         """`generate_images` arguments: the resolved settings, plus the image-conditioned inputs of a subclass's call,
         whose MAR iterations the model scales by the share of tokens drawn unless the caller gave them."""
         arguments = settings.to_dict()
+        arguments.pop("prompt_mode")  # done before the prompts were encoded (`__call__`)
         if self._context.get("context_images") is None:
             arguments.pop("edit_mode")  # how an instruction about pictures is followed: text-to-image has none
         elif arguments["edit_mode"] == "describe" and self._context.get("image_guidance_scale") is None:
@@ -279,6 +280,7 @@ class HarmonPipeline(DiffusionPipeline):
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         preset: str | None = None,
+        prompt_mode: str | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Generate images from text.
@@ -323,6 +325,9 @@ class HarmonPipeline(DiffusionPipeline):
                 zero; `"mask"`: (B, h*w) bool, True = still masked). Returning `{"latents": tensor}` replaces the
                 latents; setting `pipeline._interrupt = True` stops after this iteration.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): see above.
+            prompt_mode (`str`, *optional*): `"direct"` draws the prompt as given; `"describe"` has the model first
+                restate it in the words its drawing was trained on (`model.describe_prompts`), then draws that.
+                Default: the checkpoint's (the embedded Shapes model: `"describe"`), else `"direct"`.
 
         Examples:
 
@@ -354,6 +359,7 @@ class HarmonPipeline(DiffusionPipeline):
             strength=self._canvas.get("strength"),
             image_guidance_scale=self._context.get("image_guidance_scale"),
             edit_mode=self._context.get("edit_mode"),
+            prompt_mode=prompt_mode,
         )
         self._guidance_scale = settings.guidance_scale
         self._num_timesteps = settings.num_iter
@@ -371,6 +377,8 @@ class HarmonPipeline(DiffusionPipeline):
                 "tokenizer": self.tokenizer,
             }
         else:
+            if settings.prompt_mode == "describe":  # the model restates the prompts; those are drawn
+                prompt = self.model.describe_prompts(prompt, tokenizer=self.tokenizer)
             input_ids, attention_mask = self.encode_prompt(prompt, device)
             negative_ids = negative_mask = None
             if settings.guidance_scale != 1.0:

@@ -102,6 +102,11 @@ def write_hub_files(
     model_dir.mkdir(exist_ok=True)
     for name in model_files:
         _link_or_copy(folder / name, model_dir / name)
+    adapter = getattr(model.config, "understanding_adapter", None)
+    if adapter and (folder / adapter).is_dir():  # the model component loads its understanding adapter too
+        (model_dir / adapter).mkdir(parents=True, exist_ok=True)
+        for path in (folder / adapter).iterdir():
+            _link_or_copy(path, model_dir / adapter / path.name)
     tokenizer_dir = folder / TOKENIZER_COMPONENT
     tokenizer.save_pretrained(tokenizer_dir)
     for path in tokenizer_dir.iterdir():

@@ -126,7 +126,7 @@ def _grow_vocabulary(model: HarmonForConditionalGeneration, old, new, init: str 
             )
     rows = model.get_input_embeddings().num_embeddings
     if len(new) > rows:
-        model.resize_token_embeddings(len(new))
+        model.resize_token_embeddings(len(new), mean_resizing=init == "mean")
         if init == "unk":
             if old.unk_token_id is None:
                 raise ConfigError("model.new_token_init='unk' needs a tokenizer with an unknown token.")

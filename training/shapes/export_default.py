@@ -24,6 +24,7 @@ DEMO_IMAGE_GENERATION = {
     "temperature": 1.0,
     "num_sampling_steps": 50,
     "edit_mode": "direct",
+    "prompt_mode": "direct",
 }
 # Named presets over those defaults (`generation_config.image_generation_presets`; `sampling="fast"`, `--sampling fast`).
 # "fast": 10 head steps drew 3.8x faster than the defaults' 50 and scored the same overall (0.84, n = 270;
@@ -31,15 +32,32 @@ DEMO_IMAGE_GENERATION = {
 DEMO_PRESETS = {"fast": {"num_sampling_steps": 10}}
 
 
-def export(model_dir: str, output: Path, x0_clamp: float | None, overwrite: bool = False, **sampling) -> Path:
+# Where the exported folder keeps an understanding adapter (`config.understanding_adapter`).
+ADAPTER_SUBFOLDER = "understanding_adapter"
+
+
+def export(
+    model_dir: str,
+    output: Path,
+    x0_clamp: float | None,
+    overwrite: bool = False,
+    understanding_adapter: str | None = None,
+    **sampling,
+) -> Path:
     """Write the bf16 folder; `sampling` overrides entries of DEMO_IMAGE_GENERATION (e.g. temperature=0.8). An
-    existing `output` is replaced only if a harmon writer made it and `overwrite` is set."""
+    existing `output` is replaced only if a harmon writer made it and `overwrite` is set. `understanding_adapter`: a
+    LoRA run's folder (adapter, tokenizer) trained on `model_dir` grown to that tokenizer with `new_token_init: unk`;
+    the export grows the table the same way and keeps the adapter in `understanding_adapter/`."""
     from harmon_pipelines.hub import write_hub_files
 
-    check_output_folder(output, overwrite, [model_dir])
+    inputs = [model_dir] + ([understanding_adapter] if understanding_adapter else [])
+    check_output_folder(output, overwrite, inputs)
 
-    model = AutoModel.from_pretrained(model_dir, trust_remote_code=False).eval().to(torch.bfloat16)
+    model = AutoModel.from_pretrained(model_dir, trust_remote_code=False, understanding_adapter=None).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    if understanding_adapter:
+        tokenizer = _attach_understanding_adapter(model, model_dir, Path(understanding_adapter))
+    model = model.to(torch.bfloat16)
     settings = dict(getattr(model.generation_config, "image_generation", None) or {})
     unknown = sorted(set(sampling) - set(DEMO_IMAGE_GENERATION))
     if unknown:
@@ -53,7 +71,7 @@ def export(model_dir: str, output: Path, x0_clamp: float | None, overwrite: bool
     # transformers replaces a generation config marked as derived from the model config when it loads one, which
     # would drop these settings.
     model.generation_config._from_model_config = False
-    with replace_folder(output, "training.shapes.export_default", overwrite, [model_dir]) as staging:
+    with replace_folder(output, "training.shapes.export_default", overwrite, inputs) as staging:
         write_hub_files(staging, model, tokenizer)
         for path in list(staging.glob("*.py")) + [
             staging / "model",
@@ -67,6 +85,21 @@ def export(model_dir: str, output: Path, x0_clamp: float | None, overwrite: bool
     size = sum(path.stat().st_size for path in output.rglob("*") if path.is_file())
     print(f"exported {output} ({size / 2**20:.1f} MiB)")
     return output
+
+
+def _attach_understanding_adapter(model, model_dir: str, adapter_dir: Path):
+    """Grow `model`'s vocabulary to the adapter run's tokenizer (new rows: the unknown token's, as the run started)
+    and load its adapter as the model's understanding adapter; returns the run's tokenizer."""
+    from modeling_harmon.modeling_harmon_adapters import UNDERSTANDING_ADAPTER
+    from ..model_init import _grow_vocabulary, _tokenizer_with_image_token
+
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ValueError(f"--understanding-adapter {adapter_dir}: no adapter_config.json there (a LoRA run's folder).")
+    old = _tokenizer_with_image_token(model_dir)
+    grown = _grow_vocabulary(model, old, _tokenizer_with_image_token(str(adapter_dir)), init="unk")
+    model.load_adapter(str(adapter_dir), adapter_name=UNDERSTANDING_ADAPTER, is_trainable=False)
+    model.config.understanding_adapter = ADAPTER_SUBFOLDER
+    return grown
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,6 +123,17 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="how the model follows an edit instruction by default: the way its recipe trained it (default: direct)",
     )
+    parser.add_argument(
+        "--prompt-mode",
+        choices=("direct", "describe"),
+        default=None,
+        help="how the model draws a text prompt by default: the way its recipe trained it (default: direct)",
+    )
+    parser.add_argument(
+        "--understanding-adapter",
+        default=None,
+        help="a LoRA run's final folder trained on --model for understanding only; kept as the model's adapter",
+    )
     args = parser.parse_args(argv)
     try:
         export(
@@ -97,11 +141,13 @@ def main(argv: list[str] | None = None) -> None:
             args.output,
             args.x0_clamp,
             args.overwrite,
+            understanding_adapter=args.understanding_adapter,
             temperature=args.temperature,
             guidance_scale=args.guidance_scale,
             num_iter=args.num_iter,
             num_sampling_steps=args.head_steps,
             edit_mode=args.edit_mode,
+            prompt_mode=args.prompt_mode,
         )
     except (OutputFolderError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
