@@ -91,6 +91,7 @@ def _attach_understanding_adapter(model, model_dir: str, adapter_dir: Path):
     """Grow `model`'s vocabulary to the adapter run's tokenizer (new rows: the unknown token's, as the run started)
     and load its adapter as the model's understanding adapter; returns the run's tokenizer."""
     from modeling_harmon.modeling_harmon_adapters import UNDERSTANDING_ADAPTER
+
     from ..model_init import _grow_vocabulary, _tokenizer_with_image_token
 
     if not (adapter_dir / "adapter_config.json").is_file():
