@@ -499,6 +499,14 @@ def test_make_data_writes_distill_records_whose_teacher_is_the_canonical_caption
     assert [(r["target"], r["prompt"], r["teacher_prompt"], r["sources"]) for r in phrasing] == [
         (w["image"], w["text"], c["text"], []) for w, c in zip(worded, canonical, strict=True)
     ]
+    # prompt_rewrites.jsonl: the same pairs as text conversations (a `text` source), wording -> canonical caption
+    rewrites = read(free / "prompt_rewrites.jsonl")
+    assert rewrites == [
+        {"messages": [{"from": "human", "value": w["text"]}, {"from": "gpt", "value": c["text"]}]}
+        for w, c in zip(worded, canonical, strict=True)
+    ]
+    assert any(w["text"] != c["text"] for w, c in zip(worded, canonical))
+    assert not (plain / "prompt_rewrites.jsonl").exists()
     edits, distill = read(free / "edits.jsonl"), read(free / "distill_edits.jsonl")
     assert len(distill) == len(edits) == 12
     for edit, record in zip(edits, distill):

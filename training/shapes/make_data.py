@@ -16,9 +16,10 @@ the time; same scenes, images and answers as without it); `--edits N` also write
 "edits/000000_target.png", "operation": "recolor"}`, image paths relative to the JSONL; train-split edits of
 edits.py), `edits/*.png`, `distill_edits.jsonl` and `edit_descriptions.jsonl` (the instruction about the source
 answered by the target's caption in reading order: stage IV's describe-then-draw records); `--scene-captions N` writes
-`scene_captions.jsonl` and `scenes/*.png` (scenes, mostly of two objects, captioned in reading order); `--free-phrasing` also writes `distill_phrasing.jsonl` (the
-`distill` records of stage IV: training/configs/shapes/stage4_edit_phrasing.yaml). Either flag writes the tokenizer
-over `world.extended_vocabulary()`.
+`scene_captions.jsonl` and `scenes/*.png` (scenes, mostly of two objects, captioned in reading order);
+`--free-phrasing` also writes `distill_phrasing.jsonl` (each wording with the canonical caption it should condition
+as) and `prompt_rewrites.jsonl` (the same pairs as text conversations: a wording answered by its canonical caption, for
+prompt_mode "describe"). Either flag writes the tokenizer over `world.extended_vocabulary()`.
 """
 
 import argparse
@@ -46,6 +47,9 @@ EDIT_KEYS = ("source", "instruction", "target")
 # Beside edits.jsonl and captions.jsonl: the same edits and captions as conditioning-distillation records (the
 # `distill` source kind, training/data/sources.py): the teacher prompt is the canonical caption of the scene to draw.
 EDIT_DISTILL, PHRASING_DISTILL = "distill_edits.jsonl", "distill_phrasing.jsonl"
+# `--free-phrasing`: each caption's wording answered by the scene's canonical caption, as text-only conversations: what
+# a model that draws with prompt_mode "describe" writes before drawing (the understanding adapter's stage trains it).
+PROMPT_REWRITES = "prompt_rewrites.jsonl"
 # And as understanding records (LLaVA conversations, the `vqa` source kind): the instruction about the source picture
 # answered by the target's canonical caption, what a model that edits with edit_mode "describe" writes before drawing.
 EDIT_DESCRIPTIONS = "edit_descriptions.jsonl"
@@ -103,10 +107,12 @@ def write_data(
         rng = random.Random(seed)
         wording = random.Random(f"shapes-phrasing-{seed}") if free_phrasing else None
         phrasing = open(staging / PHRASING_DISTILL, "w") if free_phrasing else contextlib.nullcontext()
+        restated = open(staging / PROMPT_REWRITES, "w") if free_phrasing else contextlib.nullcontext()
         with (
             open(staging / "captions.jsonl", "w") as captions,
             open(staging / "vqa.jsonl", "w") as vqa,
             phrasing as distill,
+            restated as rewrites,
         ):
             for index in range(scenes):
                 scene = sample_scene(rng, "train")
@@ -117,6 +123,8 @@ def write_data(
                 if distill is not None:  # the wording should condition as the canonical caption does
                     record = {"target": name, "prompt": caption, "sources": [], "teacher_prompt": scene.caption()}
                     distill.write(json.dumps(record) + "\n")
+                    turns = [{"from": "human", "value": caption}, {"from": "gpt", "value": scene.caption()}]
+                    rewrites.write(json.dumps({"messages": turns}) + "\n")
                 asked = questions(scene, rng)
                 rng.shuffle(asked)
                 turns = []
