@@ -15,6 +15,7 @@ import json
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,6 +40,14 @@ EXAMPLE_DOC_STRING = """
 """
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class HarmonPipelineOutput(ImagePipelineOutput):
+    """`images` as diffusers' pipelines return them; `descriptions`: with `prompt_mode="describe"`, the model's
+    restatement of each prompt (what it drew, one per prompt), else None."""
+
+    descriptions: list[str] | None = None
 
 
 class HarmonPipeline(DiffusionPipeline):
@@ -366,6 +375,7 @@ class HarmonPipeline(DiffusionPipeline):
         self._interrupt = False
         device = self._execution_device
 
+        described = None
         # 1. Prompts -> token ids (conditional and, for guidance, negative / unconditional). With context images (a
         # subclass's call) the model tokenises the text itself, since the processor puts the images before it.
         if self._context.get("context_images") is not None:
@@ -378,7 +388,7 @@ class HarmonPipeline(DiffusionPipeline):
             }
         else:
             if settings.prompt_mode == "describe":  # the model restates the prompts; those are drawn
-                prompt = self.model.describe_prompts(prompt, tokenizer=self.tokenizer)
+                prompt = described = self.model.describe_prompts(prompt, tokenizer=self.tokenizer)
             input_ids, attention_mask = self.encode_prompt(prompt, device)
             negative_ids = negative_mask = None
             if settings.guidance_scale != 1.0:
@@ -425,7 +435,8 @@ class HarmonPipeline(DiffusionPipeline):
                 callback=on_iteration,
                 decode=output_type != "latent",
             )
-        self._descriptions = generated.descriptions  # edit_mode "describe": what was drawn, for a subclass's output
+        # edit_mode / prompt_mode "describe": what was drawn
+        self._descriptions = generated.descriptions if described is None else described
 
         # 3. Decode (done by the model's VAE above) and convert.
         if output_type == "latent":
@@ -435,7 +446,7 @@ class HarmonPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
-        return ImagePipelineOutput(images=images)
+        return HarmonPipelineOutput(images=images, descriptions=self._descriptions)
 
 
 class HarmonText2ImagePipeline(HarmonPipeline):

@@ -11,18 +11,15 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
-from .pipeline_harmon import HarmonPipeline
+from .pipeline_harmon import HarmonPipeline, HarmonPipelineOutput
 
 
 @dataclass
-class HarmonImageEditPipelineOutput(ImagePipelineOutput):
+class HarmonImageEditPipelineOutput(HarmonPipelineOutput):
     """`images` as diffusers' pipelines return them; `descriptions`: with `edit_mode="describe"`, the model's text of
     each edited picture (what it drew, one per prompt), else None."""
-
-    descriptions: list[str] | None = None
 
 
 def edit_training_warning(config) -> str | None:

@@ -41,6 +41,7 @@ def test_the_pipeline_draws_the_restatement_too(tiny_model, tokenizer, monkeypat
     )
     direct = pipe(["a red circle again"], generator=[torch.Generator().manual_seed(0)], **arguments)
     assert torch.equal(described.images, direct.images)
+    assert described.descriptions == ["a red circle again"] and direct.descriptions is None
 
 
 def test_describe_prompts_asks_the_understanding_path_without_images(tiny_model, tokenizer):
