@@ -564,10 +564,12 @@ class HarmonDemo:
             "temperature": settings["temperature"],
         }
 
+        described = []  # prompt_mode "describe": the model's restatement of the prompt, shown with the images
+
         def run(callback):
             pipe = HarmonPipeline(model=self.model, tokenizer=self.tokenizer)
             pipe.set_progress_bar_config(disable=True)
-            return pipe(
+            output = pipe(
                 prompt=prompt,
                 negative_prompt=negative,
                 num_images_per_prompt=count,
@@ -576,7 +578,9 @@ class HarmonDemo:
                 callback_on_step_end=callback,
                 callback_on_step_end_tensor_inputs=["latents", "mask"],
                 **arguments,
-            ).images
+            )
+            described[:] = output.descriptions or []
+            return output.images
 
         started = time.perf_counter()
         status = f"Drawing {count} image(s) of {settings['width']}x{settings['height']} px, seed {seed}..."
@@ -593,11 +597,15 @@ class HarmonDemo:
                 metadata = {"prompt": prompt, "seed": seed + k, "settings": arguments, "model": self.name}
                 if negative:
                     metadata["negative_prompt"] = negative
+                if described:
+                    metadata["description"] = described[0]
                 files.append(self._save(image, metadata))
             gallery = [(enlarge(image, self.display_side), f"seed {seed + k}") for k, image in enumerate(images)]
             seconds = time.perf_counter() - started
             seeds = f"seed {seed}" if count == 1 else f"seeds {seed}..{seed + count - 1}"
             status = f"Drew {count} image(s) in {seconds:.1f} s, {seeds}."
+            if described and described[0] != prompt:
+                status += f' The model read the prompt as "{described[0]}" and drew that.'
             if stopped_at is not None:
                 status = f"Stopped after MAR iteration {stopped_at}: the tokens drawn so far, the rest left empty."
             yield enlarge(images[0], self.display_side), gallery, files, status, seed, images
