@@ -138,3 +138,82 @@ def _layers(model):
     from modeling_harmon.modeling_harmon_adapters import _adapter_layers
 
     return _adapter_layers(model)
+
+
+def test_export_default_keeps_a_runs_adapter_and_draws_as_the_base(tmp_path):
+    """`export_default --understanding-adapter RUN`: the folder grows the vocabulary as the run did (<unk> rows),
+    keeps the adapter, draws what the plain export draws (a prompt with new words too), and reads with the adapter."""
+    from harmon_pipelines.default_model import load_model_and_tokenizer
+    from training.model_init import load_model
+    from training.shapes.export_default import export
+    from training.shapes.make_data import build_tokenizer
+
+    plain, extended = build_tokenizer(), build_tokenizer(extended=True)
+    config = HarmonConfig(
+        text_config={
+            "model_type": "qwen2",
+            "vocab_size": len(plain),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "tie_word_embeddings": True,
+        },
+        encoder_hidden_size=32,
+        encoder_num_layers=1,
+        encoder_num_heads=2,
+        decoder_hidden_size=32,
+        decoder_num_layers=1,
+        decoder_num_heads=2,
+        buffer_size=2,
+        image_size=32,
+        diffusion_head_depth=1,
+        diffusion_head_width=32,
+        image_token_id=plain.image_token_id,
+        pad_token_id=plain.pad_token_id,
+        eos_token_id=plain.eos_token_id,
+    )
+    torch.manual_seed(0)
+    from tests.conftest import wake_zero_initialised
+
+    wake_zero_initialised(HarmonForConditionalGeneration(config)).save_pretrained(tmp_path / "stage3")
+    plain.save_pretrained(tmp_path / "stage3")
+    extended.save_pretrained(tmp_path / "tokenizer")
+    grown, _ = load_model(
+        {
+            "init": "pretrained",
+            "path": str(tmp_path / "stage3"),
+            "tokenizer": str(tmp_path / "tokenizer"),
+            "new_token_init": "unk",
+        }
+    )
+    run = get_peft_model(
+        grown,
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=TARGETS, modules_to_save=["embed_tokens"], init_lora_weights=False
+        ),
+    )
+    run.save_pretrained(tmp_path / "run")
+    extended.save_pretrained(tmp_path / "run")
+
+    export(str(tmp_path / "stage3"), tmp_path / "base", None, num_iter=2)
+    export(
+        str(tmp_path / "stage3"), tmp_path / "adapted", None, understanding_adapter=str(tmp_path / "run"), num_iter=2
+    )
+    assert (tmp_path / "adapted" / "understanding_adapter" / "adapter_model.safetensors").is_file()
+    base, base_tokenizer = load_model_and_tokenizer(tmp_path / "base")
+    adapted, tokenizer = load_model_and_tokenizer(tmp_path / "adapted")
+    assert adapted.active_adapters() == ["understanding"] and len(tokenizer) == len(extended)
+    prompts = ["a red circle", "a red circle and a blue square"]  # "and" is a new word: <unk> to the base
+    settings = {"num_iter": 2, "num_sampling_steps": 3}
+    drawn = [
+        model.generate_images(
+            prompt=prompts, tokenizer=words, generator=[torch.Generator().manual_seed(i) for i in range(2)], **settings
+        ).images
+        for model, words in ((base, base_tokenizer), (adapted, tokenizer))
+    ]
+    assert torch.equal(*drawn)
+    ids = base_tokenizer("what shape is it?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert not torch.allclose(base(input_ids=ids).logits, adapted(input_ids=ids).logits[..., : len(plain)])
