@@ -32,12 +32,15 @@ INSTALL_REQUIRES = [
     "diffusers>=0.40,<0.43",
     "accelerate>=1.0",
     "safetensors>=0.4",
+    # A checkpoint's understanding adapter (config.understanding_adapter; the embedded demo model has one) is a PEFT
+    # adapter, loaded through transformers' PEFT integration.
+    "peft>=0.20,<0.22",
     "huggingface-hub>=1.0",
     "numpy>=1.24",
     "pillow>=10.0",
 ]
 EXTRAS = {
-    "train": ["peft>=0.20,<0.22", "datasets>=3.0", "trl>=1.0", "evaluate>=0.4", "pyyaml>=6.0"],
+    "train": ["datasets>=3.0", "trl>=1.0", "evaluate>=0.4", "pyyaml>=6.0"],
     "test": ["pytest>=8.0"],
     "lint": ["ruff==0.17.6"],  # pinned: the formatter's output changes between releases
     # FID and CLIPScore (harmon_pipelines.evaluation.image_metrics). torchmetrics adds lightning-utilities only; not
