@@ -162,6 +162,28 @@ def check_hub_folder(folder: str | os.PathLike) -> list[str]:
             root = folder / path.name
             if root.is_file() and root.read_bytes() != path.read_bytes():
                 problems.append(f"{component}/{path.name} differs from the root {path.name}")
+    problems += _adapter_problems(folder)
+    return problems
+
+
+def _adapter_problems(folder: Path) -> list[str]:
+    """The understanding adapter the config names (`config.understanding_adapter`): its files at the root and, when
+    the folder has its diffusers model component, the same bytes there."""
+    try:
+        adapter = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("understanding_adapter")
+    except (OSError, ValueError, AttributeError):
+        return []  # a missing or unreadable config.json is reported (or fails loading) on its own
+    if not adapter:
+        return []
+    problems = []
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        root = folder / adapter / name
+        if not root.is_file():
+            problems.append(f"missing {adapter}/{name} (config.understanding_adapter)")
+            continue
+        copy = folder / MODEL_COMPONENT / adapter / name
+        if (folder / MODEL_COMPONENT).is_dir() and (not copy.is_file() or copy.read_bytes() != root.read_bytes()):
+            problems.append(f"{MODEL_COMPONENT}/{adapter}/{name} is missing or differs from the root {adapter}/{name}")
     return problems
 
 

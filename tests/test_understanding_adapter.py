@@ -198,10 +198,18 @@ def test_export_default_keeps_a_runs_adapter_and_draws_as_the_base(tmp_path):
     extended.save_pretrained(tmp_path / "run")
 
     export(str(tmp_path / "stage3"), tmp_path / "base", None, num_iter=2)
+    tasks = ["text2image", "image2text", "edit"]
+    adapter = str(tmp_path / "run")
     export(
-        str(tmp_path / "stage3"), tmp_path / "adapted", None, understanding_adapter=str(tmp_path / "run"), num_iter=2
+        str(tmp_path / "stage3"),
+        tmp_path / "adapted",
+        None,
+        understanding_adapter=adapter,
+        trained_tasks=tasks,
+        num_iter=2,
     )
     assert (tmp_path / "adapted" / "understanding_adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "adapted" / "config.json").read_text())["trained_tasks"] == tasks
     base, base_tokenizer = load_model_and_tokenizer(tmp_path / "base")
     adapted, tokenizer = load_model_and_tokenizer(tmp_path / "adapted")
     assert adapted.active_adapters() == ["understanding"] and len(tokenizer) == len(extended)
@@ -217,3 +225,27 @@ def test_export_default_keeps_a_runs_adapter_and_draws_as_the_base(tmp_path):
     ids = base_tokenizer("what shape is it?", return_tensors="pt").input_ids
     with torch.no_grad():
         assert not torch.allclose(base(input_ids=ids).logits, adapted(input_ids=ids).logits[..., : len(plain)])
+
+
+def test_the_hub_layout_carries_the_adapter_to_every_loader(models, tokenizer, tmp_path):
+    """`write_hub_files`: the adapter at the root and in the diffusers model component, which `HarmonPipeline` loads;
+    `check_hub_folder` names a missing adapter file."""
+    from harmon_pipelines import HarmonPipeline
+    from harmon_pipelines.hub import check_hub_folder, write_hub_files
+
+    _, adapted = models
+    folder = write_hub_files(tmp_path / "hub", adapted, tokenizer)
+    assert check_hub_folder(folder) == []
+    assert (folder / "model" / "reading" / "adapter_model.safetensors").is_file()
+    pipe = HarmonPipeline.from_pretrained(folder)
+    assert pipe.model.active_adapters() == ["understanding"]
+    with torch.no_grad():
+        assert torch.equal(_question(pipe.model, tokenizer), _question(adapted, tokenizer))
+    (folder / "model" / "reading" / "adapter_model.safetensors").unlink()
+    (folder / "reading" / "adapter_config.json").unlink()
+    problems = check_hub_folder(folder)
+    assert "missing reading/adapter_config.json (config.understanding_adapter)" in problems
+    assert (
+        "model/reading/adapter_model.safetensors is missing or differs from the root reading/adapter_model.safetensors"
+        in problems
+    )

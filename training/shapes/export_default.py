@@ -42,12 +42,15 @@ def export(
     x0_clamp: float | None,
     overwrite: bool = False,
     understanding_adapter: str | None = None,
+    trained_tasks: list[str] | None = None,
     **sampling,
 ) -> Path:
     """Write the bf16 folder; `sampling` overrides entries of DEMO_IMAGE_GENERATION (e.g. temperature=0.8). An
     existing `output` is replaced only if a harmon writer made it and `overwrite` is set. `understanding_adapter`: a
     LoRA run's folder (adapter, tokenizer) trained on `model_dir` grown to that tokenizer with `new_token_init: unk`;
-    the export grows the table the same way and keeps the adapter in `understanding_adapter/`."""
+    the export grows the table the same way and keeps the adapter in `understanding_adapter/`. `trained_tasks`: the
+    tasks the exported folder serves (`config.trained_tasks`; an adapter run's folder holds no model config), else the
+    model's."""
     from harmon_pipelines.hub import write_hub_files
 
     inputs = [model_dir] + ([understanding_adapter] if understanding_adapter else [])
@@ -57,6 +60,8 @@ def export(
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     if understanding_adapter:
         tokenizer = _attach_understanding_adapter(model, model_dir, Path(understanding_adapter))
+    if trained_tasks is not None:
+        model.config.trained_tasks = list(trained_tasks)
     model = model.to(torch.bfloat16)
     settings = dict(getattr(model.generation_config, "image_generation", None) or {})
     unknown = sorted(set(sampling) - set(DEMO_IMAGE_GENERATION))
@@ -135,6 +140,13 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="a LoRA run's final folder trained on --model for understanding only; kept as the model's adapter",
     )
+    parser.add_argument(
+        "--trained-tasks",
+        nargs="+",
+        choices=("text2image", "image2text", "text", "edit"),
+        default=None,
+        help="the tasks the folder serves (config.trained_tasks; default: the model's)",
+    )
     args = parser.parse_args(argv)
     try:
         export(
@@ -143,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             args.x0_clamp,
             args.overwrite,
             understanding_adapter=args.understanding_adapter,
+            trained_tasks=args.trained_tasks,
             temperature=args.temperature,
             guidance_scale=args.guidance_scale,
             num_iter=args.num_iter,
