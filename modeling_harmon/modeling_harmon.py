@@ -1188,8 +1188,9 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                 it into any call).
             prompt_mode: how a text prompt without `context_images` is drawn. `"direct"`: as given. `"describe"`:
                 the model first restates each prompt in the words its drawing was trained on, through its
-                understanding path ([`describe_prompts`], greedy), then draws that; the texts are returned as
-                `descriptions`. Default: the checkpoint's, else `"direct"`.
+                understanding path ([`describe_prompts`], greedy), then draws that. `"auto"`: only the prompts with a
+                word the drawing path never learned are restated ([`restate_prompts`]). The texts drawn are returned
+                as `descriptions`. Default: the checkpoint's, else `"direct"`.
             image_guidance_scale: guidance of the context images (>= 1; 1 turns it off). With it and
                 `guidance_scale`, each step runs three row groups (text and images; images only; neither) and guides
                 as InstructPix2Pix: `eps_n + s_I (eps_i - eps_n) + s_T (eps_c - eps_i)`; with `image_guidance_scale`
@@ -1240,12 +1241,13 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             descriptions = self.describe_edits(prompt, context_images, tokenizer=tokenizer, processor=processor)
             prompt, context_images = descriptions, None
             settings = dataclasses.replace(settings, image_guidance_scale=1.0)
-        elif context_images is None and settings.prompt_mode == "describe":
+        elif context_images is None and settings.prompt_mode != "direct":
             if prompt is None:
                 raise HarmonSettingError(
-                    "prompt_mode", "'describe' restates the prompt text, so pass prompt (not input_ids)."
+                    "prompt_mode",
+                    f"{settings.prompt_mode!r} restates the prompt text, so pass prompt (not input_ids).",
                 )
-            descriptions = self.describe_prompts(prompt, tokenizer=tokenizer, processor=processor)
+            descriptions = self.restate_prompts(prompt, settings.prompt_mode, tokenizer=tokenizer, processor=processor)
             prompt = descriptions
         if settings.image_guidance_scale != 1.0 and context_images is None:
             raise HarmonSettingError(
@@ -1346,6 +1348,40 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             "the model wrote nothing to draw; this checkpoint may not be trained for prompt_mode 'describe': use "
             "prompt_mode 'direct'.",
         )
+
+    def restate_prompts(self, prompt, prompt_mode: str = "describe", tokenizer=None, processor=None) -> list[str]:
+        """The texts `generate_images` draws for `prompt` under `prompt_mode`: `"describe"`: every prompt restated by
+        [`describe_prompts`]; `"auto"`: only the prompts with a word the drawing path never learned (see
+        [`unlearned_token_ids`]), the others as given; `"direct"`: the prompts as given."""
+        prompts = self._prompt_texts(prompt)
+        if prompt_mode == "direct":
+            return prompts
+        if prompt_mode == "auto":
+            unlearned = self.unlearned_token_ids(tokenizer)
+            words = self._tokenizer(tokenizer)
+            asked = [
+                i for i, text in enumerate(prompts) if unlearned & set(words(text, add_special_tokens=False).input_ids)
+            ]
+        else:
+            asked = list(range(len(prompts)))
+        if not asked:
+            return prompts
+        answers = self.describe_prompts([prompts[i] for i in asked], tokenizer=tokenizer, processor=processor)
+        restated = list(prompts)
+        for index, answer in zip(asked, answers):
+            restated[index] = answer
+        return restated
+
+    def unlearned_token_ids(self, tokenizer=None) -> set[int]:
+        """Ids whose embedding row, as the drawing path reads it (without the understanding adapter), is the unknown
+        token's: the unknown token itself, and words added with `new_token_init: unk` that only an adapter learned."""
+        unknown = self._tokenizer(tokenizer).unk_token_id
+        if unknown is None:
+            return set()
+        embeddings = self.get_input_embeddings()
+        table = getattr(embeddings, "original_module", embeddings).weight  # peft's modules_to_save wrapper
+        same = (table == table[unknown]).all(dim=-1).nonzero().flatten().tolist()
+        return set(same) | {unknown}
 
     @staticmethod
     def _prompt_texts(prompt) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 
 EDIT_MODES = ("direct", "describe")
-PROMPT_MODES = ("direct", "describe")
+PROMPT_MODES = ("direct", "describe", "auto")
 
 
 class HarmonSettingError(ValueError):
@@ -75,10 +75,12 @@ class HarmonImageGenerationSettings:
     )
     # How a text prompt is drawn: "direct" as given; "describe" first has the model restate it in the words its
     # drawing was trained on (its understanding path, greedy; e.g. free phrasing -> a canonical caption), then draws
-    # that. A checkpoint stores the way it was trained for. Prompts with context images follow `edit_mode` instead.
+    # that; "auto" restates only a prompt with words the drawing path never learned (embedding rows that are the
+    # unknown token's). A checkpoint stores the way it was trained for. Prompts with context images follow `edit_mode`.
     prompt_mode: str = _setting(
         "direct",
-        "'direct' (draw the prompt as given) or 'describe' (restate it in the model's words, then draw that)",
+        "'direct' (draw the prompt as given), 'describe' (restate it in the model's words, then draw that) or 'auto' "
+        "(restate only prompts with words the drawing never learned)",
         "--prompt-mode",
     )
 

@@ -335,8 +335,9 @@ class HarmonPipeline(DiffusionPipeline):
                 latents; setting `pipeline._interrupt = True` stops after this iteration.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): see above.
             prompt_mode (`str`, *optional*): `"direct"` draws the prompt as given; `"describe"` has the model first
-                restate it in the words its drawing was trained on (`model.describe_prompts`), then draws that.
-                Default: the checkpoint's (the embedded Shapes model: `"describe"`), else `"direct"`.
+                restate it in the words its drawing was trained on (`model.describe_prompts`), then draws that;
+                `"auto"` restates only a prompt with words the drawing never learned. Default: the checkpoint's (the
+                embedded Shapes model: `"auto"`), else `"direct"`.
 
         Examples:
 
@@ -387,8 +388,8 @@ class HarmonPipeline(DiffusionPipeline):
                 "tokenizer": self.tokenizer,
             }
         else:
-            if settings.prompt_mode == "describe":  # the model restates the prompts; those are drawn
-                prompt = described = self.model.describe_prompts(prompt, tokenizer=self.tokenizer)
+            if settings.prompt_mode != "direct":  # the model restates the prompts (all, or "auto"'s); those are drawn
+                prompt = described = self.model.restate_prompts(prompt, settings.prompt_mode, tokenizer=self.tokenizer)
             input_ids, attention_mask = self.encode_prompt(prompt, device)
             negative_ids = negative_mask = None
             if settings.guidance_scale != 1.0:

@@ -226,6 +226,24 @@ def test_export_default_keeps_a_runs_adapter_and_draws_as_the_base(tmp_path):
     with torch.no_grad():
         assert not torch.allclose(base(input_ids=ids).logits, adapted(input_ids=ids).logits[..., : len(plain)])
 
+    # prompt_mode "auto" restates only the prompts with a word the drawing path never learned ("and": an <unk> row)
+    unlearned = adapted.unlearned_token_ids(tokenizer)
+    assert {tokenizer.unk_token_id, tokenizer.convert_tokens_to_ids("and")} <= unlearned
+    assert tokenizer.convert_tokens_to_ids("circle") not in unlearned
+    asked = []
+
+    def restate(prompt, **_):
+        asked.extend(prompt)
+        return ["a red circle to the left of a blue square"] * len(prompt)
+
+    adapted.describe_prompts = restate
+    assert adapted.restate_prompts(prompts, "auto", tokenizer=tokenizer) == [
+        "a red circle",
+        "a red circle to the left of a blue square",
+    ]
+    assert asked == ["a red circle and a blue square"]
+    assert adapted.restate_prompts(prompts, "direct", tokenizer=tokenizer) == prompts
+
 
 def test_the_hub_layout_carries_the_adapter_to_every_loader(models, tokenizer, tmp_path):
     """`write_hub_files`: the adapter at the root and in the diffusers model component, which `HarmonPipeline` loads;

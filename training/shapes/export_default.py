@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--prompt-mode",
-        choices=("direct", "describe"),
+        choices=("direct", "describe", "auto"),
         default=None,
         help="how the model draws a text prompt by default: the way its recipe trained it (default: direct)",
     )
