@@ -256,7 +256,7 @@ class HarmonPipeline(DiffusionPipeline):
         """`generate_images` arguments: the resolved settings, plus the image-conditioned inputs of a subclass's call,
         whose MAR iterations the model scales by the share of tokens drawn unless the caller gave them."""
         arguments = settings.to_dict()
-        arguments.pop("prompt_mode")  # done before the prompts were encoded (`__call__`)
+        arguments["prompt_mode"] = "direct"  # restated before the prompts were encoded (`__call__`), not again
         if self._context.get("context_images") is None:
             arguments.pop("edit_mode")  # how an instruction about pictures is followed: text-to-image has none
         elif arguments["edit_mode"] == "describe" and self._context.get("image_guidance_scale") is None:
