@@ -1190,7 +1190,8 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                 the model first restates each prompt in the words its drawing was trained on, through its
                 understanding path ([`describe_prompts`], greedy), then draws that. `"auto"`: only the prompts with a
                 word the drawing path never learned are restated ([`restate_prompts`]). The texts drawn are returned
-                as `descriptions`. Default: the checkpoint's, else `"direct"`.
+                as `descriptions` (None when every prompt is drawn as given). Default: the checkpoint's, else
+                `"direct"`.
             image_guidance_scale: guidance of the context images (>= 1; 1 turns it off). With it and
                 `guidance_scale`, each step runs three row groups (text and images; images only; neither) and guides
                 as InstructPix2Pix: `eps_n + s_I (eps_i - eps_n) + s_T (eps_c - eps_i)`; with `image_guidance_scale`
@@ -1247,8 +1248,9 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                     "prompt_mode",
                     f"{settings.prompt_mode!r} restates the prompt text, so pass prompt (not input_ids).",
                 )
-            descriptions = self.restate_prompts(prompt, settings.prompt_mode, tokenizer=tokenizer, processor=processor)
-            prompt = descriptions
+            restated = self.restate_prompts(prompt, settings.prompt_mode, tokenizer=tokenizer, processor=processor)
+            if restated != self._prompt_texts(prompt):  # None when every prompt is drawn as given
+                prompt = descriptions = restated
         if settings.image_guidance_scale != 1.0 and context_images is None:
             raise HarmonSettingError(
                 "image_guidance_scale",

@@ -389,7 +389,9 @@ class HarmonPipeline(DiffusionPipeline):
             }
         else:
             if settings.prompt_mode != "direct":  # the model restates the prompts (all, or "auto"'s); those are drawn
-                prompt = described = self.model.restate_prompts(prompt, settings.prompt_mode, tokenizer=self.tokenizer)
+                restated = self.model.restate_prompts(prompt, settings.prompt_mode, tokenizer=self.tokenizer)
+                if restated != ([prompt] if isinstance(prompt, str) else list(prompt)):
+                    prompt = described = restated
             input_ids, attention_mask = self.encode_prompt(prompt, device)
             negative_ids = negative_mask = None
             if settings.guidance_scale != 1.0:

@@ -63,3 +63,12 @@ def test_refusals_name_the_argument(tiny_model, tokenizer):
         tiny_model.generate_images(input_ids=ids, attention_mask=mask, prompt_mode="describe", **SETTINGS)
     with pytest.raises(ValueError, match="prompt must be a string or a non-empty list of strings"):
         tiny_model.describe_prompts([], tokenizer=tokenizer)
+
+
+def test_nothing_restated_means_no_descriptions(tiny_model, tokenizer, monkeypatch):
+    """A restatement equal to the prompt (or "auto" with nothing to restate) draws the prompt and reports nothing."""
+    monkeypatch.setattr(tiny_model, "describe_prompts", lambda prompt, **_: list(prompt))
+    assert _draw(tiny_model, tokenizer, ["a red circle"], prompt_mode="describe").descriptions is None
+    pipe = HarmonPipeline(model=tiny_model, tokenizer=tokenizer)
+    output = pipe("a red circle", num_inference_steps=2, num_sampling_steps=3, prompt_mode="auto", output_type="pt")
+    assert output.descriptions is None
