@@ -67,7 +67,12 @@ setup(
     package_dir=dict(RENAMED),
     package_data={
         "harmon_model_cards": ["*.md"],
-        "harmon_pipelines": ["default_model/*", "default_model/understanding_adapter/*", "evaluation/lmms/tasks/*/*.yaml", "evaluation/lmms/tasks/*/*.parquet"],
+        "harmon_pipelines": [
+            "default_model/*",
+            "default_model/understanding_adapter/*",
+            "evaluation/lmms/tasks/*/*.yaml",
+            "evaluation/lmms/tasks/*/*.parquet",
+        ],
         "harmon_training": ["configs/*.yaml", "configs/*.json", "configs/shapes/*.yaml", "shapes/metrics/*/*.py"],
     },
     install_requires=INSTALL_REQUIRES,

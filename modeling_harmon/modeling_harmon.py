@@ -1335,11 +1335,13 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         )
 
     @torch.no_grad()
-    def describe_prompts(self, prompt, tokenizer=None, processor=None, max_new_tokens: int = 64) -> list[str]:
+    def describe_prompts(
+        self, prompt, tokenizer=None, processor=None, max_new_tokens: int = 64, allow_empty: bool = False
+    ) -> list[str]:
         """Each text prompt restated in the model's words: `prompt[i]` sent as a user turn without images (the
         processor's chat template), answered greedily. A model trained for it (the embedded Shapes model) answers a
         free phrasing with the canonical caption its drawing knows; `generate_images(prompt_mode="describe")` then
-        draws the answer. Raises a ValueError naming the prompt if an answer is empty."""
+        draws the answer. Raises a ValueError naming the prompt if an answer is empty, unless `allow_empty`."""
         prompts = self._prompt_texts(prompt)
         return self._describe(
             prompts,
@@ -1347,43 +1349,52 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             tokenizer,
             processor,
             max_new_tokens,
-            "the model wrote nothing to draw; this checkpoint may not be trained for prompt_mode 'describe': use "
-            "prompt_mode 'direct'.",
+            None
+            if allow_empty
+            else "the model wrote nothing to draw; this checkpoint may not be trained for prompt_mode 'describe': "
+            "use prompt_mode 'direct'.",
         )
 
     def restate_prompts(self, prompt, prompt_mode: str = "describe", tokenizer=None, processor=None) -> list[str]:
         """The texts `generate_images` draws for `prompt` under `prompt_mode`: `"describe"`: every prompt restated by
         [`describe_prompts`]; `"auto"`: only the prompts with a word the drawing path never learned (see
-        [`unlearned_token_ids`]), the others as given; `"direct"`: the prompts as given."""
+        [`unlearned_token_ids`]), the others as given, and a prompt as given where the model writes nothing;
+        `"direct"`: the prompts as given."""
         prompts = self._prompt_texts(prompt)
         if prompt_mode == "direct":
             return prompts
-        if prompt_mode == "auto":
+        automatic = prompt_mode == "auto"
+        if automatic:
             unlearned = self.unlearned_token_ids(tokenizer)
             words = self._tokenizer(tokenizer)
             asked = [
-                i for i, text in enumerate(prompts) if unlearned & set(words(text, add_special_tokens=False).input_ids)
+                index
+                for index, text in enumerate(prompts)
+                if unlearned & set(words(text, add_special_tokens=False).input_ids)
             ]
         else:
             asked = list(range(len(prompts)))
         if not asked:
             return prompts
-        answers = self.describe_prompts([prompts[i] for i in asked], tokenizer=tokenizer, processor=processor)
+        answers = self.describe_prompts(
+            [prompts[index] for index in asked], tokenizer=tokenizer, processor=processor, allow_empty=automatic
+        )
         restated = list(prompts)
         for index, answer in zip(asked, answers):
-            restated[index] = answer
+            restated[index] = answer or prompts[index]
         return restated
 
     def unlearned_token_ids(self, tokenizer=None) -> set[int]:
-        """Ids whose embedding row, as the drawing path reads it (without the understanding adapter), is the unknown
-        token's: the unknown token itself, and words added with `new_token_init: unk` that only an adapter learned."""
+        """Ids of words the tokenizer knows but the drawing path never learned: their embedding row, as drawing reads
+        it (without the understanding adapter), is the unknown token's (words added with `new_token_init: unk` that
+        only an adapter learned). The unknown token itself is not one: a word no part of the model knows."""
         unknown = self._tokenizer(tokenizer).unk_token_id
         if unknown is None:
             return set()
         embeddings = self.get_input_embeddings()
         table = getattr(embeddings, "original_module", embeddings).weight  # peft's modules_to_save wrapper
         same = (table == table[unknown]).all(dim=-1).nonzero().flatten().tolist()
-        return set(same) | {unknown}
+        return set(same) - {unknown}
 
     @staticmethod
     def _prompt_texts(prompt) -> list[str]:
@@ -1392,8 +1403,9 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r:.100}.")
         return prompts
 
-    def _describe(self, prompts, images, tokenizer, processor, max_new_tokens: int, empty: str) -> list[str]:
-        """Greedy answers of the understanding path to `prompts[i]` about `images[i]` (a list, maybe empty)."""
+    def _describe(self, prompts, images, tokenizer, processor, max_new_tokens: int, empty: str | None) -> list[str]:
+        """Greedy answers of the understanding path to `prompts[i]` about `images[i]` (a list, maybe empty); an empty
+        answer raises a ValueError ending in `empty` (None: returned as "")."""
         if not _is_int(max_new_tokens) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}.")
         # The same text about the same pictures (`harmon edit -n N`, a prompt repeated) is answered once.
@@ -1434,7 +1446,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         answer_of = {index: text.strip() for index, text in zip(asked, decoded)}
         answers = [answer_of[first_of[(text, tuple(map(id, pictures)))]] for text, pictures in zip(prompts, images)]
         for index, (text, answer) in enumerate(zip(prompts, answers)):
-            if not answer:
+            if not answer and empty is not None:
                 raise ValueError(f"prompt[{index}] ({text!r:.80}): {empty}")
         return answers
 
@@ -1572,6 +1584,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         ranks = torch.empty_like(orders).scatter_(1, orders, torch.arange(seq_len, device=device).expand(batch, -1))
         return ranks < num_masked
 
+    @_without_understanding_adapter
     def generation_condition(
         self,
         input_ids: torch.LongTensor,
@@ -1677,7 +1690,6 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         )
 
     @staticmethod
-    @_without_understanding_adapter
     def condition_matching_loss(
         condition: torch.Tensor, targets: torch.Tensor, mask: torch.BoolTensor
     ) -> torch.Tensor:

@@ -19,7 +19,7 @@ def _draw(model, tokenizer, prompts, **kwargs):
 def test_describe_draws_the_model_s_restatement(tiny_model, tokenizer, monkeypatch):
     asked = []
 
-    def restate(prompt, tokenizer=None, processor=None, max_new_tokens=64):
+    def restate(prompt, tokenizer=None, processor=None, max_new_tokens=64, allow_empty=False):
         asked.append(list(prompt))
         return [f"{text} again" for text in prompt]
 

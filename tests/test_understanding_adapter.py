@@ -228,8 +228,8 @@ def test_export_default_keeps_a_runs_adapter_and_draws_as_the_base(tmp_path):
 
     # prompt_mode "auto" restates only the prompts with a word the drawing path never learned ("and": an <unk> row)
     unlearned = adapted.unlearned_token_ids(tokenizer)
-    assert {tokenizer.unk_token_id, tokenizer.convert_tokens_to_ids("and")} <= unlearned
-    assert tokenizer.convert_tokens_to_ids("circle") not in unlearned
+    assert tokenizer.convert_tokens_to_ids("and") in unlearned
+    assert not {tokenizer.unk_token_id, tokenizer.convert_tokens_to_ids("circle")} & unlearned
     asked = []
 
     def restate(prompt, **_):
@@ -243,6 +243,10 @@ def test_export_default_keeps_a_runs_adapter_and_draws_as_the_base(tmp_path):
     ]
     assert asked == ["a red circle and a blue square"]
     assert adapted.restate_prompts(prompts, "direct", tokenizer=tokenizer) == prompts
+    assert adapted.restate_prompts(["a red dog"], "auto", tokenizer=tokenizer) == ["a red dog"]  # <unk>: not asked
+    assert asked == ["a red circle and a blue square"]
+    adapted.describe_prompts = lambda prompt, **_: [""] * len(prompt)  # wrote nothing: drawn as given
+    assert adapted.restate_prompts(prompts, "auto", tokenizer=tokenizer) == prompts
 
 
 def test_the_hub_layout_carries_the_adapter_to_every_loader(models, tokenizer, tmp_path):
