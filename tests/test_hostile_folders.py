@@ -312,5 +312,9 @@ def test_the_embedded_model_folder_is_marked_so_its_recipe_can_replace_it():
 
     assert is_marked(DEFAULT_MODEL_DIR)
     lines = RECIPE_COMMANDS.splitlines()
-    export = next(number for number, line in enumerate(lines) if "training.shapes.export_default" in line)
+    export = next(
+        number
+        for number, line in enumerate(lines)
+        if "training.shapes.export_default" in line and "--output pipelines/default_model" in line
+    )
     assert "--overwrite" in " ".join(lines[export : export + 2])

@@ -207,18 +207,23 @@ def test_unknown_words_names_each_word_outside_a_word_level_vocabulary(tokenizer
 
 def test_generate_and_ask_warn_about_unknown_words_in_one_line(tmp_path, capsys):
     out = tmp_path / "out.png"
-    prompt = "a blue square on the right and a green triangle next to it"
+    prompt = "a blue ball on the right and a green triangle next to it"
     assert main(["generate", prompt, "-o", str(out), "--steps", "2", "--head-steps", "2"]) == 0
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if "warning" in line]
     assert warnings == [
-        "harmon generate: warning: unknown words 'and', 'next', 'it': not in the model's vocabulary, so it reads "
-        "each as <unk>; the result may ignore them"
+        "harmon generate: warning: unknown words 'ball': not in the model's vocabulary, so it reads each as <unk>; "
+        "the result may ignore them"
     ]
+    # "and", "next" and "it" are words the drawing never learned: the model (prompt_mode "auto") restated the prompt,
+    # and the command prints what it drew after the file name
+    path, _, drawn = captured.out.strip().splitlines()[-1].partition("\t")
+    assert path == str(out) and drawn and drawn != prompt
     assert main(["ask", str(out), "what color is the square?"]) == 0
     assert "warning" not in capsys.readouterr().err
     assert main(["ask", str(out), "which colour is the square?"]) == 0
     err = capsys.readouterr().err
-    assert "harmon ask: warning: unknown words 'which', 'colour':" in err and len(err.strip().splitlines()) == 1
+    assert "harmon ask: warning: unknown words 'colour':" in err and len(err.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------------------------------------- evaluations

@@ -38,11 +38,18 @@ OMP_NUM_THREADS=1 python -m training.shapes.train_vae --output runs/shapes/vae -
 python -m training.train --config training/configs/shapes/stage1_alignment.yaml
 python -m training.train --config training/configs/shapes/stage2_joint.yaml
 python -m training.train --config training/configs/shapes/stage3_high_quality.yaml
-python -m training.shapes.export_default --model runs/shapes/stage3/final --output pipelines/default_model \\
-    --overwrite --temperature 0.05 --guidance-scale 1.25 --num-iter 6                    # bf16, sampling defaults
+python -m training.shapes.export_default --model runs/shapes/stage3/final --output runs/shapes/stage3_bf16 \\
+    --temperature 0.05 --guidance-scale 1.25 --num-iter 6                  # the drawing weights, bf16
+python -m training.shapes.make_data --output runs/shapes/data_edit --scenes 20000 --seed 0 --free-phrasing \\
+    --edits 20000 --scene-captions 12000                                   # edits, free wordings, the new words
+python -m training.train --config training/configs/shapes/stage4_understanding.yaml   # the understanding adapter
+python -m training.shapes.export_default --model runs/shapes/stage3_bf16 --output pipelines/default_model --overwrite \\
+    --understanding-adapter runs/shapes/stage4_understanding/final --trained-tasks text2image image2text edit \\
+    --temperature 0.05 --guidance-scale 1.25 --num-iter 6 --edit-mode describe --prompt-mode auto
 python -m training.shapes.write_floor --folder pipelines/default_model                  # CI regression floor
 harmon eval shapes --n 540 --json shapes_eval.json
-harmon eval shapes --task inpaint --n 240 --json canvas/inpaint.json     # also --task outpaint (--n 240), vary (--n 120)"""
+harmon eval shapes --task inpaint --n 240 --json canvas/inpaint.json     # also --task outpaint (--n 240), vary (--n 120)
+harmon eval shapes --task edit --n 240 --json canvas/edit.json           # also --task phrasing (--n 180)"""
 
 
 # The card's sections that the note can add text to (in the card's order).
