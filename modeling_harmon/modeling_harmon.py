@@ -669,69 +669,43 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         if generation_targets:
             return self.text_to_image_loss(input_ids, attention_mask, pixel_values=pixel_values, **kwargs)
         with understanding_adapter_enabled(self, True):
-            return self._understanding_forward(
-                input_ids,
-                pixel_values,
-                attention_mask,
-                position_ids,
-                past_key_values,
-                inputs_embeds,
-                labels,
-                use_cache,
-                logits_to_keep,
+            if "cache" in kwargs and past_key_values is None:
+                past_key_values = kwargs.pop("cache")
+            num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+            outputs = self.model(
+                input_ids=input_ids,
+                pixel_values=pixel_values,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                use_cache=use_cache,
                 **kwargs,
             )
-
-    def _understanding_forward(
-        self,
-        input_ids,
-        pixel_values,
-        attention_mask,
-        position_ids,
-        past_key_values,
-        inputs_embeds,
-        labels,
-        use_cache,
-        logits_to_keep,
-        **kwargs,
-    ) -> HarmonCausalLMOutputWithPast:
-        if "cache" in kwargs and past_key_values is None:
-            past_key_values = kwargs.pop("cache")
-        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self.model(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
-        )
-        hidden = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int):
-            hidden = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
-        else:
-            hidden = hidden[:, logits_to_keep]
-        logits = self.lm_head(hidden)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(
-                logits=logits,
-                labels=labels,
-                vocab_size=self.config.text_config.vocab_size,
-                num_items_in_batch=num_items_in_batch,
+            hidden = outputs.last_hidden_state
+            if isinstance(logits_to_keep, int):
+                hidden = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
+            else:
+                hidden = hidden[:, logits_to_keep]
+            logits = self.lm_head(hidden)
+            loss = None
+            if labels is not None:
+                loss = self.loss_function(
+                    logits=logits,
+                    labels=labels,
+                    vocab_size=self.config.text_config.vocab_size,
+                    num_items_in_batch=num_items_in_batch,
+                )
+            return _with_cache(
+                HarmonCausalLMOutputWithPast(
+                    loss=loss,
+                    logits=logits,
+                    hidden_states=outputs.hidden_states,
+                    attentions=outputs.attentions,
+                    image_hidden_states=outputs.image_hidden_states,
+                ),
+                _cache_of(outputs),
             )
-        return _with_cache(
-            HarmonCausalLMOutputWithPast(
-                loss=loss,
-                logits=logits,
-                hidden_states=outputs.hidden_states,
-                attentions=outputs.attentions,
-                image_hidden_states=outputs.image_hidden_states,
-            ),
-            _cache_of(outputs),
-        )
 
     def generate(self, *args, generation_mode: str = "text", **kwargs):
         """`generation_mode="text"` (default): `GenerationMixin.generate`; `"image"`: [`generate_images`]."""

@@ -18,6 +18,7 @@ trainable again when it turns them back on, which a per-call switch must not do)
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 import warnings
 from pathlib import Path
@@ -107,4 +108,7 @@ def save_understanding_adapter(model, directory: Path) -> None:
     weights = model.get_adapter_state_dict(UNDERSTANDING_ADAPTER)
     weights = {f"base_model.model.{key}": value.detach().contiguous() for key, value in weights.items()}
     save_file(weights, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
-    model.peft_config[UNDERSTANDING_ADAPTER].save_pretrained(str(directory))
+    # The base is the checkpoint around this subfolder, wherever it is copied to: no path to where it was trained.
+    config = copy.deepcopy(model.peft_config[UNDERSTANDING_ADAPTER])
+    config.base_model_name_or_path = None
+    config.save_pretrained(str(directory))

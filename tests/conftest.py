@@ -31,6 +31,37 @@ def wake_zero_initialised(model, seed: int = 0):
     return model
 
 
+def small_shapes_config(tokenizer):
+    """A HarmonConfig small enough to build in a test, around a Shapes-world tokenizer (`make_data.build_tokenizer`)."""
+    from modeling_harmon import HarmonConfig
+
+    return HarmonConfig(
+        text_config={
+            "model_type": "qwen2",
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "tie_word_embeddings": True,
+        },
+        encoder_hidden_size=32,
+        encoder_num_layers=1,
+        encoder_num_heads=2,
+        decoder_hidden_size=32,
+        decoder_num_layers=1,
+        decoder_num_heads=2,
+        buffer_size=2,
+        image_size=32,
+        diffusion_head_depth=1,
+        diffusion_head_width=32,
+        image_token_id=tokenizer.image_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """(model, tokenizer) of a small random Harmon in eval mode; tests must not modify it."""

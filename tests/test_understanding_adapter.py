@@ -113,6 +113,10 @@ def test_save_writes_the_base_weights_and_the_adapter(models, folders, tokenizer
     assert adapter.keys() == source.keys()
     assert all(torch.equal(adapter[key], source[key]) for key in source)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["understanding_adapter"] == "reading"
+    assert (
+        json.loads((tmp_path / "out" / "reading" / "adapter_config.json").read_text())["base_model_name_or_path"]
+        is None
+    )
     reloaded = HarmonForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
     with torch.no_grad():
         assert torch.equal(_question(reloaded, tokenizer), _question(adapted, tokenizer))
@@ -144,38 +148,14 @@ def test_export_default_keeps_a_runs_adapter_and_draws_as_the_base(tmp_path):
     """`export_default --understanding-adapter RUN`: the folder grows the vocabulary as the run did (<unk> rows),
     keeps the adapter, draws what the plain export draws (a prompt with new words too), and reads with the adapter."""
     from harmon_pipelines.default_model import load_model_and_tokenizer
+    from tests.conftest import small_shapes_config, wake_zero_initialised
     from training.model_init import load_model
     from training.shapes.export_default import export
     from training.shapes.make_data import build_tokenizer
 
     plain, extended = build_tokenizer(), build_tokenizer(extended=True)
-    config = HarmonConfig(
-        text_config={
-            "model_type": "qwen2",
-            "vocab_size": len(plain),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "tie_word_embeddings": True,
-        },
-        encoder_hidden_size=32,
-        encoder_num_layers=1,
-        encoder_num_heads=2,
-        decoder_hidden_size=32,
-        decoder_num_layers=1,
-        decoder_num_heads=2,
-        buffer_size=2,
-        image_size=32,
-        diffusion_head_depth=1,
-        diffusion_head_width=32,
-        image_token_id=plain.image_token_id,
-        pad_token_id=plain.pad_token_id,
-        eos_token_id=plain.eos_token_id,
-    )
+    config = small_shapes_config(plain)
     torch.manual_seed(0)
-    from tests.conftest import wake_zero_initialised
 
     wake_zero_initialised(HarmonForConditionalGeneration(config)).save_pretrained(tmp_path / "stage3")
     plain.save_pretrained(tmp_path / "stage3")

@@ -5,10 +5,12 @@ old token to another id is refused by name."""
 import pytest
 import torch
 
-from modeling_harmon import HarmonConfig, HarmonForConditionalGeneration
+from modeling_harmon import HarmonForConditionalGeneration
 from training.config import ConfigError
 from training.model_init import load_model
 from training.shapes.make_data import build_tokenizer
+
+from .conftest import small_shapes_config
 
 
 @pytest.fixture(scope="module")
@@ -17,31 +19,7 @@ def plain_checkpoint(tmp_path_factory):
     tokenizer = build_tokenizer()
     folder = tmp_path_factory.mktemp("plain") / "model"
     torch.manual_seed(0)
-    config = HarmonConfig(
-        text_config={
-            "model_type": "qwen2",
-            "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "tie_word_embeddings": True,
-        },
-        encoder_hidden_size=32,
-        encoder_num_layers=1,
-        encoder_num_heads=2,
-        decoder_hidden_size=32,
-        decoder_num_layers=1,
-        decoder_num_heads=2,
-        buffer_size=2,
-        image_size=32,
-        diffusion_head_depth=1,
-        diffusion_head_width=32,
-        image_token_id=tokenizer.image_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    config = small_shapes_config(tokenizer)
     HarmonForConditionalGeneration(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
