@@ -138,6 +138,20 @@ def test_generate_equals_generate_images(served, client):
     assert record["seed"] == 6 and record["prompt"] == "a red circle"
 
 
+def test_generate_shows_and_records_the_models_restatement(served, client, monkeypatch):
+    """A model that restates prompts (prompt_mode "describe"): the status line says what was drawn, the files record it."""
+    demo, _ = served
+    monkeypatch.setitem(demo.model.generation_config.image_generation, "prompt_mode", "describe")
+    monkeypatch.setattr(demo.model, "describe_prompts", lambda prompt, **_: [f"{text} again" for text in prompt])
+    _, _, files, status, _ = client.predict(**generate_args("a red circle", seed=5, num_images=1))
+    assert 'The model read the prompt as "a red circle again" and drew that.' in status
+    with Image.open(files[0]) as image:
+        record = json.loads(image.text["harmon"])
+    assert record["prompt"] == "a red circle" and record["description"] == "a red circle again"
+    monkeypatch.setitem(demo.model.generation_config.image_generation, "prompt_mode", "direct")
+    np.testing.assert_array_equal(pixels(files[0]), expected_images(demo, "a red circle again", 5, 1)[0])
+
+
 def test_ask_answers_as_harmon_ask(client, scene, tiny_dir, capsys):
     question = "what color is the circle?"
     chat, box = client.predict(
