@@ -1222,9 +1222,9 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                     "prompt_mode",
                     f"{settings.prompt_mode!r} restates the prompt text, so pass prompt (not input_ids).",
                 )
-            restated = self.restate_prompts(prompt, settings.prompt_mode, tokenizer=tokenizer, processor=processor)
-            if restated != self._prompt_texts(prompt):  # None when every prompt is drawn as given
-                prompt = descriptions = restated
+            descriptions = self._restatement(prompt, settings.prompt_mode, tokenizer=tokenizer, processor=processor)
+            if descriptions is not None:
+                prompt = descriptions
         if settings.image_guidance_scale != 1.0 and context_images is None:
             raise HarmonSettingError(
                 "image_guidance_scale",
@@ -1357,6 +1357,12 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         for index, answer in zip(asked, answers):
             restated[index] = answer or prompts[index]
         return restated
+
+    def _restatement(self, prompt, prompt_mode: str, tokenizer=None, processor=None) -> list[str] | None:
+        """[`restate_prompts`], or None when every prompt is drawn as given (then there is nothing to report as
+        `descriptions`). The model and the pipelines both decide it here."""
+        restated = self.restate_prompts(prompt, prompt_mode, tokenizer=tokenizer, processor=processor)
+        return None if restated == self._prompt_texts(prompt) else restated
 
     def unlearned_token_ids(self, tokenizer=None) -> set[int]:
         """Ids of words the tokenizer knows but the drawing path never learned: their embedding row, as drawing reads

@@ -389,9 +389,8 @@ class HarmonPipeline(DiffusionPipeline):
             }
         else:
             if settings.prompt_mode != "direct":  # the model restates the prompts (all, or "auto"'s); those are drawn
-                restated = self.model.restate_prompts(prompt, settings.prompt_mode, tokenizer=self.tokenizer)
-                if restated != ([prompt] if isinstance(prompt, str) else list(prompt)):
-                    prompt = described = restated
+                described = self.model._restatement(prompt, settings.prompt_mode, tokenizer=self.tokenizer)
+                prompt = prompt if described is None else described
             input_ids, attention_mask = self.encode_prompt(prompt, device)
             negative_ids = negative_mask = None
             if settings.guidance_scale != 1.0:

@@ -604,7 +604,7 @@ class HarmonDemo:
             seconds = time.perf_counter() - started
             seeds = f"seed {seed}" if count == 1 else f"seeds {seed}..{seed + count - 1}"
             status = f"Drew {count} image(s) in {seconds:.1f} s, {seeds}."
-            if described and described[0] != prompt:
+            if described:  # only a prompt the model changed is reported
                 status += f' The model read the prompt as "{described[0]}" and drew that.'
             if stopped_at is not None:
                 status = f"Stopped after MAR iteration {stopped_at}: the tokens drawn so far, the rest left empty."
