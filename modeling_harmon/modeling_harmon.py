@@ -1292,12 +1292,26 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         `context_images` as a question is asked (the processor's chat template, the images before the text), answered
         greedily. A unified model edits this way by reading with its understanding path and drawing with its
         generation path (`generate_images(edit_mode="describe")`); a model trained for it (the embedded Shapes model)
-        answers an instruction with the edited scene's caption. Raises a ValueError naming the prompt if an answer is
-        empty."""
+        answers an instruction with the edited scene's caption. A checkpoint with `config.edit_reading_prompt` is
+        first asked that question about the pictures and then the instruction, in one conversation (read, then
+        rewrite what was read). Raises a ValueError naming the prompt if an answer is empty."""
         if prompt is None:
             raise ValueError("edit_mode 'describe' needs the instruction as prompt text (not input_ids).")
         prompts = self._prompt_texts(prompt)
         images = self._context_image_lists(context_images, len(prompts))
+        earlier = None
+        reading = getattr(self.config, "edit_reading_prompt", None)
+        if reading:  # a checkpoint trained to read the pictures first (`config.edit_reading_prompt`) is asked so
+            readings = self._describe(
+                [reading] * len(prompts),
+                images,
+                tokenizer,
+                processor,
+                max_new_tokens,
+                "the model wrote no description of the context images when asked its edit_reading_prompt "
+                f"({reading!r}); this checkpoint may not be trained for it.",
+            )
+            earlier = [[(reading, text)] for text in readings]
         return self._describe(
             prompts,
             images,
@@ -1306,6 +1320,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             max_new_tokens,
             "the model wrote no description of the edited picture; this checkpoint may not be trained for edit_mode "
             "'describe': use edit_mode 'direct'.",
+            earlier,
         )
 
     @torch.no_grad()
@@ -1383,30 +1398,34 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r:.100}.")
         return prompts
 
-    def _describe(self, prompts, images, tokenizer, processor, max_new_tokens: int, empty: str | None) -> list[str]:
-        """Greedy answers of the understanding path to `prompts[i]` about `images[i]` (a list, maybe empty); an empty
-        answer raises a ValueError ending in `empty` (None: returned as "")."""
+    def _describe(
+        self, prompts, images, tokenizer, processor, max_new_tokens: int, empty: str | None, earlier=None
+    ) -> list[str]:
+        """Greedy answers of the understanding path to `prompts[i]` about `images[i]` (a list, maybe empty), after
+        the (question, answer) turns `earlier[i]` (None: none) of the same conversation; the images go with its first
+        question. An empty answer raises a ValueError ending in `empty` (None: returned as "")."""
         if not _is_int(max_new_tokens) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}.")
-        # The same text about the same pictures (`harmon edit -n N`, a prompt repeated) is answered once.
+        earlier = [()] * len(prompts) if earlier is None else [tuple(turns) for turns in earlier]
+        # The same conversation about the same pictures (`harmon edit -n N`, a prompt repeated) is answered once.
         first_of = {}
-        for index, (text, pictures) in enumerate(zip(prompts, images)):
-            first_of.setdefault((text, tuple(map(id, pictures))), index)
+        for index, (text, pictures, turns) in enumerate(zip(prompts, images, earlier)):
+            first_of.setdefault((text, tuple(map(id, pictures)), turns), index)
         asked = sorted(set(first_of.values()))
         processor = self._prompt_processor(tokenizer, processor)
-        texts = [
-            processor.apply_chat_template(
-                [
-                    {
-                        "role": "user",
-                        "content": [{"type": "image"}] * len(images[index])
-                        + [{"type": "text", "text": prompts[index]}],
-                    }
-                ],
-                add_generation_prompt=True,
-            )
-            for index in asked
-        ]
+
+        def conversation(index: int) -> list[dict]:
+            questions = [question for question, _ in earlier[index]] + [prompts[index]]
+            answers = [answer for _, answer in earlier[index]]
+            messages = []
+            for turn, question in enumerate(questions):
+                pictures = [{"type": "image"}] * len(images[index]) if turn == 0 else []
+                messages.append({"role": "user", "content": pictures + [{"type": "text", "text": question}]})
+                if turn < len(answers):
+                    messages.append({"role": "assistant", "content": [{"type": "text", "text": answers[turn]}]})
+            return messages
+
+        texts = [processor.apply_chat_template(conversation(index), add_generation_prompt=True) for index in asked]
         pictures = [picture for index in asked for picture in images[index]]
         try:
             inputs = processor(
@@ -1424,7 +1443,10 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         output = self.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         decoded = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         answer_of = {index: text.strip() for index, text in zip(asked, decoded)}
-        answers = [answer_of[first_of[(text, tuple(map(id, pictures)))]] for text, pictures in zip(prompts, images)]
+        answers = [
+            answer_of[first_of[(text, tuple(map(id, pictures)), turns)]]
+            for text, pictures, turns in zip(prompts, images, earlier)
+        ]
         for index, (text, answer) in enumerate(zip(prompts, answers)):
             if not answer and empty is not None:
                 raise ValueError(f"prompt[{index}] ({text!r:.80}): {empty}")

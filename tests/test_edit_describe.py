@@ -101,6 +101,48 @@ def test_a_repeated_instruction_about_the_same_picture_is_answered_once(talker, 
     assert texts[2:] == alone
 
 
+def conversation_by_hand(model, processor, turns, image) -> str:
+    """The greedy answer to the last question of `turns` ([question, answer, ..., question]), the image with the
+    first question."""
+    messages = []
+    for index, text in enumerate(turns):
+        role = "user" if index % 2 == 0 else "assistant"
+        content = ([{"type": "image"}] if index == 0 else []) + [{"type": "text", "text": text}]
+        messages.append({"role": role, "content": content})
+    inputs = processor(
+        text=[processor.apply_chat_template(messages, add_generation_prompt=True)], images=[image], return_tensors="pt"
+    )
+    output = model.generate(**inputs, max_new_tokens=WORDS, do_sample=False)
+    return processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0].strip()
+
+
+def test_a_stored_reading_prompt_is_asked_first_in_the_same_conversation(talker, tokenizer, processor, monkeypatch):
+    instructions, images = ["make the circle blue", "swap them", "make the circle blue"], [picture(1), picture(2)]
+    rows, prompts = [], []
+    generate = talker.generate
+
+    def counting(*args, **kwargs):
+        rows.append(kwargs["input_ids"].shape[0])
+        prompts.append(tokenizer.batch_decode(kwargs["input_ids"], skip_special_tokens=False))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(talker, "generate", counting)
+    monkeypatch.setattr(talker.config, "edit_reading_prompt", "describe the image.")
+    texts = talker.describe_edits(instructions, [[images[0]], [images[1]], [images[0]]], tokenizer=tokenizer)
+    assert rows == [2, 2]  # a reading per picture, then each instruction once
+    for text, instruction, image in zip(texts, instructions, [images[0], images[1]]):
+        reading = conversation_by_hand(talker, processor, ["describe the image."], image)
+        turns = ["describe the image.", reading, instruction]
+        assert reading and text == conversation_by_hand(talker, processor, turns, image)
+    assert texts[2] == texts[0]
+    for asked, instruction in zip(prompts[1], instructions):  # the reading, answered, precedes the instruction
+        assert asked.index("describe the image.") < asked.index("<|im_start|>assistant") < asked.index(instruction)
+        assert asked.count("<|im_start|>user") == 2 and asked.count("<image>") == prompts[0][0].count("<image>")
+    monkeypatch.setattr(talker.config, "edit_reading_prompt", "  ")
+    with pytest.raises(ValueError, match="edit_reading_prompt must be None or a non-empty question"):
+        talker.config._validate_harmon()
+
+
 def test_the_stored_mode_is_the_default_and_a_stored_image_scale_does_not_apply(talker, tokenizer, monkeypatch):
     stored = {**talker.generation_config.image_generation, "edit_mode": "describe", "image_guidance_scale": 1.5}
     monkeypatch.setattr(talker.generation_config, "image_generation", stored)

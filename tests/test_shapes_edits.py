@@ -15,7 +15,7 @@ from training.shapes import edits, phrasings, world
 from training.shapes.checker import check, detect
 from training.shapes.edits import HELD_OUT_COMBOS, INSTRUCTIONS, OPERATIONS, render_edit, sample_edit
 from training.shapes.evaluation_edit import evaluate_edit, evaluate_phrasing, preserved
-from training.shapes.make_data import EDIT_KEYS, build_tokenizer, write_data
+from training.shapes.make_data import EDIT_KEYS, EDIT_READING_PROMPT, build_tokenizer, write_data
 
 
 FAST = {"num_sampling_steps": 2, "num_iter": 2}
@@ -537,7 +537,7 @@ def test_make_data_writes_distill_records_whose_teacher_is_the_canonical_caption
     assert abs(kinds.count("both") / 20000 - EDIT_DISTILL_DROPOUT[1]) < 0.01
 
 
-def test_make_data_writes_edit_descriptions_answered_by_the_targets_caption(tmp_path):
+def test_make_data_writes_edit_descriptions_and_readings_answered_by_the_targets_caption(tmp_path):
     """edit_descriptions.jsonl (stage IV of edit_mode "describe"): one LLaVA record per edit, the source picture and
     the instruction answered by the target scene's canonical caption, readable as a `vqa` source."""
     import random
@@ -550,15 +550,24 @@ def test_make_data_writes_edit_descriptions_answered_by_the_targets_caption(tmp_
     edits = [json.loads(line) for line in (folder / "edits.jsonl").read_text().splitlines()]
     source = load_source(SourceSpec(kind="vqa", format="jsonl", path=str(folder / "edit_descriptions.jsonl")))
     records = [source[index] for index in range(len(source))]
-    assert len(records) == len(edits) == 12
+    read_first = load_source(SourceSpec(kind="vqa", format="jsonl", path=str(folder / "edit_readings.jsonl")))
+    readings = [read_first[index] for index in range(len(read_first))]
+    assert len(records) == len(readings) == len(edits) == 12
     rng = random.Random("shapes-edits-1")  # write_edit_records' draws, replayed: the edits themselves
-    for edit, record in zip(edits, records, strict=True):
+    for edit, record, reading in zip(edits, records, readings, strict=True):
         expected = sample_edit(rng, "train")
         render_edit(expected, rng)
         assert expected.instruction == edit["instruction"]
-        assert Path(record["image"]) == folder / edit["source"]
+        assert Path(record["image"]) == Path(reading["image"]) == folder / edit["source"]
         assert [turn["value"] for turn in record["messages"]] == [
             f"<image>\n{edit['instruction']}",
+            expected.target.picture_caption(),
+        ]
+        # edit_readings.jsonl: the source's caption asked and answered first, then the same instruction
+        assert [turn["value"] for turn in reading["messages"]] == [
+            f"<image>\n{EDIT_READING_PROMPT}",
+            expected.source.picture_caption(),
+            edit["instruction"],
             expected.target.picture_caption(),
         ]
 

@@ -14,8 +14,9 @@ Issue 25 (both off by default, so the shipped model's data comes out byte for by
 the time; same scenes, images and answers as without it); `--edits N` also writes `edits.jsonl` (one record a line:
 `{"source": "edits/000000_source.png", "instruction": "make the circle blue", "target":
 "edits/000000_target.png", "operation": "recolor"}`, image paths relative to the JSONL; train-split edits of
-edits.py), `edits/*.png`, `distill_edits.jsonl` and `edit_descriptions.jsonl` (the instruction about the source
-answered by the target's caption in reading order: stage IV's describe-then-draw records); `--scene-captions N` writes
+edits.py), `edits/*.png`, `distill_edits.jsonl`, `edit_descriptions.jsonl` (the instruction about the source
+answered by the target's caption in reading order: stage IV's describe-then-draw records) and `edit_readings.jsonl`
+(the same with the source's caption asked and answered first); `--scene-captions N` writes
 `scene_captions.jsonl` and `scenes/*.png` (scenes, mostly of two objects, captioned in reading order);
 `--free-phrasing` also writes `distill_phrasing.jsonl` (each wording with the canonical caption it should condition
 as) and `prompt_rewrites.jsonl` (the same pairs as text conversations: a wording answered by its canonical caption, for
@@ -53,6 +54,12 @@ PROMPT_REWRITES = "prompt_rewrites.jsonl"
 # And as understanding records (LLaVA conversations, the `vqa` source kind): the instruction about the source picture
 # answered by the target's canonical caption, what a model that edits with edit_mode "describe" writes before drawing.
 EDIT_DESCRIPTIONS = "edit_descriptions.jsonl"
+# The same edits as two-turn conversations: the model first describes the source picture (`EDIT_READING_PROMPT`,
+# answered by its caption in reading order), then answers the instruction with the target's caption. Reading first
+# turns the edit into a change of a text the model just wrote (copy the caption, change a word or swap two phrases),
+# which a small LLM learns far more easily than the same change read off image tokens. A checkpoint trained on it
+# stores the prompt as `config.edit_reading_prompt`, so that `describe_edits` asks it first.
+EDIT_READINGS, EDIT_READING_PROMPT = "edit_readings.jsonl", "describe the image."
 # `--scene-captions N`: scenes captioned canonically in reading order (`Scene.picture_caption`), three in four with two
 # objects (the scenes a description most often gets wrong), for stage IV; drawn from a stream of their own.
 SCENE_CAPTIONS, SCENE_CAPTION_STREAM = "scene_captions.jsonl", "canon-two-{seed}"
@@ -173,6 +180,7 @@ def write_edit_records(folder: Path, count: int, seed: int) -> Path:
         open(path, "w") as records,
         open(folder / EDIT_DISTILL, "w") as distill,
         open(folder / EDIT_DESCRIPTIONS, "w") as descriptions,
+        open(folder / EDIT_READINGS, "w") as readings,
     ):
         for index in range(count):
             edit = sample_edit(rng, "train")
@@ -183,6 +191,7 @@ def write_edit_records(folder: Path, count: int, seed: int) -> Path:
             records.write(json.dumps(record) + "\n")
             distill.write(json.dumps(edit_distill_record(edit, source, target, dropout)) + "\n")
             descriptions.write(json.dumps(edit_description_record(edit, source)) + "\n")
+            readings.write(json.dumps(edit_reading_record(edit, source)) + "\n")
     return path
 
 
@@ -193,6 +202,20 @@ def edit_description_record(edit, source: str) -> dict:
         "image": source,
         "conversations": [
             {"from": "human", "value": f"<image>\n{edit.instruction}"},
+            {"from": "gpt", "value": edit.target.picture_caption()},
+        ],
+    }
+
+
+def edit_reading_record(edit, source: str) -> dict:
+    """`edit_description_record` with a reading turn first (`EDIT_READINGS`): `EDIT_READING_PROMPT` about the source
+    answered by its caption in reading order, then the instruction answered by the target's."""
+    return {
+        "image": source,
+        "conversations": [
+            {"from": "human", "value": f"<image>\n{EDIT_READING_PROMPT}"},
+            {"from": "gpt", "value": edit.source.picture_caption()},
+            {"from": "human", "value": edit.instruction},
             {"from": "gpt", "value": edit.target.picture_caption()},
         ],
     }
