@@ -283,7 +283,7 @@ def _run_canvas_eval(args, model, tokenizer, given: dict) -> None:
         results = evaluate_edit(model, tokenizer, n=args.n, seed=args.seed, settings=settings)
         groups = {"all": results, **results["by_group"], **results["by_operation"]}
         for group, scores in groups.items():
-            for name in ("success", "preservation", "unchanged", "description"):
+            for name in ("success", "preservation", "unchanged", "description", "reading"):
                 if scores.get(name) is not None:
                     print(_share_line(f"{group} {name}", scores[name]))
         if results["edit_warning"] is not None:

@@ -283,3 +283,27 @@ def test_shapes_eval_scores_the_descriptions_apart_in_describe_mode(talker, toke
     )
     right = evaluation_edit.evaluate_edit(talker, tokenizer, n=6, seed=0, settings={**fast, "edit_mode": "describe"})
     assert right["description"]["value"] == 1.0
+    assert "reading" not in right  # the model does not read first
+
+
+def test_shapes_eval_scores_the_reading_of_a_model_that_reads_first(talker, tokenizer, monkeypatch):
+    from training.shapes import evaluation, evaluation_edit
+
+    fast = {"num_iter": 2, "num_sampling_steps": 2, "edit_mode": "describe"}
+    monkeypatch.setattr(talker.config, "edit_reading_prompt", "describe the image.")
+    items = evaluation_edit.edit_items(6, 0)
+    misread = {0, 3}  # the answers replaced by the source's caption, but for these items
+    asked = []
+
+    def reads(model, processor, questions, **kwargs):
+        asked.extend(item.question for item in questions)
+        index_of = {source.tobytes(): index for index, (_, source) in enumerate(items)}
+        indices = [index_of[item.image.tobytes()] for item in questions]
+        return ["two red circles" if index in misread else items[index][0].source.caption() for index in indices]
+
+    monkeypatch.setattr(evaluation_edit, "answer", reads)
+    scores = evaluation_edit.evaluate_edit(talker, tokenizer, n=6, seed=0, settings=fast)
+    assert asked == ["describe the image."] * 6
+    assert scores["reading"] == evaluation.share_with_se([index not in misread for index in range(6)])
+    assert scores["by_operation"]["recolor"]["reading"]["value"] == 0.0  # item 0 is a recolour
+    assert scores["by_operation"]["move"]["reading"]["value"] == 1.0

@@ -296,7 +296,8 @@ def _edit_scores(edit: dict | None) -> str:
     if not edit:
         return ""
 
-    keys = ("success", "preservation", "unchanged") + (("description",) if edit.get("description") else ())
+    keys = ("success", "preservation", "unchanged")
+    keys += tuple(key for key in ("description", "reading") if edit.get(key))
 
     def row(name: str, scores: dict) -> str:
         cells = (_maybe_score(scores.get(key)) for key in keys)
@@ -314,6 +315,11 @@ def _edit_scores(edit: dict | None) -> str:
             "the instructed scene's caption, so a miss with a right description was misdrawn, one with a wrong "
             "description misread"
         )
+        if edit.get("reading"):
+            described += (
+                "; reading: asked first what the source shows (its stored `edit_reading_prompt`), the model wrote "
+                "the source's caption, so a wrong description with a right reading was misrewritten"
+            )
     return (
         f"\n\nEditing (`harmon eval shapes --task edit`, {edit['n']} instructions of seed {edit['seed']}, "
         f"{_settings_phrase(edit.get('settings') or {})}, {edit['seconds_per_item']:.2f} s per edit). Success: the "

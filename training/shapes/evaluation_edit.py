@@ -15,6 +15,8 @@ instruction with the source in view (`generate_images(instruction, context_image
 - `description` (edit_mode "describe" only): the model's text of the edit is the target's canonical caption (either
   order of two objects: `Scene.caption` or `picture_caption`), so a
   failure can be told apart as reading/reasoning (a wrong text) or drawing (a right text drawn wrong);
+- `reading` (a model that reads first, `config.edit_reading_prompt`): its answer to that question about the source is
+  the source's canonical caption, so a wrong description can be told apart as misread or misrewritten;
 - each by operation, and for seen items, held-out combinations and held-out phrasings apart.
 
 Free phrasing (`harmon eval shapes --task phrasing`, [`evaluate_phrasing`]): text-to-image and VQA with the
@@ -39,6 +41,8 @@ from .world import sample_scene
 # Item i's split, by (i // len(OPERATIONS)) % 4: half seen, a quarter of each held-out kind.
 SPLIT_CYCLE = ("train", "train", "held_out_combo", "held_out_phrasing")
 GROUPS = ("seen", "held_out_combo", "held_out_phrasing")
+# Longest reading of a source: a two-object caption is 9-10 words.
+READING_TOKENS = 24
 
 
 def edit_items(n: int, seed: int = 0) -> list[tuple[Edit, object]]:
@@ -75,8 +79,9 @@ def _scores(rows: list[dict]) -> dict:
         return share_with_se(values) if values else None
 
     scores = {"success": share("success"), "preservation": share("preservation"), "unchanged": share("unchanged")}
-    if any(row["description"] is not None for row in rows):
-        scores["description"] = share("description")
+    for key in ("description", "reading"):
+        if any(row.get(key) is not None for row in rows):
+            scores[key] = share(key)
     return scores
 
 
@@ -107,6 +112,17 @@ def edit_outputs(model, tokenizer, prompts, sources, seeds, settings: dict, batc
     return images, (descriptions if any(text is not None for text in descriptions) else None)
 
 
+def _readings(model, tokenizer, sources) -> list[str] | None:
+    """The model's answer to its `config.edit_reading_prompt` about each source (the first turn of its describe
+    step, asked again: greedy, so the same text), or None for a model that does not read first."""
+    question = getattr(model.config, "edit_reading_prompt", None)
+    if not question:
+        return None
+    processor = model._prompt_processor(tokenizer)  # the processor describe_edits formats its turns with
+    items = [VQAItem(None, source, "edit", question, "") for source in sources]
+    return answer(model, processor, items, max_new_tokens=READING_TOKENS, progress=False)
+
+
 def evaluate_edit(model, tokenizer, n: int = 60, seed: int = 0, settings: dict | None = None, batch_size: int = 16):
     """Editing scores of `model` on `n` items (see the module docstring). `settings`: image-generation settings
     passed to `generate_images` (e.g. `guidance_scale`, `image_guidance_scale`, `num_iter`); the rest are the
@@ -130,6 +146,7 @@ def evaluate_edit(model, tokenizer, n: int = 60, seed: int = 0, settings: dict |
             batch_size,
         )
     seconds = (time.perf_counter() - started) / n
+    readings = _readings(model, tokenizer, [source for _, source in items]) if mode == "describe" else None
     rows, failed = [], {}
     for index, ((edit, _), output) in enumerate(zip(items, outputs, strict=True)):
         checked = check(edit.target, output)
@@ -147,6 +164,9 @@ def evaluate_edit(model, tokenizer, n: int = 60, seed: int = 0, settings: dict |
                 "description": None
                 if descriptions is None
                 else descriptions[index] in (edit.target.caption(), edit.target.picture_caption()),
+                "reading": None
+                if readings is None
+                else readings[index] in (edit.source.caption(), edit.source.picture_caption()),
             }
         )
     return {
