@@ -136,10 +136,10 @@ class HarmonConfig(PretrainedConfig):
         understanding_adapter (`str`, *optional*): the subfolder of the checkpoint holding a PEFT adapter on the LLM
             that understanding (questions, captions, the describe step of editing) uses and drawing does not;
             `from_pretrained` loads it (modeling_harmon_adapters.py). Not part of the reference; None by default.
-        edit_reading_prompt (`str`, *optional*): for `edit_mode="describe"`, a question the model is asked about the
-            context images before the instruction, in the same conversation ("describe the image."): a checkpoint
-            trained to read the picture first and then rewrite what it read stores it. None (default): the
-            instruction is asked alone.
+        reading_prompt (`str`, *optional*): a question the model was trained to answer with a picture's caption
+            ("describe the image."). With `edit_mode="describe"` it is asked about the context images before the
+            instruction, in the same conversation (read first, then rewrite what was read); with `candidates` > 1
+            it ranks drawings (how likely the model's reading of each is the prompt). None (default): neither.
     """
 
     model_type = "harmon"
@@ -179,7 +179,7 @@ class HarmonConfig(PretrainedConfig):
         trained_tasks: list[str] | None = None,
         edit_source_tokens: bool = False,
         understanding_adapter: str | None = None,
-        edit_reading_prompt: str | None = None,
+        reading_prompt: str | None = None,
         **kwargs,
     ):
         if text_config is None:
@@ -218,7 +218,7 @@ class HarmonConfig(PretrainedConfig):
         self.trained_tasks = list(trained_tasks) if isinstance(trained_tasks, (list, tuple)) else trained_tasks
         self.edit_source_tokens = edit_source_tokens
         self.understanding_adapter = understanding_adapter
-        self.edit_reading_prompt = edit_reading_prompt
+        self.reading_prompt = reading_prompt
         # One class serves several Auto classes; `save_pretrained` adds AutoConfig/AutoModel to this map.
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         if tie_word_embeddings is None:
@@ -256,9 +256,9 @@ class HarmonConfig(PretrainedConfig):
             raise ValueError(
                 f"understanding_adapter must be None or a subfolder name inside the checkpoint, got {adapter!r}."
             )
-        reading = self.edit_reading_prompt
+        reading = self.reading_prompt
         if reading is not None and not (isinstance(reading, str) and reading.strip()):
-            raise ValueError(f"edit_reading_prompt must be None or a non-empty question, got {reading!r}.")
+            raise ValueError(f"reading_prompt must be None or a non-empty question, got {reading!r}.")
         if self.noise_schedule not in ("cosine", "linear"):
             raise ValueError(f"noise_schedule must be 'cosine' or 'linear', got {self.noise_schedule!r}.")
         if not 1 <= self.num_sampling_steps <= self.num_train_timesteps:

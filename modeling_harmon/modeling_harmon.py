@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
+from PIL import Image
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -1122,6 +1123,8 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         preset: str | None = None,
         edit_mode: str | None = None,
         prompt_mode: str | None = None,
+        candidates: int | None = None,
+        ranking_prompt: str | list[str] | None = None,
     ) -> HarmonImageGenerationOutput | tuple:
         r"""
         Text-to-image generation by masked autoregression in MAR token space.
@@ -1166,6 +1169,13 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                 word the drawing path never learned are restated ([`restate_prompts`]). The texts drawn are returned
                 as `descriptions` (None when every prompt is drawn as given). Default: the checkpoint's, else
                 `"direct"`.
+            candidates: drawings made of each image (best of N). The generator draws them one after another, and
+                the model keeps, per image, the one its understanding path finds most likely to show the drawn text:
+                the log-likelihood of that text as its answer to `config.reading_prompt` about the drawing. 1 (the
+                default unless the checkpoint stores another) draws once. Needs text prompts and a checkpoint with a
+                reading prompt; not with `orders` / `noise_fn` (a replay is one drawing).
+            ranking_prompt: the text candidates are ranked by, one or one per prompt (default: the text drawn, i.e.
+                `prompt` or the model's description of it); for callers that pass `input_ids`.
             image_guidance_scale: guidance of the context images (>= 1; 1 turns it off). With it and
                 `guidance_scale`, each step runs three row groups (text and images; images only; neither) and guides
                 as InstructPix2Pix: `eps_n + s_I (eps_i - eps_n) + s_T (eps_c - eps_i)`; with `image_guidance_scale`
@@ -1204,6 +1214,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             image_guidance_scale=image_guidance_scale,
             edit_mode=edit_mode,
             prompt_mode=prompt_mode,
+            candidates=candidates,
         )
         descriptions = None
         if context_images is not None and settings.edit_mode == "describe":
@@ -1258,16 +1269,63 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                 settings,
                 num_images_per_prompt,
             )
+        ranked = None
+        if settings.candidates > 1:
+            ranked = self._ranking_texts(
+                prompt if ranking_prompt is None else ranking_prompt,
+                context_images,
+                orders is not None or noise_fn is not None,
+                prompts.num_images,
+                num_images_per_prompt,
+                explicit=candidates is not None,
+            )
+            if ranked is None:  # a stored count, where nothing can be ranked: drawn once
+                settings = dataclasses.replace(settings, candidates=1)
+        given = num_iter is not None or num_inference_steps is not None
+        best = None
+        for _ in range(settings.candidates):
+            drawn_settings, latents, images = self._draw(
+                prompts,
+                settings,
+                generator,
+                orders,
+                noise_fn,
+                pixels,
+                mask_image,
+                given,
+                num_images_per_prompt,
+                callback,
+                decode or ranked is not None,
+            )
+            if ranked is None:
+                break
+            scores = self.reading_log_likelihoods(images, ranked, tokenizer=tokenizer)
+            if best is None:
+                best = [latents, images, scores]
+            else:  # per image, the first of the best-scored drawings
+                better = scores > best[2]
+                for index, value in enumerate((latents, images, scores)):
+                    best[index] = torch.where(better.view(-1, *[1] * (value.dim() - 1)), value, best[index])
+        if best is not None:
+            latents, images = best[0], best[1] if decode else None
+        settings = drawn_settings
+        if not return_dict:
+            return images, latents
+        return HarmonImageGenerationOutput(images=images, latents=latents, descriptions=descriptions)
+
+    def _draw(
+        self, prompts, settings, generator, orders, noise_fn, pixels, mask_image, given, per_prompt, callback, decode
+    ):
+        """One drawing of every image: phases 2-4 (orders and noise, the init image's known tokens, the MAR loop,
+        the decode), checked finite; returns (settings as drawn, latents, images or None)."""
         grid = (settings.height // self._token_stride(), settings.width // self._token_stride())
         orders, noise_fn = self._randomness(generator, prompts.num_images, grid[0] * grid[1], orders, noise_fn)
         known_tokens = known_mask = None
         if pixels is not None:
             known_tokens, known_mask = self._canvas(
-                pixels, mask_image, settings, prompts.num_images, num_images_per_prompt, grid, generator
+                pixels, mask_image, settings, prompts.num_images, per_prompt, grid, generator
             )
-            given = num_iter is not None or num_inference_steps is not None
             settings = self._canvas_iterations(settings, known_mask, given)
-
         sampler = HarmonMARSampler(self.model, settings, grid, self.sampling_speedups, noise_fn)
         if known_mask is not None and bool(known_mask.all()):  # strength 0: nothing to draw
             latents, images = sampler.decode(known_tokens, False, decode)
@@ -1276,13 +1334,82 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             state = SamplerState.start(orders, self.config.token_dim, self.dtype, known_tokens, known_mask)
             state = sampler.run(state, prompts, cache, callback)
             latents, images = sampler.decode(state.tokens, prompts.guided, decode)
-
         self._check_finite(latents, "latents", settings)
         if images is not None:
             self._check_finite(images, "images", settings)
-        if not return_dict:
-            return images, latents
-        return HarmonImageGenerationOutput(images=images, latents=latents, descriptions=descriptions)
+        return settings, latents, images
+
+    def _ranking_texts(
+        self, texts, context_images, replayed: bool, num_images: int, per_prompt: int, explicit: bool
+    ) -> list[str] | None:
+        """The text each image's candidates are ranked by (`candidates` > 1). Where there is none (an instruction
+        drawn with its pictures in view, input_ids alone, a replay), a HarmonSettingError saying why if the caller
+        asked for candidates, else None (a stored default does not apply there); a checkpoint without a reading
+        prompt cannot rank at all."""
+        question = getattr(self.config, "reading_prompt", None)
+        reason = None
+        if context_images is not None:
+            reason = "an instruction drawn with its pictures in view (edit_mode 'direct') is not a caption to rank by"
+        elif texts is None:
+            reason = "input_ids carry no text to rank by: pass prompt, or ranking_prompt"
+        elif replayed:
+            reason = "orders / noise_fn replay one drawing"
+        if not question:
+            reason = "this checkpoint has no config.reading_prompt (a question it was trained to caption with)"
+        elif reason is not None and not explicit:
+            return None
+        if reason is not None:
+            raise HarmonSettingError(
+                "candidates", f"ranks drawings by the model's reading of them, but {reason}; use 1."
+            )
+        texts = self._prompt_texts(texts)
+        if len(texts) == 1:
+            texts = texts * (num_images // per_prompt)
+        if len(texts) * per_prompt != num_images:
+            raise ValueError(
+                f"ranking_prompt has {len(texts)} texts; give one, or one per prompt ({num_images // per_prompt})."
+            )
+        return [text for text in texts for _ in range(per_prompt)]
+
+    @torch.no_grad()
+    def reading_log_likelihoods(self, images, texts, tokenizer=None, processor=None) -> torch.Tensor:
+        """(B,) float32: the log-likelihood of `texts[i]` as the model's answer to `config.reading_prompt` about
+        `images[i]` ((B, 3, H, W) in [-1, 1], as `generate_images` returns them, or PIL images), through its
+        understanding path (the understanding adapter, if any). How `candidates` ranks drawings: the higher, the
+        more the model reads the picture as the text."""
+        question = getattr(self.config, "reading_prompt", None)
+        if not question:
+            raise ValueError(
+                "reading_log_likelihoods needs config.reading_prompt (a question the model captions with)."
+            )
+        if isinstance(images, torch.Tensor):
+            pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            images = [Image.fromarray(row.permute(1, 2, 0).cpu().numpy()) for row in pixels]
+        if len(images) != len(texts):
+            raise ValueError(f"images ({len(images)}) and texts ({len(texts)}) must pair up.")
+        processor = self._prompt_processor(tokenizer, processor)
+        asked = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        header = processor.apply_chat_template(asked, add_generation_prompt=True)
+        # The answer is scored up to its end-of-turn token; what the template writes after it (a newline) is not.
+        full = [
+            processor.apply_chat_template(
+                asked + [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+            ).removesuffix("\n")
+            for text in texts
+        ]
+        inputs = processor(text=full, images=images, return_tensors="pt", padding=True, padding_side="left")
+        prefix = processor(text=[header], images=images[:1], return_tensors="pt")["input_ids"].shape[1]
+        inputs = inputs.to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        logits = self(**inputs).logits.float()
+        # With left padding every answer ends each row; row i's answer is its last (length_i - prefix) tokens.
+        lengths = inputs["attention_mask"].sum(1)
+        targets = inputs["input_ids"][:, 1:]
+        positions = torch.arange(targets.shape[1], device=targets.device)
+        answer = positions[None, :] >= (targets.shape[1] - (lengths - prefix))[:, None]
+        targets = targets.masked_fill(~answer, 0)  # image placeholders may lie outside the output vocabulary
+        log_probs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets[..., None])[..., 0]
+        return (log_probs * answer).sum(1).cpu()
 
     @torch.no_grad()
     def describe_edits(
@@ -1292,7 +1419,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         `context_images` as a question is asked (the processor's chat template, the images before the text), answered
         greedily. A unified model edits this way by reading with its understanding path and drawing with its
         generation path (`generate_images(edit_mode="describe")`); a model trained for it (the embedded Shapes model)
-        answers an instruction with the edited scene's caption. A checkpoint with `config.edit_reading_prompt` is
+        answers an instruction with the edited scene's caption. A checkpoint with `config.reading_prompt` is
         first asked that question about the pictures and then the instruction, in one conversation (read, then
         rewrite what was read). Raises a ValueError naming the prompt if an answer is empty."""
         if prompt is None:
@@ -1300,15 +1427,15 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         prompts = self._prompt_texts(prompt)
         images = self._context_image_lists(context_images, len(prompts))
         earlier = None
-        reading = getattr(self.config, "edit_reading_prompt", None)
-        if reading:  # a checkpoint trained to read the pictures first (`config.edit_reading_prompt`) is asked so
+        reading = getattr(self.config, "reading_prompt", None)
+        if reading:  # a checkpoint trained to read the pictures first (`config.reading_prompt`) is asked so
             readings = self._describe(
                 [reading] * len(prompts),
                 images,
                 tokenizer,
                 processor,
                 max_new_tokens,
-                "the model wrote no description of the context images when asked its edit_reading_prompt "
+                "the model wrote no description of the context images when asked its reading_prompt "
                 f"({reading!r}); this checkpoint may not be trained for it.",
             )
             earlier = [[(reading, text)] for text in readings]

@@ -22,6 +22,8 @@ from typing import Any
 
 EDIT_MODES = ("direct", "describe")
 PROMPT_MODES = ("direct", "describe", "auto")
+# Drawings per image for best-of-N ranking (`candidates`): each costs a full sampling run.
+MAX_CANDIDATES = 32
 
 
 class HarmonSettingError(ValueError):
@@ -82,6 +84,17 @@ class HarmonImageGenerationSettings:
         "'direct' (draw the prompt as given), 'describe' (restate it in the model's words, then draw that) or 'auto' "
         "(restate only prompts with words the drawing never learned)",
         "--prompt-mode",
+    )
+
+    # Best of N: each image is drawn `candidates` times (the generator drives them one after another) and the model
+    # keeps the drawing its understanding path reads as the drawn text most likely: the log-likelihood of the text as
+    # the answer to the checkpoint's `config.reading_prompt` about the drawing. A unified model checking its own
+    # drawing; only a checkpoint that stores a reading prompt (one trained to caption with it) can rank.
+    candidates: int = _setting(
+        1,
+        "drawings made per image; the one the model's own reading finds most likely to show the prompt is kept "
+        "(1 = no ranking; needs config.reading_prompt)",
+        "--candidates",
     )
 
     # ----------------------------------------------------------------------------------------------- names
@@ -157,6 +170,8 @@ class HarmonImageGenerationSettings:
             fail("edit_mode", f"must be one of {', '.join(map(repr, EDIT_MODES))}, got {self.edit_mode!r}.")
         if self.prompt_mode not in PROMPT_MODES:
             fail("prompt_mode", f"must be one of {', '.join(map(repr, PROMPT_MODES))}, got {self.prompt_mode!r}.")
+        if not _is_int(self.candidates) or not 1 <= self.candidates <= MAX_CANDIDATES:
+            fail("candidates", f"must be an integer in [1, {MAX_CANDIDATES}], got {self.candidates!r}.")
         return self
 
 

@@ -290,6 +290,7 @@ class HarmonPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         preset: str | None = None,
         prompt_mode: str | None = None,
+        candidates: int | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Generate images from text.
@@ -338,6 +339,10 @@ class HarmonPipeline(DiffusionPipeline):
                 restate it in the words its drawing was trained on (`model.describe_prompts`), then draws that;
                 `"auto"` restates only a prompt with words the drawing never learned. Default: the checkpoint's (the
                 embedded Shapes model: `"auto"`), else `"direct"`.
+            candidates (`int`, *optional*): drawings made of each image; the model keeps the one its own reading
+                (`model.reading_log_likelihoods`: the text drawn, as its answer to `config.reading_prompt`) finds
+                most likely (best of N; needs a checkpoint with a reading prompt). Default: the checkpoint's (1
+                unless it stores another; an edit drawn with its pictures in view draws once).
 
         Examples:
 
@@ -370,6 +375,7 @@ class HarmonPipeline(DiffusionPipeline):
             image_guidance_scale=self._context.get("image_guidance_scale"),
             edit_mode=self._context.get("edit_mode"),
             prompt_mode=prompt_mode,
+            candidates=candidates,
         )
         self._guidance_scale = settings.guidance_scale
         self._num_timesteps = settings.num_iter
@@ -417,6 +423,8 @@ class HarmonPipeline(DiffusionPipeline):
                 if not bars:  # opened at the first iteration: a request refused before drawing shows no bar
                     bars.append(stack.enter_context(self.progress_bar(total=num_iter)))
                     self._num_timesteps = num_iter  # an image-conditioned call draws fewer iterations
+                elif step == 0:  # the next of several candidates
+                    bars[0].total += num_iter
                 bars[0].update()
                 if callback_on_step_end is None:
                     return None
@@ -429,9 +437,16 @@ class HarmonPipeline(DiffusionPipeline):
                     result["tokens"] = inner.latents_to_tokens(outputs["latents"]).reshape(tokens.shape)
                 return result
 
+            arguments = self._generation_arguments(settings, sampling, num_inference_steps)
+            if (
+                candidates is None
+            ):  # the model's own count (stored, or the preset's), which it drops where it cannot rank
+                arguments.update(candidates=None, sampling=sampling)
+            if "input_ids" in prompt_inputs:  # the text the encoded prompts say, which candidates are ranked by
+                prompt_inputs["ranking_prompt"] = prompt
             generated = self.model.generate_images(
                 **prompt_inputs,
-                **self._generation_arguments(settings, sampling, num_inference_steps),
+                **arguments,
                 num_images_per_prompt=num_images_per_prompt,
                 generator=generator,
                 callback=on_iteration,

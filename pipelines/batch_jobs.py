@@ -463,6 +463,8 @@ def resolve_jobs(jobs: list[Job], model, *, sampling: str | None = None, max_sid
                 raise CommandError(f'{where}: "image_cfg" {_show("image_cfg", edit.image_cfg)}: {error}') from None
             settings["image_guidance_scale"] = scale.image_guidance_scale
             settings["edit_mode"] = scale.edit_mode  # the model's, as `harmon edit` without --edit-mode
+            if scale.edit_mode == "direct" and options.get("candidates") is None:
+                del settings["candidates"]  # the model's count ranks drawings of text; a direct edit draws once
             if scale.edit_mode == "describe" and scale.image_guidance_scale != 1.0:
                 if edit.image_cfg is not None:
                     raise CommandError(

@@ -101,7 +101,15 @@ uninterrupted one.
 
 # The image-generation settings (fields of `HarmonImageGenerationSettings`) that `harmon generate` takes as flags and
 # JSONL keys; the others keep the model's defaults. Flags, help and the pipeline's names come from the fields.
-GENERATE_FIELDS = ("height", "width", "num_iter", "num_sampling_steps", "guidance_scale", "temperature")
+GENERATE_FIELDS = (
+    "height",
+    "width",
+    "num_iter",
+    "num_sampling_steps",
+    "guidance_scale",
+    "temperature",
+    "candidates",
+)
 # The settings an image is drawn with and recorded by (its JSON sidecar), under the pipeline's argument names.
 DRAWN_FIELDS = (*GENERATE_FIELDS, "cfg_schedule")
 

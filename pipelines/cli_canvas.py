@@ -36,7 +36,7 @@ from .cli import (
 )
 
 
-CANVAS_FIELDS = ("num_iter", "num_sampling_steps", "guidance_scale", "temperature")
+CANVAS_FIELDS = ("num_iter", "num_sampling_steps", "guidance_scale", "temperature", "candidates")
 SIDES = ("left", "right", "top", "bottom")
 # What `vary` asks the model for when no prompt is given (the dense-caption instruction of its training data).
 CAPTION_QUESTION = "Describe the image in detail."

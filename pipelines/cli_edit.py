@@ -50,6 +50,7 @@ EDIT_FIELDS = (
     "guidance_scale",
     "image_guidance_scale",
     "temperature",
+    "candidates",
 )
 
 
@@ -144,6 +145,8 @@ def run_edit(args) -> None:
     )
     settings["image_guidance_scale"] = image_cfg_setting(model, cfg, args.sampling, f"--image-cfg {_show('cfg', cfg)}")
     settings["edit_mode"] = model.image_generation_settings(args.sampling, edit_mode=args.edit_mode).edit_mode
+    if settings["edit_mode"] == "direct" and getattr(args, "candidates", None) is None:
+        del settings["candidates"]  # the model's count ranks drawings of text; a direct edit draws once
     if settings["edit_mode"] == "describe" and settings["image_guidance_scale"] != 1.0:
         if cfg is not None:
             raise CommandError(

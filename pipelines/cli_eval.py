@@ -25,7 +25,7 @@ from .cli import (
 
 
 # `harmon eval shapes`'s setting flags.
-EVAL_FIELDS = ("num_iter", "guidance_scale", "temperature", "num_sampling_steps", "x0_clamp")
+EVAL_FIELDS = ("num_iter", "guidance_scale", "temperature", "num_sampling_steps", "x0_clamp", "candidates")
 
 
 def add_eval_command(commands, add_setting_arguments, add_model_arguments) -> None:

@@ -82,7 +82,9 @@ def _default_model_setting(name: str, fallback: float) -> float:
     """A setting the packaged model's generation config stores (`fallback`: the random fallback model's)."""
     if not DEFAULT_MODEL_DIR.is_dir():
         return fallback
-    return json.loads((DEFAULT_MODEL_DIR / "generation_config.json").read_text())["image_generation"][name]
+    return json.loads((DEFAULT_MODEL_DIR / "generation_config.json").read_text())["image_generation"].get(
+        name, fallback
+    )
 
 
 def test_generate_writes_pngs_with_metadata_and_reproducible_seeds(tmp_path, capsys):
@@ -110,6 +112,7 @@ def test_generate_writes_pngs_with_metadata_and_reproducible_seeds(tmp_path, cap
             "guidance_scale": _default_model_setting("guidance_scale", 3.0),
             "cfg_schedule": "constant",
             "temperature": _default_model_setting("temperature", 1.0),
+            "candidates": _default_model_setting("candidates", 1),
         }
     assert np.abs(pixels(tmp_path / "out_0.png") - pixels(tmp_path / "out_1.png")).max() > 0
 

@@ -127,7 +127,7 @@ def test_a_stored_reading_prompt_is_asked_first_in_the_same_conversation(talker,
         return generate(*args, **kwargs)
 
     monkeypatch.setattr(talker, "generate", counting)
-    monkeypatch.setattr(talker.config, "edit_reading_prompt", "describe the image.")
+    monkeypatch.setattr(talker.config, "reading_prompt", "describe the image.")
     texts = talker.describe_edits(instructions, [[images[0]], [images[1]], [images[0]]], tokenizer=tokenizer)
     assert rows == [2, 2]  # a reading per picture, then each instruction once
     for text, instruction, image in zip(texts, instructions, [images[0], images[1]]):
@@ -138,8 +138,8 @@ def test_a_stored_reading_prompt_is_asked_first_in_the_same_conversation(talker,
     for asked, instruction in zip(prompts[1], instructions):  # the reading, answered, precedes the instruction
         assert asked.index("describe the image.") < asked.index("<|im_start|>assistant") < asked.index(instruction)
         assert asked.count("<|im_start|>user") == 2 and asked.count("<image>") == prompts[0][0].count("<image>")
-    monkeypatch.setattr(talker.config, "edit_reading_prompt", "  ")
-    with pytest.raises(ValueError, match="edit_reading_prompt must be None or a non-empty question"):
+    monkeypatch.setattr(talker.config, "reading_prompt", "  ")
+    with pytest.raises(ValueError, match="reading_prompt must be None or a non-empty question"):
         talker.config._validate_harmon()
 
 
@@ -290,7 +290,7 @@ def test_shapes_eval_scores_the_reading_of_a_model_that_reads_first(talker, toke
     from training.shapes import evaluation, evaluation_edit
 
     fast = {"num_iter": 2, "num_sampling_steps": 2, "edit_mode": "describe"}
-    monkeypatch.setattr(talker.config, "edit_reading_prompt", "describe the image.")
+    monkeypatch.setattr(talker.config, "reading_prompt", "describe the image.")
     items = evaluation_edit.edit_items(6, 0)
     misread = {0, 3}  # the answers replaced by the source's caption, but for these items
     asked = []

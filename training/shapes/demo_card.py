@@ -317,7 +317,7 @@ def _edit_scores(edit: dict | None) -> str:
         )
         if edit.get("reading"):
             described += (
-                "; reading: asked first what the source shows (its stored `edit_reading_prompt`), the model wrote "
+                "; reading: asked first what the source shows (its stored `reading_prompt`), the model wrote "
                 "the source's caption, so a wrong description with a right reading was misrewritten"
             )
     return (

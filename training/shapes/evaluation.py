@@ -96,6 +96,7 @@ def generation_settings(
     x0_clamp: float | None = None,
     cfg_schedule: str | None = None,
     sampling: str | None = None,
+    candidates: int | None = None,
 ) -> dict:
     """Every image-generation setting ShapesEval passes to `model.generate_images`, resolved and validated by the
     model's settings object (a bad value raises `HarmonSettingError` naming its `field`). A setting not given is the
@@ -109,6 +110,7 @@ def generation_settings(
         num_sampling_steps=num_sampling_steps,
         x0_clamp=x0_clamp,
         cfg_schedule=cfg_schedule,
+        candidates=candidates,
     )
 
 

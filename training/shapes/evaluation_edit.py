@@ -15,7 +15,7 @@ instruction with the source in view (`generate_images(instruction, context_image
 - `description` (edit_mode "describe" only): the model's text of the edit is the target's canonical caption (either
   order of two objects: `Scene.caption` or `picture_caption`), so a
   failure can be told apart as reading/reasoning (a wrong text) or drawing (a right text drawn wrong);
-- `reading` (a model that reads first, `config.edit_reading_prompt`): its answer to that question about the source is
+- `reading` (a model that reads first, `config.reading_prompt`): its answer to that question about the source is
   the source's canonical caption, so a wrong description can be told apart as misread or misrewritten;
 - each by operation, and for seen items, held-out combinations and held-out phrasings apart.
 
@@ -113,9 +113,9 @@ def edit_outputs(model, tokenizer, prompts, sources, seeds, settings: dict, batc
 
 
 def _readings(model, tokenizer, sources) -> list[str] | None:
-    """The model's answer to its `config.edit_reading_prompt` about each source (the first turn of its describe
+    """The model's answer to its `config.reading_prompt` about each source (the first turn of its describe
     step, asked again: greedy, so the same text), or None for a model that does not read first."""
-    question = getattr(model.config, "edit_reading_prompt", None)
+    question = getattr(model.config, "reading_prompt", None)
     if not question:
         return None
     processor = model._prompt_processor(tokenizer)  # the processor describe_edits formats its turns with

@@ -43,7 +43,7 @@ def export(
     overwrite: bool = False,
     understanding_adapter: str | None = None,
     trained_tasks: list[str] | None = None,
-    edit_reading_prompt: str | None = None,
+    reading_prompt: str | None = None,
     **sampling,
 ) -> Path:
     """Write the bf16 folder; `sampling` overrides entries of DEMO_IMAGE_GENERATION (e.g. temperature=0.8). An
@@ -51,8 +51,8 @@ def export(
     LoRA run's folder (adapter, tokenizer) trained on `model_dir` grown to that tokenizer with `new_token_init: unk`;
     the export grows the table the same way and keeps the adapter in `understanding_adapter/`. `trained_tasks`: the
     tasks the exported folder serves (`config.trained_tasks`; an adapter run's folder holds no model config), else the
-    model's. `edit_reading_prompt`: the question the adapter was trained to answer about an edit's source before the
-    instruction (`config.edit_reading_prompt`; make_data's `EDIT_READING_PROMPT` for `edit_readings.jsonl`)."""
+    model's. `reading_prompt`: the question the adapter was trained to answer about an edit's source before the
+    instruction (`config.reading_prompt`; make_data's `EDIT_READING_PROMPT` for `edit_readings.jsonl`)."""
     from harmon_pipelines.hub import write_hub_files
 
     inputs = [model_dir] + ([understanding_adapter] if understanding_adapter else [])
@@ -64,8 +64,8 @@ def export(
         tokenizer = _attach_understanding_adapter(model, model_dir, Path(understanding_adapter))
     if trained_tasks is not None:
         model.config.trained_tasks = list(trained_tasks)
-    if edit_reading_prompt is not None:
-        model.config.edit_reading_prompt = edit_reading_prompt
+    if reading_prompt is not None:
+        model.config.reading_prompt = reading_prompt
         model.config._validate_harmon()
     model = model.to(torch.bfloat16)
     settings = dict(getattr(model.generation_config, "image_generation", None) or {})
@@ -153,11 +153,11 @@ def main(argv: list[str] | None = None) -> None:
         help="the tasks the folder serves (config.trained_tasks; default: the model's)",
     )
     parser.add_argument(
-        "--edit-reading-prompt",
+        "--reading-prompt",
         default=None,
         metavar="QUESTION",
         help="the question the understanding adapter answers about an edit's source before the instruction "
-        "(config.edit_reading_prompt; the adapter of edit_readings.jsonl: 'describe the image.')",
+        "(config.reading_prompt; the adapter of edit_readings.jsonl: 'describe the image.')",
     )
     args = parser.parse_args(argv)
     try:
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
             args.overwrite,
             understanding_adapter=args.understanding_adapter,
             trained_tasks=args.trained_tasks,
-            edit_reading_prompt=args.edit_reading_prompt,
+            reading_prompt=args.reading_prompt,
             temperature=args.temperature,
             guidance_scale=args.guidance_scale,
             num_iter=args.num_iter,

@@ -58,7 +58,7 @@ EDIT_DESCRIPTIONS = "edit_descriptions.jsonl"
 # answered by its caption in reading order), then answers the instruction with the target's caption. Reading first
 # turns the edit into a change of a text the model just wrote (copy the caption, change a word or swap two phrases),
 # which a small LLM learns far more easily than the same change read off image tokens. A checkpoint trained on it
-# stores the prompt as `config.edit_reading_prompt`, so that `describe_edits` asks it first.
+# stores the prompt as `config.reading_prompt`, so that `describe_edits` asks it first.
 EDIT_READINGS, EDIT_READING_PROMPT = "edit_readings.jsonl", "describe the image."
 # `--scene-captions N`: scenes captioned canonically in reading order (`Scene.picture_caption`), three in four with two
 # objects (the scenes a description most often gets wrong), for stage IV; drawn from a stream of their own.
