@@ -416,14 +416,17 @@ class HarmonPipeline(DiffusionPipeline):
         grid = (settings.height // self.vae_scale_factor, settings.width // self.vae_scale_factor)
         inner = self.model.model
 
+        # Drawings of each image (`candidates`): an edit drawn with its pictures in view is drawn once.
+        direct_edit = self._context.get("context_images") is not None and settings.edit_mode == "direct"
+        drawings = 1 if direct_edit and candidates is None else settings.candidates
         with contextlib.ExitStack() as stack:
             bars = []
 
             def on_iteration(step, num_iter, tokens, mask):
                 if not bars:  # opened at the first iteration: a request refused before drawing shows no bar
-                    bars.append(stack.enter_context(self.progress_bar(total=num_iter)))
+                    bars.append(stack.enter_context(self.progress_bar(total=num_iter * drawings)))
                     self._num_timesteps = num_iter  # an image-conditioned call draws fewer iterations
-                elif step == 0:  # the next of several candidates
+                elif step == 0 and bars[0].n >= bars[0].total:  # more drawings than expected
                     bars[0].total += num_iter
                 bars[0].update()
                 if callback_on_step_end is None:

@@ -94,7 +94,9 @@ def test_generate_writes_pngs_with_metadata_and_reproducible_seeds(tmp_path, cap
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["out_0.png", "out_1.png"]
     # the random-model note exactly when no trained default model is packaged, and the MAR progress bar
-    assert ("RANDOMLY INITIALISED" in result.stderr) == (not DEFAULT_MODEL_DIR.is_dir()) and "2/2" in result.stderr
+    iterations = 2 * _default_model_setting("candidates", 1)  # --steps 2, for each of the model's drawings
+    assert ("RANDOMLY INITIALISED" in result.stderr) == (not DEFAULT_MODEL_DIR.is_dir())
+    assert f"{iterations}/{iterations}" in result.stderr
     for k in range(2):
         image = Image.open(tmp_path / f"out_{k}.png")
         assert image.size == (24, 16)  # (width, height) for --size HxW = 16x24

@@ -45,7 +45,8 @@ python -m training.shapes.make_data --output runs/shapes/data_edit --scenes 2000
 python -m training.train --config training/configs/shapes/stage4_understanding.yaml   # the understanding adapter
 python -m training.shapes.export_default --model runs/shapes/stage3_bf16 --output pipelines/default_model --overwrite \\
     --understanding-adapter runs/shapes/stage4_understanding/final --trained-tasks text2image image2text edit \\
-    --temperature 0.05 --guidance-scale 1.25 --num-iter 6 --edit-mode describe --prompt-mode auto
+    --temperature 0.05 --guidance-scale 1.25 --num-iter 6 --edit-mode describe --prompt-mode auto \\
+    --reading-prompt "describe the image." --candidates 4
 python -m training.shapes.write_floor --folder pipelines/default_model                  # CI regression floor
 harmon eval shapes --n 540 --json shapes_eval.json
 harmon eval shapes --task inpaint --n 240 --json canvas/inpaint.json     # also --task outpaint (--n 240), vary (--n 120)

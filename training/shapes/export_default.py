@@ -25,6 +25,7 @@ DEMO_IMAGE_GENERATION = {
     "num_sampling_steps": 50,
     "edit_mode": "direct",
     "prompt_mode": "direct",
+    "candidates": 1,
 }
 # Named presets over those defaults (`generation_config.image_generation_presets`; `sampling="fast"`, `--sampling fast`).
 # "fast": 10 head steps drew 3.8x faster than the defaults' 50 and scored the same overall (0.84, n = 270;
@@ -77,7 +78,8 @@ def export(
     model.generation_config.image_generation = settings
     model.generation_config.image_generation_presets = DEMO_PRESETS
     for preset in (None, *DEMO_PRESETS):  # fails here, naming the setting, rather than at first use
-        model.image_generation_settings(preset)
+        if model.image_generation_settings(preset).candidates > 1 and not model.config.reading_prompt:
+            raise ValueError("candidates > 1 ranks drawings by the model's reading: give --reading-prompt too.")
     # transformers replaces a generation config marked as derived from the model config when it loads one, which
     # would drop these settings.
     model.generation_config._from_model_config = False
@@ -129,6 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-iter", type=int, default=None, help="default: 16")
     parser.add_argument("--head-steps", type=int, default=None, help="diffusion-head steps (default: 50)")
     parser.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        help="drawings per image, the best-read kept (needs --reading-prompt; default: 1)",
+    )
+    parser.add_argument(
         "--edit-mode",
         choices=("direct", "describe"),
         default=None,
@@ -173,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             guidance_scale=args.guidance_scale,
             num_iter=args.num_iter,
             num_sampling_steps=args.head_steps,
+            candidates=args.candidates,
             edit_mode=args.edit_mode,
             prompt_mode=args.prompt_mode,
         )
