@@ -1284,7 +1284,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         given = num_iter is not None or num_inference_steps is not None
         best = None
         for _ in range(settings.candidates):
-            drawn_settings, latents, images = self._draw(
+            latents, images = self._draw(
                 prompts,
                 settings,
                 generator,
@@ -1299,7 +1299,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             )
             if ranked is None:
                 break
-            scores = self.reading_log_likelihoods(images, ranked, tokenizer=tokenizer)
+            scores = self.reading_log_likelihoods(images, ranked, tokenizer=tokenizer, processor=processor)
             if best is None:
                 best = [latents, images, scores]
             else:  # per image, the first of the best-scored drawings
@@ -1308,7 +1308,6 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                     best[index] = torch.where(better.view(-1, *[1] * (value.dim() - 1)), value, best[index])
         if best is not None:
             latents, images = best[0], best[1] if decode else None
-        settings = drawn_settings
         if not return_dict:
             return images, latents
         return HarmonImageGenerationOutput(images=images, latents=latents, descriptions=descriptions)
@@ -1317,7 +1316,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         self, prompts, settings, generator, orders, noise_fn, pixels, mask_image, given, per_prompt, callback, decode
     ):
         """One drawing of every image: phases 2-4 (orders and noise, the init image's known tokens, the MAR loop,
-        the decode), checked finite; returns (settings as drawn, latents, images or None)."""
+        the decode), checked finite; returns (latents, images or None)."""
         grid = (settings.height // self._token_stride(), settings.width // self._token_stride())
         orders, noise_fn = self._randomness(generator, prompts.num_images, grid[0] * grid[1], orders, noise_fn)
         known_tokens = known_mask = None
@@ -1337,7 +1336,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         self._check_finite(latents, "latents", settings)
         if images is not None:
             self._check_finite(images, "images", settings)
-        return settings, latents, images
+        return latents, images
 
     def _ranking_texts(
         self, texts, context_images, replayed: bool, num_images: int, per_prompt: int, explicit: bool
