@@ -1282,7 +1282,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             if ranked is None:  # a stored count, where nothing can be ranked: drawn once
                 settings = dataclasses.replace(settings, candidates=1)
         given = num_iter is not None or num_inference_steps is not None
-        best = None
+        best, prompt_cache = None, []
         for _ in range(settings.candidates):
             latents, images = self._draw(
                 prompts,
@@ -1296,6 +1296,7 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
                 num_images_per_prompt,
                 callback,
                 decode or ranked is not None,
+                prompt_cache,
             )
             if ranked is None:
                 break
@@ -1313,10 +1314,23 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         return HarmonImageGenerationOutput(images=images, latents=latents, descriptions=descriptions)
 
     def _draw(
-        self, prompts, settings, generator, orders, noise_fn, pixels, mask_image, given, per_prompt, callback, decode
+        self,
+        prompts,
+        settings,
+        generator,
+        orders,
+        noise_fn,
+        pixels,
+        mask_image,
+        given,
+        per_prompt,
+        callback,
+        decode,
+        prompt_cache: list,
     ):
         """One drawing of every image: phases 2-4 (orders and noise, the init image's known tokens, the MAR loop,
-        the decode), checked finite; returns (latents, images or None)."""
+        the decode), checked finite; returns (latents, images or None). `prompt_cache` holds the prompt pass's cache
+        once made: the sampler only reads it, so every candidate drawing reuses it."""
         grid = (settings.height // self._token_stride(), settings.width // self._token_stride())
         orders, noise_fn = self._randomness(generator, prompts.num_images, grid[0] * grid[1], orders, noise_fn)
         known_tokens = known_mask = None
@@ -1329,9 +1343,10 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         if known_mask is not None and bool(known_mask.all()):  # strength 0: nothing to draw
             latents, images = sampler.decode(known_tokens, False, decode)
         else:
-            cache = sampler.encode_prompts(prompts)
+            if not prompt_cache:
+                prompt_cache.append(sampler.encode_prompts(prompts))
             state = SamplerState.start(orders, self.config.token_dim, self.dtype, known_tokens, known_mask)
-            state = sampler.run(state, prompts, cache, callback)
+            state = sampler.run(state, prompts, prompt_cache[0], callback)
             latents, images = sampler.decode(state.tokens, prompts.guided, decode)
         self._check_finite(latents, "latents", settings)
         if images is not None:
