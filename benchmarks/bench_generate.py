@@ -120,7 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--kernels",
-        choices=("auto", "mkl", "onednn"),
+        choices=("auto", "mkl", "onednn", "smallrows"),
         default="auto",
         help="CPU linear kernels of the optimised runs: the model's own choice (auto: this host's `harmon tune` "
         "cache for the preset's shape and size, else MKL everywhere), or one kernel for every stage",

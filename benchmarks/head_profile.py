@@ -12,6 +12,7 @@ the limit, not the memory.
 """
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,9 @@ import torch  # noqa: E402
 
 from benchmarks.common import DTYPES, PRESETS, SEED, build_model, environment  # noqa: E402
 from modeling_harmon.atomic_files import write_json  # noqa: E402
+from modeling_harmon.modeling_harmon_kernels import kernel_cache_path  # noqa: E402
 from modeling_harmon.modeling_harmon_onednn import onednn_linear_available, onednn_linears  # noqa: E402
+from modeling_harmon.modeling_harmon_smallrows import small_row_dtypes, small_row_linears  # noqa: E402
 
 
 def parse_args(argv):
@@ -72,11 +75,19 @@ def profile(args) -> dict:
     products = chain_products(head)
     width = head.input_proj.out_features
     hidden = torch.randn(args.rows, width, generator=generator).to(dtype)
-    kernels = {"mkl": False, "onednn": True} if onednn_linear_available() else {"mkl": False}
+    # Each kernel: the contexts that switch the head's linears to it (as `modeling_harmon_kernels.stage_kernels`).
+    kernels = {"mkl": ()}
+    if onednn_linear_available():
+        kernels["onednn"] = (onednn_linears,)
+    folder = kernel_cache_path().parent
+    if dtype in small_row_dtypes(folder):
+        kernels["smallrows"] = (onednn_linears, lambda module: small_row_linears(module, folder))
     result = {"preset": args.preset, "dtype": args.dtype, "rows": args.rows, "steps": args.steps, "kernels": {}}
     with torch.no_grad():
-        for name, packed in kernels.items():
-            with onednn_linears(head, enabled=packed):
+        for name, contexts in kernels.items():
+            with contextlib.ExitStack() as stack:
+                for context in contexts:
+                    stack.enter_context(context(head))
                 modulations = head.modulations(timesteps, condition)
                 step = [tensor[0] for tensor in modulations]
                 result["kernels"][name] = {
@@ -113,11 +124,11 @@ def format_report(result: dict) -> str:
         f"  bounds of the chain's products: read {bounds['weight_bytes'] / 1e6:.1f} MB in "
         f"{bounds['read_weights_s'] * 1e3:.3f} ms; {bounds['compute_s'] * 1e3:.3f} ms at "
         f"{bounds['product_gflops']:.1f} GFLOP/s",
-        f"  {'kernel':<8}{'modulations s':>15}{'step ms':>10}{'products ms':>13}{'elementwise ms':>16}{'x bound':>9}",
+        f"  {'kernel':<10}{'modulations s':>15}{'step ms':>10}{'products ms':>13}{'elementwise ms':>16}{'x bound':>9}",
     ]
     for name, timing in result["kernels"].items():
         lines.append(
-            f"  {name:<8}{timing['modulations_s']:>15.4f}{timing['chain_step_s'] * 1e3:>10.3f}"
+            f"  {name:<10}{timing['modulations_s']:>15.4f}{timing['chain_step_s'] * 1e3:>10.3f}"
             f"{timing['products_s'] * 1e3:>13.3f}{timing['elementwise_s'] * 1e3:>16.3f}"
             f"{timing['products_over_bound']:>9.2f}"
         )

@@ -45,6 +45,7 @@ from .modeling_harmon_kernels import (
     cached_kernels,
     check_kernels,
     choose_kernels,
+    kernel_cache_path,
     processor_name,
     stage_kernels,
     stage_timer,
@@ -60,6 +61,7 @@ from .modeling_harmon_settings import (
     resolve_image_generation_settings,
     sampling_name,
 )
+from .modeling_harmon_smallrows import small_row_dtypes, small_row_linears
 
 
 logger = logging.get_logger(__name__)
@@ -122,7 +124,9 @@ class HarmonSamplingSpeedups:
             path is ~2.3x slower on AMD processors, and unpacked weights are re-laid-out at every one of the
             diffusion head's small products. Holds one more copy of those weights while generating. False: every
             stage runs `nn.Linear`'s own product (MKL), as the reference does.
-        linear_kernels: "mkl" or "onednn" for each stage of `modeling_harmon_kernels.STAGES`; None (the default):
+        linear_kernels: "mkl", "onednn" or "smallrows" (a hand-written float32 product for calls on few rows,
+            `modeling_harmon_smallrows`, oneDNN's for the others) for each stage of `modeling_harmon_kernels.STAGES`;
+            None (the default):
             what `model.tune_for_host()` / `harmon tune` measured on this host for this model and image size (a
             cache in the user's cache folder), else `DEFAULT_KERNELS` (MKL everywhere, the reference's product).
     """
@@ -190,10 +194,21 @@ def _with_onednn_linears(method):
             return method(self, *args, **kwargs)
         size = self.config.image_size
         kernels = self.linear_kernels(kwargs.get("height") or size, kwargs.get("width") or size)
-        with stage_kernels(self.model, kernels, onednn_linears):
+        with stage_kernels(self.model, kernels, _kernel_contexts()):
             return method(self, *args, **kwargs)
 
     return wrapper
+
+
+def _kernel_contexts() -> dict:
+    """What switches a module's linears to each kernel of `modeling_harmon_kernels.KERNELS` (see `stage_kernels`);
+    the few-row kernel is built into the folder of the user's kernel cache."""
+    folder = kernel_cache_path().parent
+    return {
+        "mkl": (),
+        "onednn": (onednn_linears,),
+        "smallrows": (onednn_linears, functools.partial(small_row_linears, folder=folder)),
+    }
 
 
 def _without_understanding_adapter(method):
@@ -815,8 +830,8 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         write: bool = True,
         sampling: str | None = None,
     ) -> dict:
-        """Time one generation (after an untimed one) with every stage on MKL and with every stage on oneDNN, and
-        keep the faster kernel per stage for this host, torch, thread count, dtype, model shape and image size, in
+        """Time one generation (after an untimed one) with every stage on MKL, with every stage on oneDNN, and (where
+        it builds and runs here for this dtype) with every stage on the few-row kernel, and keep the fastest per stage for this host, torch, thread count, dtype, model shape and image size, in
         the user's cache (`modeling_harmon_kernels.kernel_cache_path()`; `write=False` only measures). Settings
         not given are the model's defaults (or its sampling preset `sampling`). Returns `{"key", "kernels",
         "seconds": {kernel: {stage: s}}, ...}`."""
@@ -849,8 +864,10 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
             },
         }
         previous, seconds = self.sampling_speedups, {}
+        # The few-row kernel only where it builds and runs here (a C compiler, AVX-512) and serves this dtype.
+        small_rows = self.dtype in small_row_dtypes(kernel_cache_path().parent)
         try:
-            for kernel in ("mkl", "onednn"):
+            for kernel in ("mkl", "onednn", "smallrows") if small_rows else ("mkl", "onednn"):
                 self.sampling_speedups = dataclasses.replace(
                     previous, onednn_linears=True, linear_kernels=dict.fromkeys(STAGES, kernel)
                 )

@@ -28,7 +28,9 @@ import torch
 
 
 STAGES = ("llm", "mar_encoder", "mar_decoder", "diffusion_head")
-KERNELS = ("mkl", "onednn")
+# "smallrows": the hand-written few-row float32 product (modeling_harmon_smallrows) for calls on at most its
+# SMALL_ROWS rows, the packed oneDNN product for the others; only where it can be built and run here.
+KERNELS = ("mkl", "onednn", "smallrows")
 # Submodules (of the inner `HarmonModel`) whose linears each stage's kernel choice covers.
 STAGE_MODULES = {
     "llm": ("language_model",),
@@ -113,16 +115,17 @@ def write_cache_entry(key: str, entry: dict, path: Path | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def stage_kernels(inner, kernels: dict, onednn_linears) -> Iterator[None]:
-    """Within the block, the linears of each stage whose kernel is "onednn" run as packed oneDNN products
-    (`onednn_linears`, the context of modeling_harmon_onednn); "mkl" ones stay `nn.Linear`'s own. The context comes
-    in as an argument: the Hub's remote-code loader fetches the modeling file's own relative imports, so this file
-    importing modeling_harmon_onednn itself would break `trust_remote_code` loading."""
+def stage_kernels(inner, kernels: dict, contexts: dict) -> Iterator[None]:
+    """Within the block, the linears of each stage run on the kernel `kernels` names for it: `contexts` maps a kernel
+    to the contexts (each called with a module) that switch a module's linears to it, entered in order ("mkl": none,
+    `nn.Linear`'s own; "onednn": modeling_harmon_onednn's; "smallrows": oneDNN's, then modeling_harmon_smallrows' on
+    top). The contexts come in as an argument: the Hub's remote-code loader fetches the modeling file's own relative
+    imports, so this file importing those modules itself would break `trust_remote_code` loading."""
     with contextlib.ExitStack() as stack:
         for stage in STAGES:
-            if kernels[stage] == "onednn":
+            for context in contexts.get(kernels[stage], ()):
                 for name in STAGE_MODULES[stage]:
-                    stack.enter_context(onednn_linears(getattr(inner, name)))
+                    stack.enter_context(context(getattr(inner, name)))
         yield
 
 
@@ -180,8 +183,10 @@ def stage_timer(inner):
 
 
 def choose_kernels(seconds: dict[str, dict[str, float]]) -> dict:
-    """Per stage, the kernel with the least measured time (MKL, the reference's product, on a tie)."""
-    return {stage: min(KERNELS, key=lambda kernel: (seconds[kernel][stage], kernel != "mkl")) for stage in STAGES}
+    """Per stage, the kernel with the least measured time among those measured (MKL, the reference's product, on a
+    tie)."""
+    measured = [kernel for kernel in KERNELS if kernel in seconds]
+    return {stage: min(measured, key=lambda kernel: (seconds[kernel][stage], kernel != "mkl")) for stage in STAGES}
 
 
 __all__ = [

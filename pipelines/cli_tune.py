@@ -5,23 +5,25 @@
     harmon tune --sampling fast                  # at the settings of one of the model's sampling presets
 
 Runs `model.tune_for_host()`: one untimed and one timed generation with every stage's linears on MKL (the
-reference's product), the same with every stage on packed oneDNN, and keeps the faster per stage (LLM, MAR
-encoder, MAR decoder, diffusion head). The choice is written to the user's cache (`$HARMON_KERNEL_CACHE`, else
-`~/.cache/harmon/linear_kernels.json`), keyed by processor, torch version, threads, dtype, the model's layer shapes
-and the image size, and every later generation of that model at that size on this machine uses it; nothing is
-written into the model folder. `--dry-run` measures without writing. Use the thread count you will generate with
+reference's product), the same with every stage on packed oneDNN, and where a C compiler and AVX-512 allow (for
+bfloat16 models, AVX512-BF16 too), with every stage on the hand-written few-row product (`modeling_harmon_smallrows`, built once into
+the cache folder); it keeps the fastest per stage (LLM, MAR encoder, MAR decoder, diffusion head). The choice is
+written to the user's cache (`$HARMON_KERNEL_CACHE`, else `~/.cache/harmon/linear_kernels.json`), keyed by
+processor, torch version, threads, dtype, the model's layer shapes and the image size, and every later generation
+of that model at that size on this machine uses it; nothing is written into the model folder. `--dry-run` measures without writing. Use the thread count you will generate with
 (`OMP_NUM_THREADS`): the faster kernel can differ between one thread and many.
 """
 
 import argparse
 import json
 
-from modeling_harmon.modeling_harmon_kernels import STAGES
+from modeling_harmon.modeling_harmon_kernels import KERNELS, STAGES
 from modeling_harmon.modeling_harmon_settings import HarmonSettingError
 
 from .cli import CommandError, _load, check_device
 
 
+KERNEL_NAMES = {"mkl": "MKL", "onednn": "oneDNN", "smallrows": "few-row"}
 TUNE_FIELDS = ("height", "width", "num_iter", "num_sampling_steps", "guidance_scale")
 
 
@@ -74,12 +76,12 @@ def run_tune(args) -> None:
         return
     seconds = result["seconds"]
     print(f"{result['processor']}; {result['key'].split(' | ', 1)[1]}")
-    print(f"{'stage':<16}{'MKL (s)':>10}{'oneDNN (s)':>12}  chosen")
+    measured = [kernel for kernel in KERNELS if kernel in seconds]  # the few-row kernel only where it runs
+    print("".join([f"{'stage':<16}", *(f"{KERNEL_NAMES[kernel] + ' (s)':>16}" for kernel in measured), "  chosen"]))
     for stage in STAGES:
-        print(
-            f"{stage:<16}{seconds['mkl'][stage]:>10.3f}{seconds['onednn'][stage]:>12.3f}  {result['kernels'][stage]}"
-        )
-    totals = {kernel: sum(seconds[kernel].values()) for kernel in seconds}
+        times = "".join(f"{seconds[kernel][stage]:>16.3f}" for kernel in measured)
+        print(f"{stage:<16}{times}  {result['kernels'][stage]}")
+    totals = "".join(f"{sum(seconds[kernel].values()):>16.3f}" for kernel in measured)
     chosen = sum(seconds[result["kernels"][stage]][stage] for stage in STAGES)
-    print(f"{'these stages':<16}{totals['mkl']:>10.3f}{totals['onednn']:>12.3f}  {chosen:.3f} with the choice")
+    print(f"{'these stages':<16}{totals}  {chosen:.3f} with the choice")
     print(f"wrote {result['cache']}" if "cache" in result else "dry run: nothing written")

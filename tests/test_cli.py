@@ -401,12 +401,12 @@ def test_a_failed_write_leaves_the_previous_file(tmp_path):
 
 
 def test_generate_uses_a_named_preset_of_the_model(tmp_path, capsys):
-    """The embedded model's "fast" preset: fewer head steps, recorded in the image's metadata; flags still win."""
+    """The embedded model's "fast" preset: fewer head steps and drawings, recorded in the image's metadata; flags
+    still win."""
     output = tmp_path / "fast.png"
     assert main(["generate", "a red circle", "-o", str(output), "--sampling", "fast"]) == 0
     settings = json.loads(Image.open(output).text["harmon"])["settings"]
-    assert settings["num_sampling_steps"] == 10 and settings["num_inference_steps"] == _default_model_setting(
-        "num_iter", 0
-    )
+    assert (settings["num_sampling_steps"], settings["candidates"]) == (25, 2)
+    assert settings["num_inference_steps"] == _default_model_setting("num_iter", 0)
     assert main(["generate", "a red circle", "-o", str(output), "--preset", "fast", "--head-steps", "20"]) == 0
     assert json.loads(Image.open(output).text["harmon"])["settings"]["num_sampling_steps"] == 20

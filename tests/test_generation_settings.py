@@ -152,5 +152,6 @@ def test_the_demo_model_ships_a_fast_preset():
     model, _ = load_default_model()
     assert model.generation_config.image_generation_presets == DEMO_PRESETS
     fast, default = model.image_generation_settings("fast"), model.image_generation_settings()
-    assert (fast.num_sampling_steps, default.num_sampling_steps) == (10, 50)
-    assert dataclasses.replace(fast, num_sampling_steps=50) == default  # the preset changes nothing else
+    assert (fast.num_sampling_steps, default.num_sampling_steps) == (25, 50)
+    assert (fast.candidates, default.candidates) == (2, 4)
+    assert dataclasses.replace(fast, num_sampling_steps=50, candidates=4) == default  # the preset changes nothing else

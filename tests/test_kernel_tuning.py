@@ -1,4 +1,4 @@
-"""CPU kernel choice by measurement (issue 27): `tune_for_host` measures both kernels per stage and caches the faster
+"""CPU kernel choice by measurement (issue 27): `tune_for_host` measures every kernel per stage and caches the fastest
 in the user's cache (never the model folder), keyed so that another size or model shape is not served by it; the
 cache is what later generations use; a damaged cache reads as none; `harmon tune` prints and writes it."""
 
@@ -20,6 +20,7 @@ from modeling_harmon.modeling_harmon_kernels import (
     read_cache,
     write_cache_entry,
 )
+from modeling_harmon.modeling_harmon_smallrows import small_row_kernel_available
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def cache(tmp_path, monkeypatch):
     return path
 
 
-def test_tuning_measures_both_kernels_and_later_calls_use_the_choice(tiny_model, cache, monkeypatch):
+def test_tuning_measures_every_kernel_and_later_calls_use_the_choice(tiny_model, cache, monkeypatch):
     calls = []
     original = type(tiny_model).generate_images
 
@@ -39,11 +40,11 @@ def test_tuning_measures_both_kernels_and_later_calls_use_the_choice(tiny_model,
 
     monkeypatch.setattr(type(tiny_model), "generate_images", counted)
     result = tiny_model.tune_for_host(height=32, width=32, num_iter=2, num_sampling_steps=2)
-    assert [kernels for kernels, _, _ in calls] == [
-        dict.fromkeys(STAGES, kernel) for kernel in ("mkl",) * 2 + ("onednn",) * 2
-    ]
+    # The few-row kernel is measured too where it runs (a float32 model, a C compiler, AVX-512).
+    measured = ("mkl", "onednn", "smallrows") if small_row_kernel_available(cache.parent) else ("mkl", "onednn")
+    assert [kernels for kernels, _, _ in calls] == [dict.fromkeys(STAGES, kernel) for kernel in measured for _ in "ab"]
     assert {(steps, height) for _, steps, height in calls} == {(2, 32)}
-    assert set(result["seconds"]) == {"mkl", "onednn"}
+    assert set(result["seconds"]) == set(measured)
     assert all(set(result["seconds"][kernel]) == set(STAGES) for kernel in result["seconds"])
     assert all(value > 0 for kernel in result["seconds"].values() for value in kernel.values())
     assert result["kernels"] == choose_kernels(result["seconds"])
@@ -107,6 +108,9 @@ def test_kernel_choices_are_checked():
             check_kernels(bad)
     seconds = {"mkl": dict.fromkeys(STAGES, 1.0), "onednn": {**dict.fromkeys(STAGES, 1.0), "diffusion_head": 0.5}}
     assert choose_kernels(seconds) == {**DEFAULT_KERNELS, "diffusion_head": "onednn"}  # ties keep MKL
+    seconds["smallrows"] = {**dict.fromkeys(STAGES, 2.0), "diffusion_head": 0.25, "llm": 0.75}
+    assert choose_kernels(seconds) == {**DEFAULT_KERNELS, "diffusion_head": "smallrows", "llm": "smallrows"}
+    assert check_kernels(dict.fromkeys(STAGES, "smallrows")) == dict.fromkeys(STAGES, "smallrows")
 
 
 def test_harmon_tune_prints_the_table_and_writes_the_user_cache(tiny_dir, cache, capsys):

@@ -1,13 +1,19 @@
 """The exact-equivalence shortcuts of `generate_images` (HarmonSamplingSpeedups): each one alone, and all together,
 must give what the reference's work gives (every shortcut off), up to matmul rounding."""
 
+import copy
 import dataclasses
 
 import pytest
 import torch
 
 from modeling_harmon import HarmonSamplingSpeedups
-from modeling_harmon.modeling_harmon_kernels import DEFAULT_KERNELS, STAGES
+from modeling_harmon.modeling_harmon_kernels import DEFAULT_KERNELS, STAGES, kernel_cache_path
+from modeling_harmon.modeling_harmon_smallrows import (
+    load_small_row_library,
+    small_row_dtypes,
+    small_row_kernel_available,
+)
 
 
 FIELDS = [field.name for field in dataclasses.fields(HarmonSamplingSpeedups) if field.type in (bool, "bool")]
@@ -45,20 +51,34 @@ def test_each_shortcut_matches_the_reference_work(tiny_model, tokenizer, enabled
 
 @pytest.mark.parametrize(
     "kernels",
-    ["all_onednn", "default", *(f"{stage}_onednn" for stage in STAGES)],
+    [
+        "default",
+        *(f"all_{kernel}" for kernel in ("onednn", "smallrows")),
+        *(f"{stage}_{kernel}" for kernel in ("onednn", "smallrows") for stage in STAGES),
+    ],
 )
-def test_every_kernel_choice_the_tuning_can_make_matches_mkl(tiny_model, tokenizer, kernels):
-    """Each stage alone on oneDNN, all of them, and the untuned default give the all-MKL (reference) images."""
+def test_every_kernel_choice_the_tuning_can_make_matches_mkl(tiny_model, tokenizer, kernels, monkeypatch):
+    """Each stage alone on oneDNN or on the few-row kernel, all of them on one, and the untuned default give the
+    all-MKL (reference) images."""
     mkl = dataclasses.replace(HarmonSamplingSpeedups(), linear_kernels=dict.fromkeys(STAGES, "mkl"))
-    if kernels == "all_onednn":
-        chosen = dict.fromkeys(STAGES, "onednn")
+    kernel, calls = kernels.rsplit("_", 1)[-1], []
+    if kernel == "smallrows":
+        if not small_row_kernel_available(kernel_cache_path().parent):
+            pytest.skip("the few-row kernel cannot run here (no C compiler, or a CPU without AVX-512 and FMA)")
+        library = load_small_row_library(kernel_cache_path().parent)
+        function = library.harmon_small_rows_f32
+        monkeypatch.setattr(library, "harmon_small_rows_f32", lambda *args: calls.append(1) or function(*args))
+    if kernels.startswith("all_"):
+        chosen = dict.fromkeys(STAGES, kernel)
     elif kernels == "default":
         chosen = None
     else:
-        chosen = {stage: "onednn" if kernels == f"{stage}_onednn" else "mkl" for stage in STAGES}
+        chosen = {stage: kernel if kernels == f"{stage}_{kernel}" else "mkl" for stage in STAGES}
     baseline = _generate(tiny_model, tokenizer, mkl)
     fast = _generate(tiny_model, tokenizer, dataclasses.replace(mkl, linear_kernels=chosen))
     assert tiny_model.linear_kernels() == DEFAULT_KERNELS  # no tuned cache in tests (conftest)
+    if kernels in ("all_smallrows", "diffusion_head_smallrows"):
+        assert calls  # the head's few-row products went through the kernel
     scale = baseline.latents.abs().max()
     assert float((fast.latents - baseline.latents).abs().max() / scale) < 1e-4
     assert float((fast.images - baseline.images).abs().max()) < 1e-4
@@ -130,3 +150,26 @@ def test_decoder_selected_positions_equal_the_full_output(tiny_model):
     select[1, 7] = True
     with pytest.raises(ValueError, match="same number of tokens"):
         decoder(encoded, mask, grid, select=select)
+
+
+@pytest.mark.parametrize("kernel", ["onednn", "smallrows"])
+def test_bfloat16_kernel_choices_stay_near_mkl(tiny_model, tokenizer, kernel, monkeypatch):
+    """In bfloat16 every product rounds its float32 sum once, so kernels that sum in another order can differ by a
+    rounding per product; the images must stay close to MKL's (the few-row kernel serves bfloat16 with AVX512-BF16).
+    The tiny model's products are short enough that they often agree exactly."""
+    calls = []
+    if kernel == "smallrows":
+        if torch.bfloat16 not in small_row_dtypes(kernel_cache_path().parent):
+            pytest.skip("the few-row kernel does not serve bfloat16 here (no C compiler, or no AVX512-BF16)")
+        library = load_small_row_library(kernel_cache_path().parent)
+        function = library.harmon_small_rows_bf16
+        monkeypatch.setattr(library, "harmon_small_rows_bf16", lambda *args: calls.append(1) or function(*args))
+    half = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    mkl = dataclasses.replace(HarmonSamplingSpeedups(), linear_kernels=dict.fromkeys(STAGES, "mkl"))
+    baseline = _generate(half, tokenizer, mkl)
+    other = _generate(half, tokenizer, dataclasses.replace(mkl, linear_kernels=dict.fromkeys(STAGES, kernel)))
+    assert other.latents.dtype == baseline.latents.dtype
+    scale = baseline.latents.float().abs().max()
+    assert float((other.latents.float() - baseline.latents.float()).abs().max() / scale) < 0.1
+    assert float((other.images.float() - baseline.images.float()).abs().mean()) < 0.02
+    assert (len(calls) > 0) == (kernel == "smallrows")  # the head's few-row products went through the kernel
