@@ -147,10 +147,11 @@ def test_sampler_state_keeps_known_tokens_and_schedules_the_unknown_ones():
 
 def test_the_demo_model_ships_a_fast_preset():
     from harmon_pipelines.default_model import load_default_model
-    from harmon_training.shapes.export_default import DEMO_PRESETS
+    from harmon_training.shapes.export_default import demo_presets
 
     model, _ = load_default_model()
-    assert model.generation_config.image_generation_presets == DEMO_PRESETS
+    assert model.generation_config.image_generation_presets == demo_presets(4)
+    assert demo_presets(1) == {"fast": {"num_sampling_steps": 10}}  # a model that draws once: fewer head steps only
     fast, default = model.image_generation_settings("fast"), model.image_generation_settings()
     assert (fast.num_sampling_steps, default.num_sampling_steps) == (25, 50)
     assert (fast.candidates, default.candidates) == (2, 4)
