@@ -124,10 +124,9 @@ class HarmonSamplingSpeedups:
             path is ~2.3x slower on AMD processors, and unpacked weights are re-laid-out at every one of the
             diffusion head's small products. Holds one more copy of those weights while generating. False: every
             stage runs `nn.Linear`'s own product (MKL), as the reference does.
-        linear_kernels: "mkl", "onednn" or "smallrows" (a hand-written float32 product for calls on few rows,
-            `modeling_harmon_smallrows`, oneDNN's for the others) for each stage of `modeling_harmon_kernels.STAGES`;
-            None (the default):
-            what `model.tune_for_host()` / `harmon tune` measured on this host for this model and image size (a
+        linear_kernels: "mkl", "onednn" or "smallrows" (a hand-written float32 / bfloat16 product for calls on few
+            rows, `modeling_harmon_smallrows`, oneDNN's for the others) for each stage of
+            `modeling_harmon_kernels.STAGES`; None (the default): what `model.tune_for_host()` / `harmon tune` measured on this host for this model and image size (a
             cache in the user's cache folder), else `DEFAULT_KERNELS` (MKL everywhere, the reference's product).
     """
 
@@ -831,10 +830,11 @@ class HarmonForConditionalGeneration(HarmonPreTrainedModel, GenerationMixin):
         sampling: str | None = None,
     ) -> dict:
         """Time one generation (after an untimed one) with every stage on MKL, with every stage on oneDNN, and (where
-        it builds and runs here for this dtype) with every stage on the few-row kernel, and keep the fastest per stage for this host, torch, thread count, dtype, model shape and image size, in
-        the user's cache (`modeling_harmon_kernels.kernel_cache_path()`; `write=False` only measures). Settings
-        not given are the model's defaults (or its sampling preset `sampling`). Returns `{"key", "kernels",
-        "seconds": {kernel: {stage: s}}, ...}`."""
+        it builds and runs here for this dtype) with every stage on the few-row kernel, and keep the fastest per stage
+        for this host, torch, thread count, dtype, model shape and image size, in the user's cache
+        (`modeling_harmon_kernels.kernel_cache_path()`; `write=False` only measures). Settings not given are the
+        model's defaults (or its sampling preset `sampling`). Returns `{"key", "kernels", "seconds": {kernel:
+        {stage: s}}, ...}`."""
         if self.device.type != "cpu":
             raise ValueError(f"tune_for_host measures CPU kernels; this model is on {self.device}.")
         settings = self.image_generation_settings(

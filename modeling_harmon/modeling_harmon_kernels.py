@@ -4,8 +4,9 @@ Why: the float32 `nn.Linear` goes through MKL's sgemm, which is slow on AMD proc
 about 2.3x faster there for a 1024-wide layer) but on an Intel Xeon with AMX is as fast or faster for the MAR
 decoder's large products; and oneDNN's packed call costs more than MKL's for narrow layers on any host (a 256-wide,
 16-row product: 44 us against 34 us on the AMD host), so the embedded demo model is fastest on MKL everywhere. No
-vendor or size rule gets every stage of every model right, so `harmon tune` / `model.tune_for_host()` times both
-kernels on the stages' real calls (one short generation each) and keeps the faster per stage, in a JSON cache in
+vendor or size rule gets every stage of every model right, so `harmon tune` / `model.tune_for_host()` times the
+kernels on the stages' real calls (one short generation each; the third, a hand-written product for calls on few
+rows, where it builds and runs here) and keeps the fastest per stage, in a JSON cache in
 the user's cache folder keyed by processor, torch version, threads, dtype, the model's layer shapes and the image
 size; never in a model folder. Without a cache entry every stage runs MKL (DEFAULT_KERNELS), the reference's own
 product, so an untuned run is never slower than the reference's on any host.
@@ -28,7 +29,7 @@ import torch
 
 
 STAGES = ("llm", "mar_encoder", "mar_decoder", "diffusion_head")
-# "smallrows": the hand-written few-row float32 product (modeling_harmon_smallrows) for calls on at most its
+# "smallrows": the hand-written few-row product (modeling_harmon_smallrows) for calls on at most its
 # SMALL_ROWS rows, the packed oneDNN product for the others; only where it can be built and run here.
 KERNELS = ("mkl", "onednn", "smallrows")
 # Submodules (of the inner `HarmonModel`) whose linears each stage's kernel choice covers.

@@ -115,12 +115,17 @@ def test_a_weight_changed_in_place_is_packed_again(library):
     torch.testing.assert_close(second - layer.bias, 2 * (first - layer.bias), rtol=1e-5, atol=1e-5)
 
 
-def test_built_once_into_the_given_folder_named_by_its_source(library):
-    path = library_path(FOLDER)
-    assert path.exists() and path.parent == FOLDER
+def test_built_once_into_the_given_folder_named_by_its_source(library, tmp_path, monkeypatch):
+    monkeypatch.setattr(smallrows, "_library", None)  # as in a fresh process
+    monkeypatch.setattr(smallrows, "_tried", set())
+    folder = tmp_path / "kernels"
+    loaded = load_small_row_library(folder)
+    path = library_path(folder)
+    assert loaded is not None and path.exists() and path.parent == folder
     assert path.name.startswith("harmon_small_rows_") and len(path.stem) == len("harmon_small_rows_") + 16
+    assert sorted(item.name for item in folder.iterdir()) == [path.name]  # no build leftovers
     modified = os.stat(path).st_mtime_ns
-    assert load_small_row_library(FOLDER) is library and os.stat(path).st_mtime_ns == modified
+    assert load_small_row_library(folder) is loaded and os.stat(path).st_mtime_ns == modified
 
 
 def test_without_a_compiler_the_kernel_is_unavailable(tmp_path, monkeypatch):
