@@ -219,8 +219,9 @@ def _compile(target: Path) -> None:
 
 
 def load_small_row_library(folder: Path) -> ctypes.CDLL | None:
-    """The kernel library, built into `folder` on first use; None where it cannot run here (no compiler, a failed
-    build, a CPU without AVX-512 and FMA, another operating system). Tried once per folder and process."""
+    """The kernel library, built into `folder` if it is not there yet; None where it cannot run here (no compiler, a
+    failed build, a CPU without AVX-512 and FMA, another operating system). A process keeps the first library it
+    loads and returns it to later calls whatever their folder; a folder that failed is not tried again."""
     global _library
     if _library is not None:
         return _library
